@@ -1,0 +1,68 @@
+//! `agentctl`: the command-line interface. Each subcommand lives in its own file and is a thin
+//! wrapper over the domain modules; this file holds the shared flags and the dispatch.
+
+mod docs;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::DEFAULT_CONFIG_PATH;
+use crate::exit::Status;
+
+/// Keep GitHub Actions self-hosted runners on lab hosts registered, healthy and able to reach
+/// their hardware.
+#[derive(Debug, Parser)]
+#[command(name = "agentctl", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, value_name = "PATH", env = "RUNNER_AGENT_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only warnings and errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print shell completions for `agentctl`.
+    Completions(docs::CompletionsArgs),
+    /// Print the `agentctl(1)` man page (roff).
+    Man,
+}
+
+/// Parse the command line, run the command, and map its outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::logging::init(cli.verbose, cli.quiet);
+    let status = match run(cli) {
+        Ok(status) => status,
+        Err(err) => {
+            report(&err);
+            Status::Error
+        }
+    };
+    status.into()
+}
+
+fn run(cli: Cli) -> anyhow::Result<Status> {
+    match cli.command {
+        Command::Completions(args) => docs::completions(&args),
+        Command::Man => docs::man(),
+    }
+}
+
+/// Print an error and its causes once, on stderr, redacted.
+pub fn report(err: &anyhow::Error) {
+    let text = format!("error: {err:#}");
+    eprintln!("{}", crate::redact::redact(&text));
+}

@@ -1,0 +1,15 @@
+//! runner-agent keeps GitHub Actions self-hosted runners on lab hosts registered, healthy and
+//! able to reach their hardware (`/dev/kvm`, serial-attached boards, power relays).
+//!
+//! Layout (each module owns its error type and calls only the modules listed above it):
+//! - [`exit`]: the process exit statuses every command shares.
+//! - [`redact`]: the rule that keeps token values out of every log line and message.
+//! - [`logging`]: journald under systemd, a readable stderr logger otherwise.
+//! - [`config`]: `/etc/runner-agent/agent.toml`, parsed strictly into a resolved [`config::Config`].
+//! - [`cli`]: the `agentctl` subcommands, thin wrappers over the modules above.
+
+pub mod cli;
+pub mod config;
+pub mod exit;
+pub mod logging;
+pub mod redact;

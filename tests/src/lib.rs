@@ -1,0 +1,1 @@
+//! GitHub emulator, fake actions runner release, and the shared support of the integration tests.
