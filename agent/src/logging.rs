@@ -78,8 +78,13 @@ impl RedactedFields {
     fn collect(source: &dyn kv::Source) -> Self {
         struct Visitor(Vec<(String, String)>);
         impl<'kvs> kv::VisitSource<'kvs> for Visitor {
-            fn visit_pair(&mut self, key: kv::Key<'kvs>, value: kv::Value<'kvs>) -> Result<(), kv::Error> {
-                self.0.push((key.to_string(), redact(&value.to_string()).into_owned()));
+            fn visit_pair(
+                &mut self,
+                key: kv::Key<'kvs>,
+                value: kv::Value<'kvs>,
+            ) -> Result<(), kv::Error> {
+                self.0
+                    .push((key.to_string(), redact(&value.to_string()).into_owned()));
                 Ok(())
             }
         }

@@ -77,9 +77,11 @@ pub fn redact(text: &str) -> Cow<'_, str> {
     let re = patterns();
     if re.is_match(&out) {
         let replaced = re
-            .replace_all(&out, |caps: &regex::Captures<'_>| match caps.name("scheme") {
-                Some(scheme) => format!("{}{MASK}", scheme.as_str()),
-                None => MASK.to_owned(),
+            .replace_all(&out, |caps: &regex::Captures<'_>| {
+                match caps.name("scheme") {
+                    Some(scheme) => format!("{}{MASK}", scheme.as_str()),
+                    None => MASK.to_owned(),
+                }
             })
             .into_owned();
         out = Cow::Owned(replaced);
@@ -107,7 +109,9 @@ mod tests {
 
     #[test]
     fn masks_authorization_values_and_keeps_the_scheme() {
-        let red = redact("Authorization: RemoteAuth abcdEFGH1234.xyz and Bearer eyJhbGciOiJSUzI1NiJ9.e30.sig");
+        let red = redact(
+            "Authorization: RemoteAuth abcdEFGH1234.xyz and Bearer eyJhbGciOiJSUzI1NiJ9.e30.sig",
+        );
         assert_eq!(red, "Authorization: RemoteAuth *** and Bearer ***");
     }
 

@@ -84,7 +84,11 @@ pub enum Auth {
     /// A classic or fine-grained personal access token.
     Pat { file: SecretFile },
     /// A GitHub App installation.
-    App { app_id: u64, installation_id: u64, private_key_file: SecretFile },
+    App {
+        app_id: u64,
+        installation_id: u64,
+        private_key_file: SecretFile,
+    },
     /// A registration token handed over as is (expires after one hour).
     RegistrationToken { file: SecretFile },
 }
@@ -188,7 +192,11 @@ impl std::str::FromStr for Version {
         };
         match parts.as_slice() {
             [major, minor, patch] => match (number(major), number(minor), number(patch)) {
-                (Some(major), Some(minor), Some(patch)) => Ok(Version { major, minor, patch }),
+                (Some(major), Some(minor), Some(patch)) => Ok(Version {
+                    major,
+                    minor,
+                    patch,
+                }),
                 _ => Err(format!("`{text}` is not a version like `2.336.0`")),
             },
             _ => Err(format!("`{text}` is not a version like `2.336.0`")),
@@ -268,5 +276,9 @@ pub enum Power {
         cycle_off_secs: u32,
     },
     /// Any commands (run with `sh -c`).
-    Command { on: String, off: String, cycle: Option<String> },
+    Command {
+        on: String,
+        off: String,
+        cycle: Option<String>,
+    },
 }
