@@ -30,7 +30,8 @@ pub enum Action {
 }
 
 impl Action {
-    fn name(self) -> &'static str {
+    /// `on`, `off` or `cycle`.
+    pub fn name(self) -> &'static str {
         match self {
             Action::On => "on",
             Action::Off => "off",

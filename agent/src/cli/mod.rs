@@ -1,6 +1,8 @@
 //! `agentctl`: the command-line interface. Each subcommand lives in its own file and is a thin
 //! wrapper over the domain modules; this file holds the shared flags and the dispatch.
 
+mod board;
+mod board_stopgap;
 mod docs;
 
 use std::path::PathBuf;
@@ -34,6 +36,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Boards: list, lease to jobs, power, health probe, job environment, udev rules.
+    Board(board::BoardArgs),
     /// Print shell completions for `agentctl`.
     Completions(docs::CompletionsArgs),
     /// Print the `agentctl(1)` man page (roff).
@@ -56,6 +60,7 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<Status> {
     match cli.command {
+        Command::Board(args) => board::run(&cli.config, args),
         Command::Completions(args) => docs::completions(&args),
         Command::Man => docs::man(),
     }
