@@ -60,10 +60,10 @@ impl BoardState {
     /// bus, or a failed health probe.
     pub fn offline_reason(&self) -> Option<String> {
         if let Some(problem) = self.console.as_ref().and_then(Resolution::problem) {
-            return Some(format!("console {problem}"));
+            return Some(format!("console: {problem}"));
         }
         if let Some(problem) = self.relay.as_ref().and_then(Resolution::problem) {
-            return Some(format!("relay bus {problem}"));
+            return Some(format!("relay bus: {problem}"));
         }
         if let Health::Unhealthy { reason, .. } = &self.health {
             return Some(format!("health probe failed: {reason}"));

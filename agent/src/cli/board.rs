@@ -143,11 +143,18 @@ impl Context {
 }
 
 pub fn run(config: &Path, args: BoardArgs) -> anyhow::Result<Status> {
-    let (boards, state_dir) = super::board_stopgap::load(config)?;
+    let loaded = match crate::config::load(config) {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            // The report carries its own `error:` lines, file positions and hints.
+            eprintln!("{}", crate::redact::redact(&err.to_string()));
+            return Ok(Status::Config);
+        }
+    };
     let ctx = Context {
         config: config.to_owned(),
-        boards,
-        state_dir,
+        boards: loaded.boards,
+        state_dir: loaded.agent.state_dir,
         roots: Roots {
             dev: args.dev_root,
             udev_data: args.udev_data,
@@ -455,7 +462,7 @@ fn health_probe(
     let resolved = resolve(&console.identity, &board.name, &ctx.roots);
     let outcome = match resolved.device() {
         None => Outcome::Unhealthy {
-            reason: format!("console {}", resolved.problem().unwrap_or_default()),
+            reason: format!("console: {}", resolved.problem().unwrap_or_default()),
         },
         Some(device) => {
             let power_ctx = ctx.power();

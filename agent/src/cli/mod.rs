@@ -2,7 +2,6 @@
 //! wrapper over the domain modules; this file holds the shared flags and the dispatch.
 
 mod board;
-mod board_stopgap;
 mod docs;
 
 use std::path::PathBuf;
