@@ -840,3 +840,62 @@ fn every_shipped_profile_loads() {
     names.sort();
     assert_eq!(names, ["phytiumpi", "qemu-kvm-x86_64", "roc-rk3568-pc"]);
 }
+
+#[test]
+fn job_hooks_take_and_give_back_the_board_from_the_runner_environment() {
+    use runner_agent::boards::env::EnvContext;
+    use runner_agent::boards::hooks::{job_completed, job_started, HookOptions};
+
+    let lab = Lab::new(&[BoardSpec {
+        name: "b5",
+        coil: 5,
+        coil_base: 0,
+    }]);
+    let sim = Sim::start(&lab, "b5", false);
+    let ctx = EnvContext {
+        agentctl: agentctl(),
+        config: lab.path("agent.toml"),
+    };
+    let options = HookOptions {
+        probe_before: true,
+        power_off_after: true,
+        ..HookOptions::default()
+    };
+    let started = lab.path("job-started.sh");
+    let completed = lab.path("job-completed.sh");
+    fs::write(&started, job_started("b5", &ctx, &options)).expect("write");
+    fs::write(&completed, job_completed("b5", &ctx, &options)).expect("write");
+    let hook = |script: &Path| {
+        Command::new("sh")
+            .arg(script)
+            .env("RUNNER_AGENT_MBPOLL", lab.path("mbpoll"))
+            .env("RUNNER_NAME", "org-a-rk-1")
+            .env("GITHUB_RUN_ID", "7001")
+            .env("GITHUB_RUN_ATTEMPT", "2")
+            .env("GITHUB_JOB", "test-board")
+            .stdin(Stdio::null())
+            .output()
+            .expect("hook")
+    };
+
+    let output = hook(&started);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let lease = lab.entry("b5")["lease"].clone();
+    assert_eq!(lease["runner"], "org-a-rk-1");
+    assert_eq!(lease["job"], "7001/2/test-board");
+    // The probe reset the board and saw its prompt.
+    assert_eq!(lab.entry("b5")["health"]["health"], "healthy");
+    assert!(sim.lines().iter().any(|line| line == "POWER 1"));
+
+    let output = hook(&completed);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stdout(&output)
+        .contains("board `b5` released by runner `org-a-rk-1` job `7001/2/test-board`"));
+    assert_eq!(lab.entry("b5")["lease"], serde_json::Value::Null);
+    let relay = lab.path("relay-bus").display().to_string();
+    assert_eq!(
+        lab.mbpoll_log().last().map(String::as_str),
+        Some(format!("-m rtu -a 1 -r 5 -t 0 -b 38400 -P none -0 {relay} 0").as_str()),
+        "the board is switched off after the job"
+    );
+}

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::config::{Board, Power, DEFAULT_CONFIG_PATH};
+use crate::config::{Board, DEFAULT_CONFIG_PATH};
 
 use super::identity::Resolution;
 use super::{write_atomic, BoardError};
@@ -76,15 +76,6 @@ pub fn job_env(
     env
 }
 
-/// Whether the power method needs the agent at all (kept for callers that print the method).
-pub fn power_kind(board: &Board) -> &'static str {
-    match &board.power {
-        Some(Power::ModbusRtu { .. }) => "modbus-rtu",
-        Some(Power::Command { .. }) => "command",
-        None => "none",
-    }
-}
-
 /// Render `KEY=value` lines. Values are written unquoted, which both the runner's `.env` reader
 /// (split at the first `=`) and systemd's `EnvironmentFile=` take literally as long as they hold
 /// no newline, quote or backslash and no surrounding blanks; anything else is refused.
@@ -132,7 +123,7 @@ pub fn write_env_file(path: &Path, env: &BTreeMap<String, String>) -> Result<(),
 mod tests {
     use super::*;
     use crate::boards::identity::Device;
-    use crate::config::{Console, SerialIdentity};
+    use crate::config::{Console, Power, SerialIdentity};
     use std::os::unix::fs::PermissionsExt;
 
     fn board() -> Board {
