@@ -111,6 +111,8 @@ invalid_fixtures! {
     tty_usb_console => "tty-usb-console.toml",
     modbus_incomplete => "modbus-incomplete.toml",
     several_problems => "several-problems.toml",
+    settings_problems => "settings-problems.toml",
+    board_problems => "board-problems.toml",
 }
 
 fn toml_files(dir: &str) -> Vec<String> {
