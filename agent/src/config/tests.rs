@@ -209,6 +209,33 @@ fn relative_secret_names_are_found_in_the_credentials_directory() {
 }
 
 #[test]
+fn systemd_credentials_skip_the_mode_check_but_other_files_do_not() {
+    // systemd adds an ACL for a non-root service user, which shows as group bits in the mode.
+    let (dir, path) = write_config(&HEAD.replace("github-pat", "from-systemd"));
+    let credentials = tempfile::tempdir().unwrap();
+    let secret = credentials.path().join("from-systemd");
+    std::fs::write(&secret, "credential-value-1234").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o440)).unwrap();
+    let options = LoadOptions {
+        credentials_dir: Some(credentials.path().to_owned()),
+        ..options()
+    };
+    assert!(load_with(&path, &options).is_ok());
+
+    let beside = dir.path().join("from-systemd");
+    std::fs::write(&beside, "credential-value-1234").unwrap();
+    std::fs::set_permissions(&beside, std::fs::Permissions::from_mode(0o440)).unwrap();
+    let err = load_with(&path, &self::options()).unwrap_err();
+    assert_eq!(
+        messages(&err),
+        [format!(
+            "secret file `{}` is accessible by group or others (mode 0440)",
+            beside.display()
+        )]
+    );
+}
+
+#[test]
 fn hostname_template_without_a_hostname_is_an_error() {
     let (_dir, path) = write_config(&format!(
         "{HEAD}[[runner]]\nname_template = \"{{hostname}}\"\n"
