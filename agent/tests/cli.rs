@@ -95,6 +95,29 @@ fn exit_status_0_for_a_valid_config() {
 }
 
 #[test]
+fn quiet_check_of_a_valid_config_prints_nothing() {
+    let (_dir, config) = valid_config();
+    agentctl()
+        .args(["config", "check", "--quiet", "--config"])
+        .arg(&config)
+        .assert()
+        .code(0)
+        .stdout("")
+        .stderr("");
+    let text = std::fs::read_to_string(&config).expect("read config");
+    std::fs::write(&config, text.replace("count = 2", "count = 0")).expect("write config");
+    agentctl()
+        .args(["config", "check", "--quiet", "--config"])
+        .arg(&config)
+        .assert()
+        .code(78)
+        .stdout("")
+        .stderr(predicate::str::contains(
+            "error: `count = 0` is out of range",
+        ));
+}
+
+#[test]
 fn config_path_comes_from_the_environment_too() {
     let (_dir, config) = valid_config();
     agentctl()
