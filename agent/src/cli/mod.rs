@@ -2,6 +2,7 @@
 //! wrapper over the domain modules; this file holds the shared flags and the dispatch.
 
 mod board;
+mod config;
 mod docs;
 
 use std::path::PathBuf;
@@ -37,6 +38,8 @@ pub struct Cli {
 pub enum Command {
     /// Boards: list, lease to jobs, power, health probe, job environment, udev rules.
     Board(board::BoardArgs),
+    /// Check the configuration file.
+    Config(config::ConfigArgs),
     /// Print shell completions for `agentctl`.
     Completions(docs::CompletionsArgs),
     /// Print the `agentctl(1)` man page (roff).
@@ -60,6 +63,7 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<Status> {
     match cli.command {
         Command::Board(args) => board::run(&cli.config, args),
+        Command::Config(args) => config::run(&cli.config, &args),
         Command::Completions(args) => docs::completions(&args),
         Command::Man => docs::man(),
     }
