@@ -183,7 +183,7 @@ pub fn run(config: &Path, args: BoardArgs) -> anyhow::Result<Status> {
         Ok(loaded) => loaded,
         Err(err) => {
             // The report carries its own `error:` lines, file positions and hints.
-            eprintln!("{}", crate::redact::redact(&err.to_string()));
+            eprintln!("{}", crate::redact::redact(err.to_string().trim_end()));
             return Ok(Status::Config);
         }
     };
