@@ -179,7 +179,12 @@ impl Context {
 }
 
 pub fn run(config: &Path, args: BoardArgs) -> anyhow::Result<Status> {
-    let loaded = match crate::config::load(config) {
+    // Job hooks run this as the runner user, who cannot (and must not) read the GitHub secret.
+    let options = crate::config::LoadOptions {
+        skip_secret_checks: true,
+        ..crate::config::LoadOptions::from_env()
+    };
+    let loaded = match crate::config::load_with(config, &options) {
         Ok(loaded) => loaded,
         Err(err) => {
             // The report carries its own `error:` lines, file positions and hints.
