@@ -10,6 +10,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod exit;
 pub mod logging;
 pub mod redact;
