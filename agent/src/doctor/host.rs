@@ -148,7 +148,6 @@ pub fn disk_finding(what: &str, path: &Path) -> Finding {
                 format!("cannot statvfs `{}`: {}", probe.display(), err.desc()),
                 "check that the path is readable",
             )
-            .subject(path.display().to_string())
         }
     };
     let free = stat.blocks_available() * stat.fragment_size();
@@ -162,7 +161,6 @@ pub fn disk_finding(what: &str, path: &Path) -> Finding {
             String::new()
         }
     );
-    let subject = path.display().to_string();
     if free < DISK_FAIL_BYTES {
         Finding::fail(
             F,
@@ -170,7 +168,6 @@ pub fn disk_finding(what: &str, path: &Path) -> Finding {
             shown,
             "free space (old `_work` dirs, `docker system prune`) or move `root`/`work_dir` to a larger disk",
         )
-        .subject(subject)
     } else if free < DISK_WARN_BYTES {
         Finding::warn(
             F,
@@ -178,9 +175,8 @@ pub fn disk_finding(what: &str, path: &Path) -> Finding {
             shown,
             "less than 5 GiB: a runner update plus one checkout may not fit",
         )
-        .subject(subject)
     } else {
-        Finding::pass(F, "host.disk", shown).subject(subject)
+        Finding::pass(F, "host.disk", shown)
     }
 }
 
