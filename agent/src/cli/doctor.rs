@@ -68,9 +68,11 @@ fn load_config(path: &Path) -> ConfigState {
             reason: "no such file".to_owned(),
         };
     }
-    // The loader lives on the `config` branch; until it is merged a present file cannot be read.
-    ConfigState::Invalid {
-        path: path.to_owned(),
-        message: "this build has no configuration loader yet".to_owned(),
+    match crate::config::load(path) {
+        Ok(config) => ConfigState::Loaded(Box::new(config)),
+        Err(err) => ConfigState::Invalid {
+            path: path.to_owned(),
+            message: err.to_string(),
+        },
     }
 }

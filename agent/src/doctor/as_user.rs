@@ -59,11 +59,12 @@ impl Identity {
             user: name.to_owned(),
             source: Errno::EINVAL,
         })?;
-        let groups =
-            nix::unistd::getgrouplist(&cname, user.gid).map_err(|source| DoctorError::UserLookup {
+        let groups = nix::unistd::getgrouplist(&cname, user.gid).map_err(|source| {
+            DoctorError::UserLookup {
                 user: name.to_owned(),
                 source,
-            })?;
+            }
+        })?;
         Ok(Some(Identity {
             name: name.to_owned(),
             uid: user.uid,
@@ -311,7 +312,10 @@ mod tests {
             [0i64; 1]
         })
         .unwrap();
-        assert_eq!(answer, Err(ProbeFailure::TimedOut(Duration::from_millis(300))));
+        assert_eq!(
+            answer,
+            Err(ProbeFailure::TimedOut(Duration::from_millis(300)))
+        );
         assert!(started.elapsed() < Duration::from_secs(3));
     }
 

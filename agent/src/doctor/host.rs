@@ -15,7 +15,11 @@ pub const DISK_WARN_BYTES: u64 = 5 << 30;
 
 pub fn check(cfg: Option<&Config>, env: &Environment) -> Vec<Finding> {
     let mut findings = vec![
-        os_finding(&env.os_release, std::env::consts::OS, std::env::consts::ARCH),
+        os_finding(
+            &env.os_release,
+            std::env::consts::OS,
+            std::env::consts::ARCH,
+        ),
         systemd_finding(cfg, env),
     ];
     for (what, path) in disk_paths(cfg) {
@@ -249,13 +253,19 @@ pub fn proxy_finding(name: &str, value: &str) -> Finding {
     };
     let has_scheme = value.contains("://");
     match url::Url::parse(value) {
-        Ok(url) if has_scheme && matches!(url.scheme(), "http" | "https" | "socks5" | "socks5h") && url.host().is_some() => {
+        Ok(url)
+            if has_scheme
+                && matches!(url.scheme(), "http" | "https" | "socks5" | "socks5h")
+                && url.host().is_some() =>
+        {
             Finding::pass(F, "host.proxy", format!("`{name}={shown}`")).subject(name)
         }
         _ if !has_scheme => Finding::fail(
             F,
             "host.proxy",
-            format!("`{name}={shown}` has no scheme: the runner and some clients ignore it silently"),
+            format!(
+                "`{name}={shown}` has no scheme: the runner and some clients ignore it silently"
+            ),
             format!("export {name}=http://{}", value.trim_start_matches('/')),
         )
         .subject(name),
@@ -278,8 +288,14 @@ mod tests {
     fn a_proxy_without_scheme_fails_with_the_fixed_value() {
         let finding = proxy_finding("HTTPS_PROXY", "proxy.corp:3128");
         assert_eq!(finding.outcome, Outcome::Fail);
-        assert_eq!(finding.hint.as_deref(), Some("export HTTPS_PROXY=http://proxy.corp:3128"));
-        assert_eq!(proxy_finding("https_proxy", "http://proxy.corp:3128").outcome, Outcome::Pass);
+        assert_eq!(
+            finding.hint.as_deref(),
+            Some("export HTTPS_PROXY=http://proxy.corp:3128")
+        );
+        assert_eq!(
+            proxy_finding("https_proxy", "http://proxy.corp:3128").outcome,
+            Outcome::Pass
+        );
         let secret = proxy_finding("https_proxy", "http://me:hunter22@proxy:3128");
         assert!(!secret.detail.contains("hunter22"), "{}", secret.detail);
     }

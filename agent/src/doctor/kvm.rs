@@ -30,12 +30,10 @@ const KVMIO: u8 = 0xAE;
 const KVM_GET_API_VERSION: libc::c_ulong = nix::request_code_none!(KVMIO, 0x00) as libc::c_ulong;
 const KVM_CREATE_VM: libc::c_ulong = nix::request_code_none!(KVMIO, 0x01) as libc::c_ulong;
 const KVM_CHECK_EXTENSION: libc::c_ulong = nix::request_code_none!(KVMIO, 0x03) as libc::c_ulong;
-const KVM_GET_VCPU_MMAP_SIZE: libc::c_ulong =
-    nix::request_code_none!(KVMIO, 0x04) as libc::c_ulong;
+const KVM_GET_VCPU_MMAP_SIZE: libc::c_ulong = nix::request_code_none!(KVMIO, 0x04) as libc::c_ulong;
 const KVM_CREATE_VCPU: libc::c_ulong = nix::request_code_none!(KVMIO, 0x41) as libc::c_ulong;
 const KVM_SET_USER_MEMORY_REGION: libc::c_ulong =
-    nix::request_code_write!(KVMIO, 0x46, std::mem::size_of::<UserMemoryRegion>())
-        as libc::c_ulong;
+    nix::request_code_write!(KVMIO, 0x46, std::mem::size_of::<UserMemoryRegion>()) as libc::c_ulong;
 const KVM_RUN: libc::c_ulong = nix::request_code_none!(KVMIO, 0x80) as libc::c_ulong;
 
 /// `KVM_EXIT_*` reasons the deep probe tells apart.
@@ -180,11 +178,17 @@ pub enum DeepResult {
     /// The guest executed `hlt` and `KVM_RUN` returned `KVM_EXIT_HLT`.
     Halted,
     /// A step before `KVM_RUN` failed.
-    Setup { step: &'static str, errno: Errno },
+    Setup {
+        step: &'static str,
+        errno: Errno,
+    },
     /// `KVM_RUN` itself failed.
     RunFailed(Errno),
     /// `KVM_RUN` returned with another exit reason (and its detail word).
-    Exit { reason: i64, detail: i64 },
+    Exit {
+        reason: i64,
+        detail: i64,
+    },
     Probe(ProbeFailure),
 }
 
@@ -202,7 +206,11 @@ const DEEP_STEPS: [&str; 8] = [
 /// Run one guest instruction: a page at the top of the 4 GiB space whose reset-vector byte
 /// (`0xfffffff0`, where an x86 vCPU starts in real mode) is `hlt` (`0xf4`). No register set-up is
 /// needed, so nothing but the hardware (or paravirtual) path is tested.
-pub fn deep_probe(device: &Path, identity: Option<&Identity>, timeout: Duration) -> Result<DeepResult, DoctorError> {
+pub fn deep_probe(
+    device: &Path,
+    identity: Option<&Identity>,
+    timeout: Duration,
+) -> Result<DeepResult, DoctorError> {
     let path = CString::new(device.as_os_str().as_bytes()).map_err(|_| {
         DoctorError::Runtime(std::io::Error::other("device path contains a NUL byte"))
     })?;
@@ -404,7 +412,11 @@ fn cpu_finding(cpu: &CpuVirt) -> Finding {
         format!("modules {}", cpu.modules.join(", "))
     };
     if !cfg!(any(target_arch = "x86_64", target_arch = "x86")) {
-        return Finding::pass(F, "kvm.cpu", format!("not x86 (no vmx/svm flag to check); {modules}"));
+        return Finding::pass(
+            F,
+            "kvm.cpu",
+            format!("not x86 (no vmx/svm flag to check); {modules}"),
+        );
     }
     let vendor = cpu.vendor.as_deref().unwrap_or("unknown vendor");
     if cpu.vmx || cpu.svm {
@@ -452,7 +464,12 @@ fn node_finding(
             findings.push(if required {
                 Finding::fail(F, "kvm.node", detail, hint)
             } else {
-                Finding::warn(F, "kvm.node", format!("{detail}; jobs that need KVM will fail"), hint)
+                Finding::warn(
+                    F,
+                    "kvm.node",
+                    format!("{detail}; jobs that need KVM will fail"),
+                    hint,
+                )
             });
             return None;
         }
@@ -507,7 +524,11 @@ fn node_finding(
     findings.push(Finding::pass(
         F,
         "kvm.node",
-        format!("{} is char device 10:232, {}", ticked(device), owner_mode(&meta)),
+        format!(
+            "{} is char device 10:232, {}",
+            ticked(device),
+            owner_mode(&meta)
+        ),
     ));
     Some(meta)
 }
@@ -557,7 +578,10 @@ fn mode_finding(device: &Path, meta: &std::fs::Metadata) -> Finding {
         Finding::pass(
             F,
             "kvm.mode",
-            format!("{desc}: members of `{}` may open it", group_name(meta.gid())),
+            format!(
+                "{desc}: members of `{}` may open it",
+                group_name(meta.gid())
+            ),
         )
     } else {
         Finding::warn(
@@ -574,7 +598,11 @@ fn api_findings(device: &Path, probe: &DeviceProbe) -> Vec<Finding> {
         return vec![Finding::fail(
             F,
             "kvm.api",
-            format!("cannot open {} even as doctor's own user: {}", ticked(device), errno.desc()),
+            format!(
+                "cannot open {} even as doctor's own user: {}",
+                ticked(device),
+                errno.desc()
+            ),
             "run `agentctl doctor` as root",
         )];
     }
@@ -591,7 +619,10 @@ fn api_findings(device: &Path, probe: &DeviceProbe) -> Vec<Finding> {
             F,
             "kvm.api",
             format!("KVM_GET_API_VERSION failed: {}", errno.desc()),
-            format!("{} does not answer KVM ioctls; check `dmesg | grep -i kvm`", ticked(device)),
+            format!(
+                "{} does not answer KVM ioctls; check `dmesg | grep -i kvm`",
+                ticked(device)
+            ),
         ),
     });
     let missing: Vec<&str> = REQUIRED_CAPS
@@ -738,7 +769,10 @@ pub fn open_finding(
 /// `kvm.nested`: the module's `nested` parameter, when a runner needs a hypervisor in its guest.
 pub fn nested_finding(sys_root: &Path, cpu: &CpuVirt) -> Finding {
     for (module, vendor) in [("kvm_intel", "intel"), ("kvm_amd", "amd")] {
-        let param = sys_root.join("module").join(module).join("parameters/nested");
+        let param = sys_root
+            .join("module")
+            .join(module)
+            .join("parameters/nested");
         let Ok(value) = std::fs::read_to_string(&param) else {
             continue;
         };
@@ -775,7 +809,9 @@ fn deep_finding(device: &Path, identity: Option<&Identity>) -> Result<Finding, D
             "the guest-to-HLT probe is written for x86_64 only",
         ));
     }
-    let who = identity.map(|i| format!("as `{}`", i.name)).unwrap_or_else(|| format!("as `{}`", user_name(nix::unistd::geteuid().as_raw())));
+    let who = identity
+        .map(|i| format!("as `{}`", i.name))
+        .unwrap_or_else(|| format!("as `{}`", user_name(nix::unistd::geteuid().as_raw())));
     let result = deep_probe(device, identity, Duration::from_secs(2))?;
     let finding = match result {
         DeepResult::Halted => Finding::pass(
@@ -840,9 +876,22 @@ mod tests {
         dir
     }
 
-    fn node(dir: &Path, name: &str, major: u64, minor: u64, mode: u32, gid: u32) -> std::path::PathBuf {
+    fn node(
+        dir: &Path,
+        name: &str,
+        major: u64,
+        minor: u64,
+        mode: u32,
+        gid: u32,
+    ) -> std::path::PathBuf {
         let path = dir.join(name);
-        mknod(&path, SFlag::S_IFCHR, Mode::from_bits_truncate(mode), makedev(major, minor)).unwrap();
+        mknod(
+            &path,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(mode),
+            makedev(major, minor),
+        )
+        .unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
         nix::unistd::chown(&path, None, Some(nix::unistd::Gid::from_raw(gid))).unwrap();
         path
@@ -857,7 +906,10 @@ mod tests {
     impl Scratch {
         fn new(tag: &str, with_user: bool) -> Scratch {
             let group = format!("radoc{tag}{}", std::process::id());
-            let ok = Command::new("groupadd").args(["--system", &group]).status().unwrap();
+            let ok = Command::new("groupadd")
+                .args(["--system", &group])
+                .status()
+                .unwrap();
             assert!(ok.success(), "groupadd {group}");
             let user = with_user.then(|| {
                 let user = format!("{group}u");
@@ -872,7 +924,11 @@ mod tests {
         }
 
         fn gid(&self) -> u32 {
-            nix::unistd::Group::from_name(&self.group).unwrap().unwrap().gid.as_raw()
+            nix::unistd::Group::from_name(&self.group)
+                .unwrap()
+                .unwrap()
+                .gid
+                .as_raw()
         }
     }
 
@@ -910,7 +966,11 @@ mod tests {
         let meta = std::fs::metadata("/dev/kvm").unwrap();
         let finding = open_finding(Path::new("/dev/kvm"), &meta, &ra_runner()).unwrap();
         assert_eq!(finding.outcome, Outcome::Fail, "{finding:?}");
-        assert!(finding.detail.contains("permission denied"), "{}", finding.detail);
+        assert!(
+            finding.detail.contains("permission denied"),
+            "{}",
+            finding.detail
+        );
         let hint = finding.hint.unwrap();
         // This host's node is root:root 0600, so only a udev rule plus the group can help.
         if meta.gid() == 0 {
@@ -930,7 +990,9 @@ mod tests {
         assert_eq!(mode_finding(&kvm, &meta).outcome, Outcome::Pass);
 
         // A member, with the group from the user database (getgrouplist), opens it for real.
-        let member = Identity::lookup(scratch.user.as_deref().unwrap()).unwrap().unwrap();
+        let member = Identity::lookup(scratch.user.as_deref().unwrap())
+            .unwrap()
+            .unwrap();
         assert!(member.groups.iter().any(|g| g.as_raw() == scratch.gid()));
         let ok = open_finding(&kvm, &meta, &member).unwrap();
         assert_eq!(ok.outcome, Outcome::Pass, "{ok:?}");
@@ -949,7 +1011,9 @@ mod tests {
                 .as_str()
             )
         );
-        assert!(outsider.detail.contains(&format!("`ra-runner` is not in `{}`", scratch.group)));
+        assert!(outsider
+            .detail
+            .contains(&format!("`ra-runner` is not in `{}`", scratch.group)));
     }
 
     #[test]
@@ -959,8 +1023,16 @@ mod tests {
         let meta = std::fs::metadata(&kvm).unwrap();
         let mode = mode_finding(&kvm, &meta);
         assert_eq!(mode.outcome, Outcome::Warn);
-        assert!(mode.detail.ends_with("root:root 0600: only root can open it"), "{}", mode.detail);
-        assert!(mode.hint.unwrap().contains("/etc/udev/rules.d/65-kvm.rules"));
+        assert!(
+            mode.detail
+                .ends_with("root:root 0600: only root can open it"),
+            "{}",
+            mode.detail
+        );
+        assert!(mode
+            .hint
+            .unwrap()
+            .contains("/etc/udev/rules.d/65-kvm.rules"));
     }
 
     #[test]
@@ -970,14 +1042,20 @@ mod tests {
         let (meta, findings) = node_of(&wrong, true);
         assert!(meta.is_none());
         assert_eq!(findings[0].outcome, Outcome::Fail);
-        assert!(findings[0].detail.contains("char device 10:200, not KVM's 10:232"));
+        assert!(findings[0]
+            .detail
+            .contains("char device 10:200, not KVM's 10:232"));
 
         let file = dir.path().join("kvm-file");
         std::fs::write(&file, b"").unwrap();
         let (meta, findings) = node_of(&file, true);
         assert!(meta.is_none());
         assert_eq!(findings[0].outcome, Outcome::Fail);
-        assert!(findings[0].detail.contains("is a regular file"), "{}", findings[0].detail);
+        assert!(
+            findings[0].detail.contains("is a regular file"),
+            "{}",
+            findings[0].detail
+        );
 
         let missing = dir.path().join("kvm-missing");
         let (_, required) = node_of(&missing, true);
@@ -995,7 +1073,11 @@ mod tests {
         let meta = std::fs::metadata(&ghost).unwrap();
         let finding = open_finding(&ghost, &meta, &ra_runner()).unwrap();
         assert_eq!(finding.outcome, Outcome::Fail, "{finding:?}");
-        assert!(finding.detail.contains("no driver answers"), "{}", finding.detail);
+        assert!(
+            finding.detail.contains("no driver answers"),
+            "{}",
+            finding.detail
+        );
     }
 
     #[test]
@@ -1008,7 +1090,10 @@ mod tests {
         assert_eq!(off.outcome, Outcome::Fail);
         assert!(off.hint.unwrap().contains("options kvm_intel nested=1"));
         std::fs::write(params.join("nested"), "Y\n").unwrap();
-        assert_eq!(nested_finding(sys.path(), &CpuVirt::default()).outcome, Outcome::Pass);
+        assert_eq!(
+            nested_finding(sys.path(), &CpuVirt::default()).outcome,
+            Outcome::Pass
+        );
         let none = nested_finding(Path::new("/nonexistent"), &CpuVirt::default());
         assert_eq!(none.outcome, Outcome::Fail);
     }
@@ -1024,6 +1109,9 @@ mod tests {
         eprintln!("deep probe: {result:?} -> {finding:?}");
         assert_eq!(result, DeepResult::Halted);
         assert_eq!(finding.outcome, Outcome::Pass);
-        assert_eq!(finding.detail, "a guest ran to `hlt` through KVM_RUN (as `root`)");
+        assert_eq!(
+            finding.detail,
+            "a guest ran to `hlt` through KVM_RUN (as `root`)"
+        );
     }
 }

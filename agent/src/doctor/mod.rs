@@ -82,9 +82,7 @@ pub enum DoctorError {
 }
 
 /// A family of checks; `--only FAMILY` selects one.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
     Config,
@@ -168,11 +166,21 @@ impl Finding {
         Finding::new(family, id, Outcome::Skip, detail)
     }
 
-    pub fn warn(family: Family, id: &str, detail: impl Into<String>, hint: impl Into<String>) -> Self {
+    pub fn warn(
+        family: Family,
+        id: &str,
+        detail: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
         Finding::new(family, id, Outcome::Warn, detail).hint(hint)
     }
 
-    pub fn fail(family: Family, id: &str, detail: impl Into<String>, hint: impl Into<String>) -> Self {
+    pub fn fail(
+        family: Family,
+        id: &str,
+        detail: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
         Finding::new(family, id, Outcome::Fail, detail).hint(hint)
     }
 
@@ -390,9 +398,15 @@ impl Environment {
 pub enum ConfigState {
     Loaded(Box<Config>),
     /// Not there (or not readable); doctor still runs the host families with defaults.
-    Missing { path: PathBuf, reason: String },
+    Missing {
+        path: PathBuf,
+        reason: String,
+    },
     /// There, but wrong; the loader's message.
-    Invalid { path: PathBuf, message: String },
+    Invalid {
+        path: PathBuf,
+        message: String,
+    },
 }
 
 impl ConfigState {
@@ -419,12 +433,19 @@ pub async fn run(
     let identities = user::resolve_all(&users)?;
 
     // The network family starts first so its bounded wait overlaps the local checks.
-    let github_task = if options.wants(Family::Github) {
+    let github_task = if options.wants(Family::Github) || options.wants(Family::Runner) {
         let config = cfg.cloned();
         let offline = options.offline;
         let budget = env.network_budget;
+        let update_windows = options.wants(Family::Runner);
         Some(tokio::spawn(async move {
-            github::check(config.as_ref(), offline, budget).await
+            github::check(github::Inputs {
+                cfg: config.as_ref(),
+                offline,
+                budget,
+                update_windows,
+            })
+            .await
         }))
     } else {
         None
@@ -442,16 +463,24 @@ pub async fn run(
     let local = match local.await {
         Ok(result) => result?,
         Err(join) => {
-            return Err(DoctorError::Runtime(std::io::Error::other(join.to_string())));
+            return Err(DoctorError::Runtime(std::io::Error::other(
+                join.to_string(),
+            )));
         }
     };
     findings.extend(local);
 
     if let Some(task) = github_task {
         match task.await {
-            Ok(result) => findings.extend(result?),
+            Ok(result) => findings.extend(
+                result?
+                    .into_iter()
+                    .filter(|finding| options.wants(finding.family)),
+            ),
             Err(join) => {
-                return Err(DoctorError::Runtime(std::io::Error::other(join.to_string())));
+                return Err(DoctorError::Runtime(std::io::Error::other(
+                    join.to_string(),
+                )));
             }
         }
     }
@@ -501,9 +530,12 @@ fn config_finding(config: &ConfigState) -> Finding {
         ConfigState::Missing { path, reason } => Finding::fail(
             Family::Config,
             "config.load",
-            format!("no configuration at `{}` ({reason}); checking host, user and kvm with defaults", path.display()),
             format!(
-                "write `{}` (see `/usr/share/doc/runner-agent/agent.toml.example`) or pass `--config PATH`",
+                "no configuration at `{}` ({reason}); checking host, user and kvm with defaults",
+                path.display()
+            ),
+            format!(
+                "write `{}` (start from the shipped `agent.toml.example`) or pass `--config PATH`",
                 path.display()
             ),
         ),
@@ -511,7 +543,10 @@ fn config_finding(config: &ConfigState) -> Finding {
             Family::Config,
             "config.load",
             format!("`{}` is invalid: {}", path.display(), first_line(message)),
-            format!("run `agentctl config check --config {}` for the full report", path.display()),
+            format!(
+                "run `agentctl config check --config {}` for the full report",
+                path.display()
+            ),
         ),
     }
 }
@@ -544,7 +579,8 @@ fn dedup(mut names: Vec<String>) -> Vec<String> {
 }
 
 fn first_line(text: &str) -> &str {
-    text.lines().next().unwrap_or("")
+    let line = text.lines().next().unwrap_or("");
+    line.strip_prefix("error: ").unwrap_or(line)
 }
 
 /// `path` in backticks for messages.
@@ -559,14 +595,22 @@ mod tests {
     fn mixed() -> Report {
         Report {
             findings: vec![
-                Finding::pass(Family::Host, "host.os", "debian 12 on x86_64 (runner asset `linux-x64`)"),
+                Finding::pass(
+                    Family::Host,
+                    "host.os",
+                    "debian 12 on x86_64 (runner asset `linux-x64`)",
+                ),
                 Finding::warn(
                     Family::Host,
                     "host.clock",
                     "the kernel clock is not synchronised (adjtimex: STA_UNSYNC)",
                     "systemctl enable --now systemd-timesyncd",
                 ),
-                Finding::pass(Family::Kvm, "kvm.node", "`/dev/kvm` is a char device 10:232, root:kvm 0660"),
+                Finding::pass(
+                    Family::Kvm,
+                    "kvm.node",
+                    "`/dev/kvm` is a char device 10:232, root:kvm 0660",
+                ),
                 Finding::fail(
                     Family::Kvm,
                     "kvm.open",
@@ -574,7 +618,11 @@ mod tests {
                     "usermod -aG kvm ra-runner, then restart the runner services",
                 )
                 .subject("ra-runner"),
-                Finding::skip(Family::Github, "github.api", "offline: network checks skipped"),
+                Finding::skip(
+                    Family::Github,
+                    "github.api",
+                    "offline: network checks skipped",
+                ),
             ],
         }
     }
@@ -613,7 +661,11 @@ mod tests {
         assert_eq!(warn_only.exit_status(false), Status::Success);
         assert_eq!(warn_only.exit_status(true), Status::Failure);
         let skips = Report {
-            findings: vec![Finding::skip(Family::Qemu, "qemu.binary", "no qemu configured")],
+            findings: vec![Finding::skip(
+                Family::Qemu,
+                "qemu.binary",
+                "no qemu configured",
+            )],
         };
         assert_eq!(skips.status(), Outcome::Pass);
         assert_eq!(skips.exit_status(true), Status::Success);

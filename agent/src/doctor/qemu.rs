@@ -25,21 +25,36 @@ pub fn check(
     };
     let mut findings = Vec::new();
     if qemu.is_empty() {
-        findings.push(Finding::skip(F, "qemu.binary", "no QEMU binaries configured (`[host] qemu`)"));
+        findings.push(Finding::skip(
+            F,
+            "qemu.binary",
+            "no QEMU binaries configured (`[host] qemu`)",
+        ));
     }
     for name in &qemu {
         let (finding, path) = binary_finding(name, std::env::var_os("PATH").as_deref());
         findings.push(finding);
         if deep {
             if let Some(path) = path {
-                if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("qemu-system-x86_64")) {
-                    findings.push(accel_finding(&path, &env.kvm_device, Duration::from_millis(1500)));
+                if path
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("qemu-system-x86_64"))
+                {
+                    findings.push(accel_finding(
+                        &path,
+                        &env.kvm_device,
+                        Duration::from_millis(1500),
+                    ));
                 }
             }
         }
     }
     if binfmt.is_empty() {
-        findings.push(Finding::skip(F, "qemu.binfmt", "no foreign arches configured (`[host] binfmt`)"));
+        findings.push(Finding::skip(
+            F,
+            "qemu.binfmt",
+            "no foreign arches configured (`[host] binfmt`)",
+        ));
     } else {
         for arch in &binfmt {
             findings.push(binfmt_finding(&env.binfmt_dir, arch));
@@ -71,14 +86,20 @@ fn find_in_path(name: &str, path_var: Option<&std::ffi::OsStr>) -> Option<PathBu
 }
 
 /// `qemu.binary`: found on PATH and `--version` answers.
-pub fn binary_finding(name: &str, path_var: Option<&std::ffi::OsStr>) -> (Finding, Option<PathBuf>) {
+pub fn binary_finding(
+    name: &str,
+    path_var: Option<&std::ffi::OsStr>,
+) -> (Finding, Option<PathBuf>) {
     let Some(path) = find_in_path(name, path_var) else {
         return (
             Finding::fail(
                 F,
                 "qemu.binary",
                 format!("`{name}` is not installed (not on PATH)"),
-                format!("apt-get install --no-install-recommends {}", package_of(name)),
+                format!(
+                    "apt-get install --no-install-recommends {}",
+                    package_of(name)
+                ),
             )
             .subject(name),
             None,
@@ -92,15 +113,25 @@ pub fn binary_finding(name: &str, path_var: Option<&std::ffi::OsStr>) -> (Findin
         Ok((false, out)) => Finding::fail(
             F,
             "qemu.binary",
-            format!("`{} --version` failed: {}", path.display(), out.lines().last().unwrap_or("").trim()),
-            format!("reinstall it: apt-get install --reinstall {}", package_of(name)),
+            format!(
+                "`{} --version` failed: {}",
+                path.display(),
+                out.lines().last().unwrap_or("").trim()
+            ),
+            format!(
+                "reinstall it: apt-get install --reinstall {}",
+                package_of(name)
+            ),
         )
         .subject(name),
         Err(err) => Finding::fail(
             F,
             "qemu.binary",
             format!("cannot run `{}`: {err}", path.display()),
-            format!("reinstall it: apt-get install --reinstall {}", package_of(name)),
+            format!(
+                "reinstall it: apt-get install --reinstall {}",
+                package_of(name)
+            ),
         )
         .subject(name),
     };
@@ -143,12 +174,30 @@ fn run_bounded(command: &mut Command, timeout: Duration) -> std::io::Result<(boo
 /// MSR` on a paravirtual KVM).
 pub fn accel_finding(qemu: &Path, kvm_device: &Path, alive_for: Duration) -> Finding {
     if !kvm_device.exists() {
-        return Finding::skip(F, "qemu.accel", format!("`{}` is missing", kvm_device.display()));
+        return Finding::skip(
+            F,
+            "qemu.accel",
+            format!("`{}` is missing", kvm_device.display()),
+        );
     }
     let spawned = Command::new(qemu)
         .args([
-            "-accel", "kvm", "-cpu", "host", "-machine", "q35", "-m", "64", "-nodefaults",
-            "-no-user-config", "-display", "none", "-serial", "none", "-monitor", "none",
+            "-accel",
+            "kvm",
+            "-cpu",
+            "host",
+            "-machine",
+            "q35",
+            "-m",
+            "64",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-serial",
+            "none",
+            "-monitor",
+            "none",
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -161,7 +210,10 @@ pub fn accel_finding(qemu: &Path, kvm_device: &Path, alive_for: Duration) -> Fin
                 F,
                 "qemu.accel",
                 format!("cannot start `{}`: {err}", qemu.display()),
-                format!("reinstall it: apt-get install --reinstall {}", package_of(&qemu.to_string_lossy())),
+                format!(
+                    "reinstall it: apt-get install --reinstall {}",
+                    package_of(&qemu.to_string_lossy())
+                ),
             )
         }
     };
@@ -181,7 +233,10 @@ pub fn accel_finding(qemu: &Path, kvm_device: &Path, alive_for: Duration) -> Fin
             Finding::pass(
                 F,
                 "qemu.accel",
-                format!("{command} ran for {} ms without aborting", alive_for.as_millis()),
+                format!(
+                    "{command} ran for {} ms without aborting",
+                    alive_for.as_millis()
+                ),
             )
         }
         Some(status) => {
@@ -296,14 +351,27 @@ mod tests {
     #[test]
     fn binaries_are_found_with_their_version_or_named_with_a_package() {
         let dir = tempfile::tempdir().unwrap();
-        script(dir.path(), "qemu-system-aarch64", "echo 'QEMU emulator version 10.0.2 (Debian 1:10.0.2)'");
+        script(
+            dir.path(),
+            "qemu-system-aarch64",
+            "echo 'QEMU emulator version 10.0.2 (Debian 1:10.0.2)'",
+        );
         let path = dir.path().as_os_str();
         let (found, _) = binary_finding("qemu-system-aarch64", Some(path));
         assert_eq!(found.outcome, Outcome::Pass);
-        assert!(found.detail.ends_with("QEMU emulator version 10.0.2 (Debian 1:10.0.2)"), "{}", found.detail);
+        assert!(
+            found
+                .detail
+                .ends_with("QEMU emulator version 10.0.2 (Debian 1:10.0.2)"),
+            "{}",
+            found.detail
+        );
         let (missing, _) = binary_finding("qemu-system-riscv64", Some(path));
         assert_eq!(missing.outcome, Outcome::Fail);
-        assert_eq!(missing.hint.as_deref(), Some("apt-get install --no-install-recommends qemu-system-misc"));
+        assert_eq!(
+            missing.hint.as_deref(),
+            Some("apt-get install --no-install-recommends qemu-system-misc")
+        );
     }
 
     #[test]
@@ -317,7 +385,11 @@ mod tests {
         );
         let failed = accel_finding(&aborts, Path::new("/dev/kvm"), Duration::from_millis(1500));
         assert_eq!(failed.outcome, Outcome::Fail, "{failed:?}");
-        assert!(failed.detail.contains("failed to set MSR 0x10a"), "{}", failed.detail);
+        assert!(
+            failed.detail.contains("failed to set MSR 0x10a"),
+            "{}",
+            failed.detail
+        );
         let runs = script(dir.path(), "qemu-runs", "exec sleep 30");
         let ok = accel_finding(&runs, Path::new("/dev/kvm"), Duration::from_millis(300));
         assert_eq!(ok.outcome, Outcome::Pass, "{ok:?}");
@@ -326,7 +398,9 @@ mod tests {
     #[test]
     fn binfmt_entries() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(binfmt_finding(dir.path(), "aarch64").detail.contains("not mounted"));
+        assert!(binfmt_finding(dir.path(), "aarch64")
+            .detail
+            .contains("not mounted"));
         std::fs::write(dir.path().join("status"), "enabled\n").unwrap();
         let missing = binfmt_finding(dir.path(), "aarch64");
         assert_eq!(missing.outcome, Outcome::Fail);

@@ -16,7 +16,11 @@ pub const DROP_IN: &str = "50-runner-agent.conf";
 
 pub fn check(cfg: Option<&Config>, env: &Environment) -> Vec<Finding> {
     let Some(cfg) = cfg else {
-        return vec![Finding::skip(F, "runner.dir", "no configuration: no runners to check")];
+        return vec![Finding::skip(
+            F,
+            "runner.dir",
+            "no configuration: no runners to check",
+        )];
     };
     if cfg.runners.is_empty() {
         return vec![Finding::skip(F, "runner.dir", "no runners configured")];
@@ -40,7 +44,10 @@ pub fn runner_findings(cfg: &Config, runner: &Runner, env: &Environment) -> Vec<
                 Finding::warn(
                     F,
                     "runner.dir",
-                    format!("{} does not exist: the runner is not installed yet", ticked(dir)),
+                    format!(
+                        "{} does not exist: the runner is not installed yet",
+                        ticked(dir)
+                    ),
                     "the agent installs it when it starts (`agentctl daemon`)",
                 )
                 .subject(name),
@@ -52,7 +59,12 @@ pub fn runner_findings(cfg: &Config, runner: &Runner, env: &Environment) -> Vec<
         .as_ref()
         .is_some_and(|id| id.uid.as_raw() == meta.uid());
     findings.push(if owner_ok {
-        Finding::pass(F, "runner.dir", format!("{} belongs to `{}`", ticked(dir), runner.user)).subject(name)
+        Finding::pass(
+            F,
+            "runner.dir",
+            format!("{} belongs to `{}`", ticked(dir), runner.user),
+        )
+        .subject(name)
     } else {
         Finding::fail(
             F,
@@ -69,7 +81,11 @@ pub fn runner_findings(cfg: &Config, runner: &Runner, env: &Environment) -> Vec<
     });
     findings.push(version_finding(runner, installed_version(dir)).subject(name));
     findings.push(registration_finding(cfg, runner).subject(name));
-    findings.extend(unit_findings(runner, env).into_iter().map(|f| f.subject(name)));
+    findings.extend(
+        unit_findings(runner, env)
+            .into_iter()
+            .map(|f| f.subject(name)),
+    );
     if let Some(identity) = &identity {
         findings.push(process_finding(&env.proc_root, dir, identity).subject(name));
     }
@@ -241,7 +257,10 @@ fn unit_findings(runner: &Runner, env: &Environment) -> Vec<Finding> {
         return vec![Finding::skip(
             F,
             "runner.unit",
-            format!("`service = \"{}\"`: no systemd unit", service_name(runner.service)),
+            format!(
+                "`service = \"{}\"`: no systemd unit",
+                service_name(runner.service)
+            ),
         )];
     }
     let unit = match std::fs::read_to_string(runner.dir.join(".service")) {
@@ -262,18 +281,32 @@ fn unit_findings(runner: &Runner, env: &Environment) -> Vec<Finding> {
         findings.push(Finding::fail(
             F,
             "runner.unit",
-            format!("`.service` names `{unit}` but {} does not exist", ticked(&unit_file)),
-            format!("reinstall it: `cd {} && ./svc.sh install {}`", runner.dir.display(), runner.user),
+            format!(
+                "`.service` names `{unit}` but {} does not exist",
+                ticked(&unit_file)
+            ),
+            format!(
+                "reinstall it: `cd {} && ./svc.sh install {}`",
+                runner.dir.display(),
+                runner.user
+            ),
         ));
         return findings;
     }
     findings.push(if drop_in.exists() {
-        Finding::pass(F, "runner.unit", format!("`{unit}` with drop-in {}", ticked(&drop_in)))
+        Finding::pass(
+            F,
+            "runner.unit",
+            format!("`{unit}` with drop-in {}", ticked(&drop_in)),
+        )
     } else {
         Finding::fail(
             F,
             "runner.unit",
-            format!("`{unit}` lacks our drop-in {} (groups, restart policy)", ticked(&drop_in)),
+            format!(
+                "`{unit}` lacks our drop-in {} (groups, restart policy)",
+                ticked(&drop_in)
+            ),
             "restart `runner-agent.service`: the agent writes the drop-in and reloads systemd",
         )
     });
@@ -295,13 +328,19 @@ fn unit_findings(runner: &Runner, env: &Environment) -> Vec<Finding> {
     let enabled = ask("is-enabled");
     let active = ask("is-active");
     findings.push(if enabled == "enabled" && active == "active" {
-        Finding::pass(F, "runner.active", format!("`{unit}` is enabled and active"))
+        Finding::pass(
+            F,
+            "runner.active",
+            format!("`{unit}` is enabled and active"),
+        )
     } else {
         Finding::fail(
             F,
             "runner.active",
             format!("`{unit}` is {enabled} and {active}"),
-            format!("systemctl enable --now {unit}; journalctl -u {unit} -n 50 tells why it stopped"),
+            format!(
+                "systemctl enable --now {unit}; journalctl -u {unit} -n 50 tells why it stopped"
+            ),
         )
     });
     findings
@@ -322,7 +361,11 @@ pub fn processes_in(proc_root: &Path, dir: &Path) -> Vec<(u32, String, ProcStatu
         return found;
     };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let inside = |link: &str| -> bool {
@@ -354,7 +397,11 @@ fn process_finding(proc_root: &Path, dir: &Path, identity: &Identity) -> Finding
         return Finding::skip(F, "runner.process", "not running");
     }
     let names = |groups: &[u32]| -> String {
-        groups.iter().map(|g| super::kvm::group_name(*g)).collect::<Vec<_>>().join(",")
+        groups
+            .iter()
+            .map(|g| super::kvm::group_name(*g))
+            .collect::<Vec<_>>()
+            .join(",")
     };
     let mut stale = Vec::new();
     for (pid, comm, status) in &processes {
@@ -419,7 +466,11 @@ mod tests {
         std::os::unix::fs::symlink("bin.2.330.0", dir.path().join("bin")).unwrap();
         assert_eq!(
             installed_version(dir.path()),
-            Some(Version { major: 2, minor: 330, patch: 0 })
+            Some(Version {
+                major: 2,
+                minor: 330,
+                patch: 0
+            })
         );
     }
 
@@ -428,12 +479,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("bin")).unwrap();
         let listener = dir.path().join("bin/Runner.Listener");
-        std::fs::write(&listener, "#!/bin/sh\n[ \"$1\" = --version ] && echo 2.331.0\n").unwrap();
+        std::fs::write(
+            &listener,
+            "#!/bin/sh\n[ \"$1\" = --version ] && echo 2.331.0\n",
+        )
+        .unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&listener, std::fs::Permissions::from_mode(0o755)).unwrap();
         assert_eq!(
             installed_version(dir.path()),
-            Some(Version { major: 2, minor: 331, patch: 0 })
+            Some(Version {
+                major: 2,
+                minor: 331,
+                patch: 0
+            })
         );
     }
 }

@@ -173,7 +173,11 @@ pub fn check(
 ) -> Result<Vec<Finding>, DoctorError> {
     let boards: &[Board] = cfg.map(|c| c.boards.as_slice()).unwrap_or(&[]);
     if boards.is_empty() {
-        return Ok(vec![Finding::skip(F, "serial.resolve", "no boards configured")]);
+        return Ok(vec![Finding::skip(
+            F,
+            "serial.resolve",
+            "no boards configured",
+        )]);
     }
     let mut findings = Vec::new();
     for board in boards {
@@ -209,17 +213,29 @@ pub fn check(
             Some(Power::ModbusRtu { device, baud, .. }) => {
                 let subject = format!("{}/relay", board.name);
                 findings.extend(device_findings(&subject, device, *baud, env, &identities)?);
-                findings.push(tool_finding(&board.name, "mbpoll", "apt-get install mbpoll"));
+                findings.push(tool_finding(
+                    &board.name,
+                    "mbpoll",
+                    "apt-get install mbpoll",
+                ));
             }
             Some(Power::Command { on, .. }) => {
                 if let Some(program) = on.split_whitespace().next() {
-                    findings.push(tool_finding(&board.name, program, "install it or fix `power.on`"));
+                    findings.push(tool_finding(
+                        &board.name,
+                        program,
+                        "install it or fix `power.on`",
+                    ));
                 }
             }
             None => {}
         }
     }
-    findings.extend(interference_findings(&env.proc_root, env, &boards_devices(boards, env)));
+    findings.extend(interference_findings(
+        &env.proc_root,
+        env,
+        &boards_devices(boards, env),
+    ));
     Ok(findings)
 }
 
@@ -240,8 +256,13 @@ fn tool_finding(board: &str, program: &str, hint: &str) -> Finding {
         return if Path::new(program).exists() {
             Finding::pass(F, "serial.power-tool", format!("`{program}` exists")).subject(subject)
         } else {
-            Finding::fail(F, "serial.power-tool", format!("`{program}` does not exist"), hint)
-                .subject(subject)
+            Finding::fail(
+                F,
+                "serial.power-tool",
+                format!("`{program}` does not exist"),
+                hint,
+            )
+            .subject(subject)
         };
     }
     let found = std::env::var_os("PATH")
@@ -449,7 +470,11 @@ pub fn probe_port(
         }
         PortProbe {
             open: Ok(()),
-            exclusive: if out[1] < 0 { Err(err(out[1])) } else { Ok(out[1] == 1) },
+            exclusive: if out[1] < 0 {
+                Err(err(out[1]))
+            } else {
+                Ok(out[1] == 1)
+            },
             flock: if out[2] < 0 { Err(err(out[2])) } else { Ok(()) },
             baud: match out[3] {
                 1 => None,
@@ -487,7 +512,11 @@ pub fn open_by(proc_root: &Path, device: &Path) -> Vec<Holder> {
         return holders;
     };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
@@ -545,7 +574,10 @@ pub struct LockFile {
 /// `LCK..<name>` where `name` is the device path below `/dev` with `/` turned into `_`.
 pub fn lock_name(device: &Path, dev_root: &Path) -> String {
     let rel = device.strip_prefix(dev_root).unwrap_or(device);
-    let rel = rel.to_string_lossy().trim_start_matches('/').replace('/', "_");
+    let rel = rel
+        .to_string_lossy()
+        .trim_start_matches('/')
+        .replace('/', "_");
     format!("LCK..{rel}")
 }
 
@@ -598,7 +630,11 @@ fn holders_finding(
         if openers.is_empty() {
             fallback.to_owned()
         } else {
-            openers.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            openers
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         }
     };
     let probe = match root {
@@ -616,7 +652,10 @@ fn holders_finding(
         return Finding::fail(
             F,
             "serial.holders",
-            format!("{dev} does not open even as doctor's user: {}", errno.desc()),
+            format!(
+                "{dev} does not open even as doctor's user: {}",
+                errno.desc()
+            ),
             vanished_hint(errno),
         );
     }
@@ -625,7 +664,11 @@ fn holders_finding(
         let who = if holders.is_empty() {
             name_openers("an unknown process")
         } else {
-            holders.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            holders
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         return Finding::fail(
             F,
@@ -638,7 +681,10 @@ fn holders_finding(
         return Finding::fail(
             F,
             "serial.holders",
-            format!("{dev} is held exclusively (TIOCEXCL) by {}", name_openers("an unknown process")),
+            format!(
+                "{dev} is held exclusively (TIOCEXCL) by {}",
+                name_openers("an unknown process")
+            ),
             "stop that program; every other open gets EBUSY until it closes the port",
         );
     }
@@ -664,7 +710,10 @@ fn holders_finding(
         return Finding::warn(
             F,
             "serial.holders",
-            format!("stale lock file `{}` ({owner}): UUCP-locking tools will refuse the port", stale.path.display()),
+            format!(
+                "stale lock file `{}` ({owner}): UUCP-locking tools will refuse the port",
+                stale.path.display()
+            ),
             format!("safe to remove: rm {}", stale.path.display()),
         );
     }
@@ -679,7 +728,9 @@ fn holders_finding(
     Finding::pass(
         F,
         "serial.holders",
-        format!("{dev} is free (no flock, no TIOCEXCL, no LCK.. file, no other process has it open)"),
+        format!(
+            "{dev} is free (no flock, no TIOCEXCL, no LCK.. file, no other process has it open)"
+        ),
     )
 }
 
@@ -759,7 +810,11 @@ fn holders_text(holders: &[Holder]) -> String {
     if holders.is_empty() {
         "an unknown process".to_owned()
     } else {
-        holders.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        holders
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -802,11 +857,19 @@ fn baud_finding(
 }
 
 /// ModemManager probes new ttys with AT commands; brltty claims CH340/CP210x adapters.
-pub fn interference_findings(proc_root: &Path, env: &Environment, devices: &[PathBuf]) -> Vec<Finding> {
+pub fn interference_findings(
+    proc_root: &Path,
+    env: &Environment,
+    devices: &[PathBuf],
+) -> Vec<Finding> {
     let mut running: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
     if let Ok(entries) = std::fs::read_dir(proc_root) {
         for entry in entries.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
                 continue;
             };
             let comm = comm_of(proc_root, pid);
@@ -829,7 +892,9 @@ pub fn interference_findings(proc_root: &Path, env: &Environment, devices: &[Pat
                             format!("{ma}:{mi}")
                         })
                         .unwrap_or_default();
-                    udev_props(&env.udev_data, &dev).get("ID_MM_DEVICE_IGNORE").map(String::as_str)
+                    udev_props(&env.udev_data, &dev)
+                        .get("ID_MM_DEVICE_IGNORE")
+                        .map(String::as_str)
                         != Some("1")
                 })
                 .map(|d| d.display().to_string())
@@ -849,7 +914,11 @@ pub fn interference_findings(proc_root: &Path, env: &Environment, devices: &[Pat
                 ));
             }
         }
-        None => findings.push(Finding::pass(F, "serial.modemmanager", "ModemManager is not running")),
+        None => findings.push(Finding::pass(
+            F,
+            "serial.modemmanager",
+            "ModemManager is not running",
+        )),
     }
     match running.get("brltty") {
         Some(pids) => findings.push(Finding::warn(
@@ -882,7 +951,12 @@ mod tests {
         let pair = nix::pty::openpty(None, None).unwrap();
         let path = nix::unistd::ttyname(&pair.slave).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-        nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(0)), Some(nix::unistd::Gid::from_raw(gid))).unwrap();
+        nix::unistd::chown(
+            &path,
+            Some(nix::unistd::Uid::from_raw(0)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        )
+        .unwrap();
         Pty {
             _master: pair.master,
             _slave: pair.slave,
@@ -898,7 +972,9 @@ mod tests {
     }
 
     fn ra_runner() -> Identity {
-        Identity::lookup("ra-runner").unwrap().expect("user `ra-runner` exists (scripts/setup)")
+        Identity::lookup("ra-runner")
+            .unwrap()
+            .expect("user `ra-runner` exists (scripts/setup)")
     }
 
     fn by_id(findings: &[Finding], id: &str) -> Finding {
@@ -921,15 +997,29 @@ mod tests {
         member.name = "ra-runner+dialout".to_owned();
         member.groups.push(nix::unistd::Gid::from_raw(DIALOUT));
         let identity = SerialIdentity::Path(port.path.clone());
-        let findings =
-            device_findings("b1/console", &identity, 1_500_000, &env, &[&member, &outsider]).unwrap();
+        let findings = device_findings(
+            "b1/console",
+            &identity,
+            1_500_000,
+            &env,
+            &[&member, &outsider],
+        )
+        .unwrap();
 
         assert_eq!(by_id(&findings, "serial.resolve").outcome, Outcome::Pass);
-        assert_eq!(by_id(&findings, "serial.holders").outcome, Outcome::Pass, "{findings:#?}");
+        assert_eq!(
+            by_id(&findings, "serial.holders").outcome,
+            Outcome::Pass,
+            "{findings:#?}"
+        );
         let opens: Vec<&Finding> = findings.iter().filter(|f| f.id == "serial.open").collect();
         assert_eq!(opens[0].outcome, Outcome::Pass, "{:?}", opens[0]);
         assert_eq!(opens[1].outcome, Outcome::Fail, "{:?}", opens[1]);
-        assert!(opens[1].detail.contains("permission denied"), "{}", opens[1].detail);
+        assert!(
+            opens[1].detail.contains("permission denied"),
+            "{}",
+            opens[1].detail
+        );
         assert_eq!(
             opens[1].hint.as_deref(),
             Some("usermod -aG dialout ra-runner, then restart the runner services")
@@ -953,8 +1043,14 @@ mod tests {
         let pid = holder.id();
         let meta = std::fs::metadata(&port.path).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !flock_holders(Path::new("/proc"), &meta).iter().any(|h| h.pid == pid) {
-            assert!(std::time::Instant::now() < deadline, "flock never took the lock");
+        while !flock_holders(Path::new("/proc"), &meta)
+            .iter()
+            .any(|h| h.pid == pid)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "flock never took the lock"
+            );
             std::thread::yield_now();
         }
         let identity = SerialIdentity::Path(port.path.clone());
@@ -965,7 +1061,10 @@ mod tests {
         assert_eq!(held.outcome, Outcome::Fail);
         assert_eq!(
             held.detail,
-            format!("`{}` is locked (flock) by pid {pid} (`sleep`)", port.path.display())
+            format!(
+                "`{}` is locked (flock) by pid {pid} (`sleep`)",
+                port.path.display()
+            )
         );
         // A held port's speed is left alone.
         assert_eq!(by_id(&findings, "serial.baud").outcome, Outcome::Skip);
@@ -993,16 +1092,29 @@ mod tests {
         assert_eq!(line.trim(), "held");
         let pid = holder.id();
         let identity = SerialIdentity::Path(port.path.clone());
-        let findings = device_findings("b1/console", &identity, 115_200, &env, &[&ra_runner()]).unwrap();
+        let findings =
+            device_findings("b1/console", &identity, 115_200, &env, &[&ra_runner()]).unwrap();
         holder.kill().unwrap();
         holder.wait().unwrap();
         let held = by_id(&findings, "serial.holders");
         assert_eq!(held.outcome, Outcome::Fail, "{held:?}");
-        assert!(held.detail.contains("held exclusively (TIOCEXCL)"), "{}", held.detail);
-        assert!(held.detail.contains(&format!("pid {pid}")), "{}", held.detail);
+        assert!(
+            held.detail.contains("held exclusively (TIOCEXCL)"),
+            "{}",
+            held.detail
+        );
+        assert!(
+            held.detail.contains(&format!("pid {pid}")),
+            "{}",
+            held.detail
+        );
         let open = by_id(&findings, "serial.open");
         assert!(open.detail.contains("gets EBUSY"), "{}", open.detail);
-        assert!(open.detail.contains(&format!("pid {pid}")), "{}", open.detail);
+        assert!(
+            open.detail.contains(&format!("pid {pid}")),
+            "{}",
+            open.detail
+        );
     }
 
     #[test]
@@ -1022,7 +1134,11 @@ mod tests {
         let findings = device_findings("b1/console", &identity, 115_200, &env, &[]).unwrap();
         let stale = by_id(&findings, "serial.holders");
         assert_eq!(stale.outcome, Outcome::Warn, "{stale:?}");
-        assert!(stale.detail.contains(&format!("pid {dead} is gone")), "{}", stale.detail);
+        assert!(
+            stale.detail.contains(&format!("pid {dead} is gone")),
+            "{}",
+            stale.detail
+        );
         assert_eq!(
             stale.hint.as_deref(),
             Some(format!("safe to remove: rm {}", locks.path().join(&name).display()).as_str())
@@ -1033,7 +1149,12 @@ mod tests {
         let findings = device_findings("b1/console", &identity, 115_200, &env, &[]).unwrap();
         let live = by_id(&findings, "serial.holders");
         assert_eq!(live.outcome, Outcome::Fail, "{live:?}");
-        assert!(live.detail.contains(&format!("of pid {}", std::process::id())), "{}", live.detail);
+        assert!(
+            live.detail
+                .contains(&format!("of pid {}", std::process::id())),
+            "{}",
+            live.detail
+        );
     }
 
     #[test]
@@ -1041,16 +1162,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let env = env_with_locks(dir.path());
         let port = pty(0o666, 0);
-        let link = dir.path().join("board-console");
-        std::os::unix::fs::symlink(&port.path, &link).unwrap();
+        // What udev does on plug: a node for the device and a stable link to it.
+        let rdev = std::fs::metadata(&port.path).unwrap().rdev();
+        let node = dir.path().join("ttyUSB7");
+        nix::sys::stat::mknod(
+            &node,
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            rdev as nix::libc::dev_t,
+        )
+        .unwrap();
+        let link = dir.path().join("usb-FTDI_board-if00-port0");
+        std::os::unix::fs::symlink(&node, &link).unwrap();
         let identity = SerialIdentity::Path(link.clone());
         let before = device_findings("b1/console", &identity, 115_200, &env, &[]).unwrap();
         assert_eq!(by_id(&before, "serial.resolve").outcome, Outcome::Pass);
         assert_eq!(
             by_id(&before, "serial.resolve").detail,
-            format!("`{}` -> `{}`", link.display(), port.path.display())
+            format!("`{}` -> `{}`", link.display(), node.display())
         );
-        drop(port); // both ends closed: the pty disappears, like an unplugged adapter
+        // Unplug: the device goes away and udev removes its node; the link dangles.
+        drop(port);
+        std::fs::remove_file(&node).unwrap();
         let after = device_findings("b1/console", &identity, 115_200, &env, &[]).unwrap();
         let gone = by_id(&after, "serial.resolve");
         assert_eq!(gone.outcome, Outcome::Fail);
@@ -1073,10 +1206,20 @@ mod tests {
         )
         .unwrap();
         std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o666)).unwrap();
-        let findings = device_findings("b1/console", &SerialIdentity::Path(node), 115_200, &env, &[&ra_runner()]).unwrap();
+        let findings = device_findings(
+            "b1/console",
+            &SerialIdentity::Path(node),
+            115_200,
+            &env,
+            &[&ra_runner()],
+        )
+        .unwrap();
         let open = by_id(&findings, "serial.open");
         assert_eq!(open.outcome, Outcome::Fail, "{open:?}");
-        assert!(open.hint.as_deref().unwrap().contains("vanished"), "{open:?}");
+        assert!(
+            open.hint.as_deref().unwrap().contains("vanished"),
+            "{open:?}"
+        );
     }
 
     #[test]
@@ -1089,9 +1232,13 @@ mod tests {
             ..Environment::system()
         };
         std::fs::create_dir_all(&env.udev_data).unwrap();
-        for (i, (serial, path)) in [("A1", "pci-0000:00:14.0-usb-0:1:1.0"), ("A1", "pci-0000:00:14.0-usb-0:2:1.0"), ("B7", "pci-0000:00:14.0-usb-0:3:1.0")]
-            .iter()
-            .enumerate()
+        for (i, (serial, path)) in [
+            ("A1", "pci-0000:00:14.0-usb-0:1:1.0"),
+            ("A1", "pci-0000:00:14.0-usb-0:2:1.0"),
+            ("B7", "pci-0000:00:14.0-usb-0:3:1.0"),
+        ]
+        .iter()
+        .enumerate()
         {
             let tty = env.sys_root.join(format!("class/tty/ttyUSB{i}"));
             std::fs::create_dir_all(&tty).unwrap();
@@ -1109,24 +1256,45 @@ mod tests {
         };
         assert_eq!(
             resolve(&udev("B7", None), &env),
-            Resolution::One { found: env.dev_root.join("ttyUSB2"), device: env.dev_root.join("ttyUSB2") }
+            Resolution::One {
+                found: env.dev_root.join("ttyUSB2"),
+                device: env.dev_root.join("ttyUSB2")
+            }
         );
         assert_eq!(
             resolve(&udev("A1", None), &env),
-            Resolution::Ambiguous(vec![env.dev_root.join("ttyUSB0"), env.dev_root.join("ttyUSB1")])
+            Resolution::Ambiguous(vec![
+                env.dev_root.join("ttyUSB0"),
+                env.dev_root.join("ttyUSB1")
+            ])
         );
         assert_eq!(
             resolve(&udev("A1", Some("pci-0000:00:14.0-usb-0:2:1.0")), &env),
-            Resolution::One { found: env.dev_root.join("ttyUSB1"), device: env.dev_root.join("ttyUSB1") }
+            Resolution::One {
+                found: env.dev_root.join("ttyUSB1"),
+                device: env.dev_root.join("ttyUSB1")
+            }
         );
-        let findings = device_findings("b1/console", &udev("ZZ", None), 115_200, &env, &[]).unwrap();
+        let findings =
+            device_findings("b1/console", &udev("ZZ", None), 115_200, &env, &[]).unwrap();
         let missing = by_id(&findings, "serial.resolve");
         assert_eq!(missing.outcome, Outcome::Fail);
-        assert!(missing.detail.contains("udev ID_SERIAL_SHORT=ZZ matches no device"), "{}", missing.detail);
+        assert!(
+            missing
+                .detail
+                .contains("udev ID_SERIAL_SHORT=ZZ matches no device"),
+            "{}",
+            missing.detail
+        );
         assert!(missing.detail.contains("ttyUSB2 (ID_SERIAL_SHORT=B7, ID_PATH=pci-0000:00:14.0-usb-0:3:1.0, ID_USB_INTERFACE_NUM=00)"), "{}", missing.detail);
-        let ambiguous = device_findings("b1/console", &udev("A1", None), 115_200, &env, &[]).unwrap();
+        let ambiguous =
+            device_findings("b1/console", &udev("A1", None), 115_200, &env, &[]).unwrap();
         let ambiguous = by_id(&ambiguous, "serial.resolve");
-        assert!(ambiguous.detail.contains("matches 2 devices"), "{}", ambiguous.detail);
+        assert!(
+            ambiguous.detail.contains("matches 2 devices"),
+            "{}",
+            ambiguous.detail
+        );
         assert!(ambiguous.hint.unwrap().contains("id_path"));
     }
 

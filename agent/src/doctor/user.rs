@@ -116,8 +116,14 @@ fn home_finding(identity: &Identity) -> Finding {
         _ => Finding::warn(
             F,
             "user.home",
-            format!("home `{}` of `{name}` does not exist (tools that write `~` fail)", home.display()),
-            format!("mkhomedir_helper {name}  (or: install -d -o {name} -g {name} {})", home.display()),
+            format!(
+                "home `{}` of `{name}` does not exist (tools that write `~` fail)",
+                home.display()
+            ),
+            format!(
+                "mkhomedir_helper {name}  (or: install -d -o {name} -g {name} {})",
+                home.display()
+            ),
         )
         .subject(name),
     }
@@ -168,7 +174,12 @@ fn group_finding(identity: &Identity, group: &str, why: &str) -> Finding {
         }
     };
     if identity.groups.contains(&found.gid) {
-        Finding::pass(F, "user.groups", format!("`{name}` is in `{group}` ({why})")).subject(name)
+        Finding::pass(
+            F,
+            "user.groups",
+            format!("`{name}` is in `{group}` ({why})"),
+        )
+        .subject(name)
     } else {
         Finding::fail(
             F,
@@ -202,7 +213,11 @@ pub fn stale_processes(
         return (0, stale);
     };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(comm) = std::fs::read_to_string(entry.path().join("comm")) else {
@@ -255,7 +270,10 @@ impl ProcStatus {
             } else if let Some(rest) = line.strip_prefix("Gid:") {
                 gid = rest.split_whitespace().next().and_then(|v| v.parse().ok());
             } else if let Some(rest) = line.strip_prefix("Groups:") {
-                groups = rest.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+                groups = rest
+                    .split_whitespace()
+                    .filter_map(|v| v.parse().ok())
+                    .collect();
             }
         }
         Some(ProcStatus {
@@ -289,8 +307,17 @@ pub fn live_groups_finding(proc_root: &Path, identity: &Identity, comms: &[&str]
     let list: Vec<String> = stale
         .iter()
         .map(|p| {
-            let groups: Vec<String> = p.missing.iter().map(|g| super::kvm::group_name(*g)).collect();
-            format!("pid {} (`{}`) lacks `{}`", p.pid, p.comm, groups.join("`, `"))
+            let groups: Vec<String> = p
+                .missing
+                .iter()
+                .map(|g| super::kvm::group_name(*g))
+                .collect();
+            format!(
+                "pid {} (`{}`) lacks `{}`",
+                p.pid,
+                p.comm,
+                groups.join("`, `")
+            )
         })
         .collect();
     Finding::fail(
@@ -311,7 +338,8 @@ mod tests {
 
     #[test]
     fn parses_proc_status() {
-        let status = "Name:\tsleep\nUid:\t999\t999\t999\t999\nGid:\t995\t995\t995\t995\nGroups:\t20 995 \n";
+        let status =
+            "Name:\tsleep\nUid:\t999\t999\t999\t999\nGid:\t995\t995\t995\t995\nGroups:\t20 995 \n";
         assert_eq!(
             ProcStatus::parse(status),
             Some(ProcStatus {
@@ -327,7 +355,13 @@ mod tests {
         // A real process running as `ra-runner` with its database groups...
         let base = Identity::lookup("ra-runner").unwrap().unwrap();
         let mut child = std::process::Command::new("setpriv")
-            .args(["--reuid=ra-runner", "--regid=ra-runner", "--init-groups", "sleep", "30"])
+            .args([
+                "--reuid=ra-runner",
+                "--regid=ra-runner",
+                "--init-groups",
+                "sleep",
+                "30",
+            ])
             .spawn()
             .unwrap();
         let pid = child.id();
@@ -347,7 +381,9 @@ mod tests {
         child.wait().unwrap();
         assert_eq!(finding.outcome, super::super::Outcome::Fail, "{finding:?}");
         assert!(
-            finding.detail.contains(&format!("pid {pid} (`sleep`) lacks `dialout`")),
+            finding
+                .detail
+                .contains(&format!("pid {pid} (`sleep`) lacks `dialout`")),
             "{}",
             finding.detail
         );
