@@ -2,6 +2,8 @@
 //! `ra-runner` user), and the github family against loopback servers that misbehave in the ways
 //! GitHub and networks do (no answer at all, a refused connection, a skewed `Date`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
