@@ -390,7 +390,7 @@ fn permission_findings(scope: &Scope, answer: &Answer) -> Vec<Finding> {
         return vec![Finding::fail(
             F,
             "github.auth",
-            format!("the token is rejected: 401 {}", message_of(&answer.body)),
+            format!("the token is rejected: {} {}", answer.status, message_of(&answer.body)),
             "the token is wrong, expired or revoked: create a new one and write it into the secret file",
         )];
     }
@@ -408,6 +408,7 @@ fn permission_findings(scope: &Scope, answer: &Answer) -> Vec<Finding> {
             .filter(|s| !s.is_empty())
             .collect();
         let ok = have.contains(&need)
+            || (need == "admin:org" && have.contains(&"manage_runners:org"))
             || (need == "manage_runners:enterprise" && have.contains(&"admin:enterprise"));
         if !ok {
             findings.push(Finding::fail(
