@@ -155,13 +155,18 @@ impl std::fmt::Display for NetError {
         match self {
             NetError::Deadline => f.write_str("no answer in time"),
             NetError::Request(err) => {
-                let mut text = err.to_string();
+                // reqwest's own text repeats the URL; the causes say what went wrong.
+                let mut causes = Vec::new();
                 let mut source = std::error::Error::source(err);
                 while let Some(inner) = source {
-                    text.push_str(": ");
-                    text.push_str(&inner.to_string());
+                    causes.push(inner.to_string());
                     source = inner.source();
                 }
+                let text = if causes.is_empty() {
+                    err.to_string()
+                } else {
+                    causes.join(": ")
+                };
                 f.write_str(&crate::redact::redact(&text))
             }
         }

@@ -429,7 +429,7 @@ fn cpu_finding(cpu: &CpuVirt) -> Finding {
             format!(
                 "{vendor} without `vmx`/`svm`; {modules}: a paravirtual KVM, stock guests may run very slowly or not at all"
             ),
-            "run `agentctl doctor --deep` to try a guest; for real hardware acceleration use a host (or VM type) that exposes VT-x/AMD-V",
+            "`agentctl doctor --deep` runs a guest to `hlt` and starts the configured QEMU with `-cpu host`; for real hardware acceleration use a host (or VM type) that exposes VT-x/AMD-V",
         )
     } else {
         Finding::warn(
@@ -726,7 +726,7 @@ pub fn open_finding(
                     group_name(group)
                 )
             } else {
-                format!("{UDEV_RULE_HINT}; then `usermod -aG kvm {user}` and restart the runner services")
+                format!("give the node to the `kvm` group first (the kvm.mode hint), then `usermod -aG kvm {user}` and restart the runner services")
             };
             let membership = if group == 0 {
                 "only root's group has access".to_owned()
@@ -974,7 +974,7 @@ mod tests {
         let hint = finding.hint.unwrap();
         // This host's node is root:root 0600, so only a udev rule plus the group can help.
         if meta.gid() == 0 {
-            assert!(hint.contains("GROUP=\"kvm\""), "{hint}");
+            assert!(hint.contains("kvm.mode hint"), "{hint}");
             assert!(hint.contains("usermod -aG kvm ra-runner"), "{hint}");
         } else {
             assert!(hint.contains("usermod -aG"), "{hint}");
