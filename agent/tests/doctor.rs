@@ -352,3 +352,90 @@ fn a_skewed_date_header_fails_the_clock_check() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains("AABF3JGZDX3P5PMEXLND6TS6FCWO6"));
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// A board whose console is a real pty behind a stable link, served by a runner of `ra-runner`.
+fn board_config(dir: &Path, console: &Path) -> PathBuf {
+    let pat_file = dir.join("github-pat");
+    std::fs::write(&pat_file, "ghp_0123456789abcdefghijABCDEFGHIJ012345\n").unwrap();
+    std::fs::set_permissions(&pat_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let path = dir.join("agent.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "version = 1\n\n[github]\nurl = \"http://127.0.0.1:9/octo/repo\"\npat_file = \"github-pat\"\n\n\
+             [defaults]\nuser = \"ra-runner\"\nroot = \"{root}\"\nservice = \"process\"\n\n\
+             [[runner]]\nname = \"board-1\"\nboard = \"bench\"\n\n\
+             [[board]]\nname = \"bench\"\n\n[board.console]\npath = \"{console}\"\nbaud = 115200\n",
+            root = dir.join("runners").display(),
+            console = console.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn a_board_console_is_checked_as_the_runner_user_from_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave = nix::unistd::ttyname(&pty.slave).unwrap();
+    let link = dir.path().join("usb-FTDI_bench-if00-port0");
+    std::os::unix::fs::symlink(&slave, &link).unwrap();
+    let config = board_config(dir.path(), &link);
+
+    // A fresh pty is the opener's, group tty, 0620: the runner user cannot open it.
+    std::fs::set_permissions(&slave, std::fs::Permissions::from_mode(0o620)).unwrap();
+    let (code, json) = run_json(&[
+        "--config",
+        config.to_str().unwrap(),
+        "doctor",
+        "--only",
+        "serial",
+    ]);
+    assert_eq!(
+        finding(&json, "serial.resolve")["detail"],
+        format!("`{}` -> `{}`", link.display(), slave.display())
+    );
+    let open = finding(&json, "serial.open");
+    assert_eq!(open["subject"], "bench/console");
+    assert_eq!(open["outcome"], "fail", "{json:#}");
+    assert!(
+        open["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("`ra-runner` cannot open"),
+        "{open}"
+    );
+    assert_eq!(finding(&json, "serial.baud")["outcome"], "pass");
+    assert_eq!(code, 1);
+
+    // This test process still has the slave open: another reader of the console, named.
+    let holders = finding(&json, "serial.holders");
+    assert_eq!(holders["outcome"], "warn", "{json:#}");
+    assert!(
+        holders["detail"].as_str().unwrap().contains(&format!(
+            "is open (without a lock) by pid {}",
+            std::process::id()
+        )),
+        "{holders}"
+    );
+
+    // Closed by us, opened up (what a udev rule with MODE="0666" would do): everything passes.
+    drop(pty.slave);
+    std::fs::set_permissions(&slave, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (code, json) = run_json(&[
+        "--config",
+        config.to_str().unwrap(),
+        "doctor",
+        "--only",
+        "serial",
+    ]);
+    assert_eq!(finding(&json, "serial.open")["outcome"], "pass", "{json:#}");
+    assert_eq!(
+        finding(&json, "serial.holders")["outcome"],
+        "pass",
+        "{json:#}"
+    );
+    assert_eq!(json["summary"]["fail"], 0, "{json:#}");
+    assert_eq!(code, 0);
+}

@@ -495,4 +495,120 @@ mod tests {
             })
         );
     }
+
+    fn runner(dir: &Path) -> Runner {
+        Runner {
+            name: "lab-1".to_owned(),
+            user: "ra-runner".to_owned(),
+            dir: dir.to_path_buf(),
+            work_dir: PathBuf::from("_work"),
+            labels: Vec::new(),
+            group: None,
+            ephemeral: crate::config::Ephemeral::No,
+            disable_update: false,
+            version: VersionReq::Latest,
+            download_mirror: None,
+            sha256: Default::default(),
+            board: None,
+            service: ServiceKind::Systemd,
+        }
+    }
+
+    #[test]
+    fn the_unit_needs_its_drop_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let units = tempfile::tempdir().unwrap();
+        let env = Environment {
+            unit_dir: units.path().to_path_buf(),
+            systemd_marker: dir.path().join("no-systemd-here"),
+            ..Environment::system()
+        };
+        let r = runner(dir.path());
+        let none = unit_findings(&r, &env);
+        assert_eq!(none[0].outcome, super::super::Outcome::Warn);
+        assert!(none[0].detail.contains("no `.service`"));
+
+        let unit = "actions.runner._services.lab-1.service";
+        std::fs::write(dir.path().join(".service"), format!("{unit}\n")).unwrap();
+        let missing = unit_findings(&r, &env);
+        assert_eq!(missing[0].outcome, super::super::Outcome::Fail);
+        assert!(missing[0]
+            .hint
+            .as_deref()
+            .unwrap()
+            .contains("./svc.sh install ra-runner"));
+
+        std::fs::write(units.path().join(unit), "[Service]\n").unwrap();
+        let no_drop_in = unit_findings(&r, &env);
+        assert_eq!(no_drop_in[0].outcome, super::super::Outcome::Fail);
+        assert!(
+            no_drop_in[0].detail.contains("lacks our drop-in"),
+            "{}",
+            no_drop_in[0].detail
+        );
+
+        std::fs::create_dir(units.path().join(format!("{unit}.d"))).unwrap();
+        std::fs::write(
+            units.path().join(format!("{unit}.d")).join(DROP_IN),
+            "[Service]\n",
+        )
+        .unwrap();
+        let ok = unit_findings(&r, &env);
+        assert_eq!(ok[0].outcome, super::super::Outcome::Pass, "{ok:?}");
+        // Without systemd as init, enabled/active cannot be asked, and doctor says so.
+        assert_eq!(ok[1].id, "runner.active");
+        assert_eq!(ok[1].outcome, super::super::Outcome::Skip);
+    }
+
+    #[test]
+    fn a_running_listener_without_the_new_group_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let base = Identity::lookup("ra-runner").unwrap().unwrap();
+        let mut child = std::process::Command::new("setpriv")
+            .args([
+                "--reuid=ra-runner",
+                "--regid=ra-runner",
+                "--init-groups",
+                "sleep",
+                "30",
+            ])
+            .current_dir(dir.path())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|c| c.trim() == "sleep")
+        {
+            assert!(std::time::Instant::now() < deadline, "sleep never started");
+            std::thread::yield_now();
+        }
+        let same = process_finding(Path::new("/proc"), dir.path(), &base);
+        let mut joined = base.clone();
+        joined.groups.push(nix::unistd::Gid::from_raw(20));
+        let stale = process_finding(Path::new("/proc"), dir.path(), &joined);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(same.outcome, super::super::Outcome::Pass, "{same:?}");
+        assert!(
+            same.detail
+                .starts_with(&format!("pid {pid} (`sleep`) runs with groups")),
+            "{}",
+            same.detail
+        );
+        assert_eq!(stale.outcome, super::super::Outcome::Fail);
+        assert!(
+            stale
+                .detail
+                .contains(&format!("pid {pid} (`sleep`) lacks `dialout`")),
+            "{}",
+            stale.detail
+        );
+        assert!(stale
+            .hint
+            .unwrap()
+            .contains("restart the service to pick up the new group"));
+    }
 }

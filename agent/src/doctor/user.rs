@@ -390,4 +390,27 @@ mod tests {
         assert!(finding.hint.unwrap().contains("restart the service"));
         assert_eq!(current.outcome, super::super::Outcome::Pass, "{current:?}");
     }
+
+    #[test]
+    fn group_membership_comes_from_the_user_database() {
+        let user = Identity::lookup("ra-runner").unwrap().unwrap();
+        let outside = group_finding(&user, "dialout", "its runners drive board(s) b1");
+        assert_eq!(outside.outcome, super::super::Outcome::Fail);
+        assert_eq!(
+            outside.hint.as_deref(),
+            Some("usermod -aG dialout ra-runner, then restart the runner services")
+        );
+        let own = group_finding(&user, "ra-runner", "test");
+        assert_eq!(own.outcome, super::super::Outcome::Pass);
+        let missing = group_finding(&user, "ra-no-such-group", "test");
+        assert!(
+            missing.detail.ends_with("but it does not exist"),
+            "{}",
+            missing.detail
+        );
+        assert!(missing
+            .hint
+            .unwrap()
+            .starts_with("groupadd --system ra-no-such-group"));
+    }
 }
