@@ -439,3 +439,35 @@ fn a_board_console_is_checked_as_the_runner_user_from_the_config() {
     assert_eq!(json["summary"]["fail"], 0, "{json:#}");
     assert_eq!(code, 0);
 }
+
+#[test]
+fn run_by_the_runner_user_itself_it_checks_that_users_access() {
+    // A copy of the binary the unprivileged user can reach (the build tree may be private).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.path().join("agentctl");
+    std::fs::copy(assert_cmd::cargo::cargo_bin("agentctl"), &bin).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=ra-runner", "--regid=ra-runner", "--init-groups"])
+        .arg(&bin)
+        .args([
+            "--config",
+            "/nonexistent/agent.toml",
+            "doctor",
+            "--only",
+            "kvm",
+            "--json",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|err| {
+        panic!("{err}: {}", String::from_utf8_lossy(&out.stderr));
+    });
+    let api = finding(&json, "kvm.api");
+    assert_eq!(api["outcome"], "skip", "{json:#}");
+    let open = finding(&json, "kvm.open");
+    assert_eq!(open["subject"], "ra-runner");
+    assert_eq!(open["outcome"], "fail");
+    assert_eq!(out.status.code(), Some(1));
+}

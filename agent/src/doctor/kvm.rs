@@ -595,15 +595,22 @@ fn mode_finding(device: &Path, meta: &std::fs::Metadata) -> Finding {
 
 fn api_findings(device: &Path, probe: &DeviceProbe) -> Vec<Finding> {
     if let Err(errno) = probe.open {
+        let me = user_name(nix::unistd::geteuid().as_raw());
+        if !nix::unistd::geteuid().is_root() && matches!(errno, Errno::EACCES | Errno::EPERM) {
+            return vec![Finding::skip(
+                F,
+                "kvm.api",
+                format!(
+                    "`{me}` (doctor's own user) cannot open {}: the API checks need root (`sudo agentctl doctor`)",
+                    ticked(device)
+                ),
+            )];
+        }
         return vec![Finding::fail(
             F,
             "kvm.api",
-            format!(
-                "cannot open {} even as doctor's own user: {}",
-                ticked(device),
-                errno.desc()
-            ),
-            "run `agentctl doctor` as root",
+            format!("cannot open {} as `{me}`: {}", ticked(device), errno.desc()),
+            vanished_or_dmesg(errno),
         )];
     }
     let mut findings = Vec::new();
@@ -679,6 +686,15 @@ fn api_findings(device: &Path, probe: &DeviceProbe) -> Vec<Finding> {
     findings
 }
 
+fn vanished_or_dmesg(errno: Errno) -> &'static str {
+    match errno {
+        Errno::ENXIO | Errno::ENODEV => {
+            "load the KVM module (`modprobe kvm_intel` or `modprobe kvm_amd`); check `dmesg | grep -i kvm`"
+        }
+        _ => "check `dmesg | grep -i kvm`",
+    }
+}
+
 /// `kvm.open`: the runner user opens the node read-write and creates a VM.
 pub fn open_finding(
     device: &Path,
@@ -686,18 +702,27 @@ pub fn open_finding(
     identity: &Identity,
 ) -> Result<Finding, DoctorError> {
     let user = &identity.name;
-    let probe = match probe_device(device, Some(identity))? {
-        Ok(probe) => probe,
-        Err(failure) => {
-            return Ok(Finding::fail(
+    let probe =
+        match probe_device(device, Some(identity))? {
+            Ok(probe) => probe,
+            Err(failure @ ProbeFailure::CannotBecome { .. }) => return Ok(Finding::skip(
                 F,
                 "kvm.open",
-                format!("cannot probe {} as `{user}`: {failure}", ticked(device)),
-                "run `agentctl doctor` as root so it can switch to the runner user",
+                format!(
+                    "{failure}: run `agentctl doctor` as root (or as `{user}`) to check its access"
+                ),
             )
-            .subject(user))
-        }
-    };
+            .subject(user)),
+            Err(failure) => {
+                return Ok(Finding::fail(
+                    F,
+                    "kvm.open",
+                    format!("cannot probe {} as `{user}`: {failure}", ticked(device)),
+                    "check `dmesg | grep -i kvm`",
+                )
+                .subject(user))
+            }
+        };
     let finding = match probe.open {
         Ok(()) => match probe.create_vm {
             Ok(()) => Finding::pass(

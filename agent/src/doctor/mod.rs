@@ -552,7 +552,7 @@ fn config_finding(config: &ConfigState) -> Finding {
 }
 
 /// The users whose access is checked: `--user`, else every configured runner's user, else the
-/// default runner user when it exists.
+/// default runner user (or, when doctor does not run as root, its own user).
 fn runner_users(cfg: Option<&Config>, options: &Options) -> Vec<String> {
     if !options.users.is_empty() {
         return dedup(options.users.clone());
@@ -561,7 +561,15 @@ fn runner_users(cfg: Option<&Config>, options: &Options) -> Vec<String> {
         Some(cfg) if !cfg.runners.is_empty() => {
             dedup(cfg.runners.iter().map(|r| r.user.clone()).collect())
         }
-        _ => vec![crate::config::DEFAULT_RUNNER_USER.to_owned()],
+        // Without runners: as root, the default runner user; as anyone else, that user itself
+        // (a runner user checking its own access).
+        _ => {
+            let euid = nix::unistd::geteuid();
+            match nix::unistd::User::from_uid(euid) {
+                Ok(Some(me)) if !euid.is_root() => vec![me.name],
+                _ => vec![crate::config::DEFAULT_RUNNER_USER.to_owned()],
+            }
+        }
     }
 }
 
