@@ -1,5 +1,6 @@
 //! `agentctl config check [--json]`: load the configuration exactly as the daemon does, and
-//! either print what it resolves to or every problem in it (exit status 78).
+//! either print what it resolves to (nothing with `--quiet`) or every problem in it (exit status
+//! 78).
 //!
 //! `--json` prints one object on stdout, stable for scripts:
 //! - valid: `{"config": PATH, "ok": true, "github": {...}, "runners": [...], "boards": [...]}`;
@@ -56,7 +57,9 @@ fn check(path: &Path, args: &CheckArgs) -> anyhow::Result<Status> {
                     "{}",
                     serde_json::to_string_pretty(&valid_json(&config))?
                 )?;
-            } else {
+            } else if log::max_level() >= log::LevelFilter::Info {
+                // `--quiet` (the unit's `ExecStartPre`) lowers the log level to warnings: then a
+                // valid configuration prints nothing.
                 write!(out, "{}", human(&config))?;
             }
             Ok(Status::Success)
