@@ -6,6 +6,7 @@
 //! - [`redact`]: the rule that keeps token values out of every log line and message.
 //! - [`logging`]: journald under systemd, a readable stderr logger otherwise.
 //! - [`config`]: `/etc/runner-agent/agent.toml`, parsed strictly into a resolved [`config::Config`].
+//! - [`doctor`]: `agentctl doctor`, hardware and GitHub checks run as the runner user.
 //! - [`cli`]: the `agentctl` subcommands, thin wrappers over the modules above.
 
 pub mod cli;

@@ -702,27 +702,28 @@ pub fn open_finding(
     identity: &Identity,
 ) -> Result<Finding, DoctorError> {
     let user = &identity.name;
-    let probe =
-        match probe_device(device, Some(identity))? {
-            Ok(probe) => probe,
-            Err(failure @ ProbeFailure::CannotBecome { .. }) => return Ok(Finding::skip(
+    let probe = match probe_device(device, Some(identity))? {
+        Ok(probe) => probe,
+        Err(failure @ ProbeFailure::CannotBecome { .. }) => {
+            return Ok(Finding::skip(
                 F,
                 "kvm.open",
                 format!(
                     "{failure}: run `agentctl doctor` as root (or as `{user}`) to check its access"
                 ),
             )
-            .subject(user)),
-            Err(failure) => {
-                return Ok(Finding::fail(
-                    F,
-                    "kvm.open",
-                    format!("cannot probe {} as `{user}`: {failure}", ticked(device)),
-                    "check `dmesg | grep -i kvm`",
-                )
-                .subject(user))
-            }
-        };
+            .subject(user))
+        }
+        Err(failure) => {
+            return Ok(Finding::fail(
+                F,
+                "kvm.open",
+                format!("cannot probe {} as `{user}`: {failure}", ticked(device)),
+                "check `dmesg | grep -i kvm`",
+            )
+            .subject(user))
+        }
+    };
     let finding = match probe.open {
         Ok(()) => match probe.create_vm {
             Ok(()) => Finding::pass(

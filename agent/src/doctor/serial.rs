@@ -752,25 +752,26 @@ fn open_finding(
 ) -> Finding {
     let user = &identity.name;
     let dev = ticked(device);
-    let probe =
-        match probe {
-            Ok(probe) => probe,
-            Err(failure @ as_user::ProbeFailure::CannotBecome { .. }) => return Finding::skip(
+    let probe = match probe {
+        Ok(probe) => probe,
+        Err(failure @ as_user::ProbeFailure::CannotBecome { .. }) => {
+            return Finding::skip(
                 F,
                 "serial.open",
                 format!(
                     "{failure}: run `agentctl doctor` as root (or as `{user}`) to check its access"
                 ),
-            ),
-            Err(failure) => {
-                return Finding::fail(
-                    F,
-                    "serial.open",
-                    format!("cannot probe {dev} as `{user}`: {failure}"),
-                    "the open blocked or crashed; check `dmesg | tail`",
-                )
-            }
-        };
+            )
+        }
+        Err(failure) => {
+            return Finding::fail(
+                F,
+                "serial.open",
+                format!("cannot probe {dev} as `{user}`: {failure}"),
+                "the open blocked or crashed; check `dmesg | tail`",
+            )
+        }
+    };
     match probe.open {
         Ok(()) => Finding::pass(F, "serial.open", format!("`{user}` opens {dev} read-write")),
         Err(Errno::EACCES) | Err(Errno::EPERM) => {
