@@ -323,6 +323,11 @@ async fn a_pinned_runner_is_told_the_days_left_in_the_update_window() {
         "{}",
         window.detail
     );
+    // `--only runner` asks GitHub for release dates only: no token is minted.
+    assert_eq!(
+        emu.request_count("POST /api/v3/repos/{owner}/{repo}/actions/runners/registration-token"),
+        0
+    );
     assert!(
         findings.iter().all(|f| f.family == Family::Runner),
         "--only runner: {findings:#?}"

@@ -17,7 +17,8 @@
 //!   system calls (`open`, `ioctl`, `flock`, `mmap`, `tcsetattr`, …) on data prepared before the
 //!   fork, and returns a fixed-size array of integers;
 //! - the child writes that array to a pipe with one `write` and leaves with `_exit` (no
-//!   destructors, no atexit handlers, no stdio flush).
+//!   destructors, no atexit handlers, no stdio flush); the probe closure is only borrowed, so
+//!   nothing it captured is freed in the child.
 //!
 //! The parent waits with a deadline and kills the child if it hangs (a `KVM_RUN` that never
 //! exits, a tty open that blocks).
@@ -111,11 +112,12 @@ struct Answer<const N: usize> {
 /// what it returned.
 ///
 /// `probe` runs after `fork` in a multi-threaded process: it must only make system calls on data
-/// prepared before the call (no allocation, no locks, no logging, no panics).
+/// prepared before the call (no allocation, no locks, no logging, no panics). It is only borrowed
+/// in the child, so what it captured is never dropped (freed) there.
 pub fn run<const N: usize>(
     identity: Option<&Identity>,
     timeout: Duration,
-    probe: impl FnOnce() -> [i64; N],
+    probe: impl Fn() -> [i64; N],
 ) -> Result<Result<[i64; N], ProbeFailure>, DoctorError> {
     // Not root and already that user (doctor run by the runner user itself): nothing to switch,
     // and no privilege to do it with.

@@ -29,7 +29,9 @@ pub struct Inputs<'a> {
     pub cfg: Option<&'a Config>,
     pub offline: bool,
     pub budget: Duration,
-    /// Also compute the runner update windows.
+    /// Run the github family itself.
+    pub github: bool,
+    /// Compute the runner update windows (`runner` family findings).
     pub update_windows: bool,
 }
 
@@ -67,10 +69,22 @@ pub async fn check(inputs: Inputs<'_>) -> Result<Vec<Finding>, DoctorError> {
         token: None,
     };
     let mut findings = Vec::new();
+    if inputs.github {
+        findings.extend(github_findings(&mut gh, cfg).await);
+    }
+    if inputs.update_windows {
+        findings.extend(update_window_findings(&gh, cfg).await);
+    }
+    Ok(findings)
+}
+
+/// The github family proper; leaves the session's token set when credentials work.
+async fn github_findings(gh: &mut Session, cfg: &Config) -> Vec<Finding> {
+    let mut findings = Vec::new();
     let prefix = cfg.github.scope.api_prefix();
 
     // Credentials.
-    match credentials(&mut gh, &cfg.github.auth).await {
+    match credentials(gh, &cfg.github.auth).await {
         Ok(Some(token)) => gh.token = Some(token),
         Ok(None) => {
             findings.push(Finding::skip(
@@ -83,7 +97,7 @@ pub async fn check(inputs: Inputs<'_>) -> Result<Vec<Finding>, DoctorError> {
             let unreachable = finding.id == "github.api";
             findings.push(finding);
             if unreachable {
-                return Ok(findings);
+                return findings;
             }
         }
     }
@@ -95,8 +109,8 @@ pub async fn check(inputs: Inputs<'_>) -> Result<Vec<Finding>, DoctorError> {
     let response = match list {
         Ok(response) => response,
         Err(err) => {
-            findings.push(unreachable_finding(&gh.api, &err, inputs.budget));
-            return Ok(findings);
+            findings.push(unreachable_finding(&gh.api, &err, gh.budget));
+            return findings;
         }
     };
     findings.push(Finding::pass(
@@ -110,21 +124,18 @@ pub async fn check(inputs: Inputs<'_>) -> Result<Vec<Finding>, DoctorError> {
     if gh.token.is_some() {
         findings.extend(permission_findings(&cfg.github.scope, &response));
         if response.status.is_success() {
-            findings.push(registration_token_finding(&gh, &prefix).await);
+            findings.push(registration_token_finding(gh, &prefix).await);
             if let Scope::Org { .. } | Scope::Enterprise { .. } = cfg.github.scope {
-                findings.extend(runner_group_findings(&gh, cfg, &prefix).await);
+                findings.extend(runner_group_findings(gh, cfg, &prefix).await);
             }
             if let Scope::Repo { owner, repo } = &cfg.github.scope {
-                if let Some(finding) = public_repo_finding(&gh, owner, repo).await {
+                if let Some(finding) = public_repo_finding(gh, owner, repo).await {
                     findings.push(finding);
                 }
             }
         }
     }
-    if inputs.update_windows {
-        findings.extend(update_window_findings(&gh, cfg).await);
-    }
-    Ok(findings)
+    findings
 }
 
 struct Session {

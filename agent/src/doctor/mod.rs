@@ -437,12 +437,14 @@ pub async fn run(
         let config = cfg.cloned();
         let offline = options.offline;
         let budget = env.network_budget;
+        let github = options.wants(Family::Github);
         let update_windows = options.wants(Family::Runner);
         Some(tokio::spawn(async move {
             github::check(github::Inputs {
                 cfg: config.as_ref(),
                 offline,
                 budget,
+                github,
                 update_windows,
             })
             .await

@@ -908,7 +908,14 @@ pub fn interference_findings(
                 })
                 .map(|d| d.display().to_string())
                 .collect();
-            if unprotected.is_empty() {
+            if devices.is_empty() {
+                findings.push(Finding::warn(
+                    F,
+                    "serial.modemmanager",
+                    format!("ModemManager (pid {}) runs and may probe board ttys with AT commands", pids[0]),
+                    "add `ENV{ID_MM_DEVICE_IGNORE}=\"1\"` to the boards' udev rules (or `systemctl disable --now ModemManager`)",
+                ));
+            } else if unprotected.is_empty() {
                 findings.push(Finding::pass(
                     F,
                     "serial.modemmanager",
