@@ -243,14 +243,21 @@ pub fn proxy_findings(get: impl Fn(&str) -> Option<String>) -> Vec<Finding> {
 }
 
 pub fn proxy_finding(name: &str, value: &str) -> Finding {
-    // Never print credentials embedded in a proxy URL.
-    let shown = match url::Url::parse(value) {
-        Ok(mut url) if url.password().is_some() => {
-            let _ = url.set_password(Some(crate::redact::MASK));
-            url.to_string()
-        }
-        _ => value.to_owned(),
-    };
+    proxy_check(F, "host.proxy", name, value, |fixed| {
+        format!("export {name}={fixed}")
+    })
+}
+
+/// A proxy value: with a scheme, a host, and a scheme clients know. `fix` turns the corrected
+/// value into the hint.
+pub fn proxy_check(
+    family: Family,
+    id: &str,
+    name: &str,
+    value: &str,
+    fix: impl Fn(&str) -> String,
+) -> Finding {
+    let shown = mask_userinfo(value);
     let has_scheme = value.contains("://");
     match url::Url::parse(value) {
         Ok(url)
@@ -258,24 +265,40 @@ pub fn proxy_finding(name: &str, value: &str) -> Finding {
                 && matches!(url.scheme(), "http" | "https" | "socks5" | "socks5h")
                 && url.host().is_some() =>
         {
-            Finding::pass(F, "host.proxy", format!("`{name}={shown}`")).subject(name)
+            Finding::pass(family, id, format!("`{name}={shown}`")).subject(name)
         }
         _ if !has_scheme => Finding::fail(
-            F,
-            "host.proxy",
+            family,
+            id,
             format!(
                 "`{name}={shown}` has no scheme: the runner and some clients ignore it silently"
             ),
-            format!("export {name}=http://{}", value.trim_start_matches('/')),
+            fix(&format!("http://{}", shown.trim_start_matches('/'))),
         )
         .subject(name),
         _ => Finding::fail(
-            F,
-            "host.proxy",
+            family,
+            id,
             format!("`{name}={shown}` is not a proxy URL like `http://proxy.example:3128`"),
-            format!("set {name} to `http://HOST:PORT`"),
+            fix("http://HOST:PORT"),
         )
         .subject(name),
+    }
+}
+
+/// `user:password@host` parts never reach the output.
+fn mask_userinfo(value: &str) -> String {
+    let (scheme, rest) = match value.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), value),
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or("");
+            format!("{scheme}{user}:{}@{}", crate::redact::MASK, &rest[at + 1..])
+        }
+        None => value.to_owned(),
     }
 }
 
@@ -298,6 +321,10 @@ mod tests {
         );
         let secret = proxy_finding("https_proxy", "http://me:hunter22@proxy:3128");
         assert!(!secret.detail.contains("hunter22"), "{}", secret.detail);
+        assert_eq!(secret.detail, "`https_proxy=http://me:***@proxy:3128`");
+        let bare = proxy_finding("https_proxy", "me:hunter22@proxy:3128");
+        assert!(!bare.detail.contains("hunter22"), "{}", bare.detail);
+        assert!(!bare.hint.as_deref().unwrap().contains("hunter22"));
     }
 
     #[test]

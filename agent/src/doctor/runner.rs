@@ -81,6 +81,7 @@ pub fn runner_findings(cfg: &Config, runner: &Runner, env: &Environment) -> Vec<
     });
     findings.push(version_finding(runner, installed_version(dir)).subject(name));
     findings.push(registration_finding(cfg, runner).subject(name));
+    findings.extend(env_proxy_findings(dir).into_iter().map(|f| f.subject(name)));
     findings.extend(
         unit_findings(runner, env)
             .into_iter()
@@ -250,6 +251,33 @@ fn registration_finding(cfg: &Config, runner: &Runner) -> Finding {
             }
         }
     }
+}
+
+/// Proxy lines in the runner's `.env` (the only environment the service sees; a value without
+/// `http://` is silently ignored by the runner).
+pub fn env_proxy_findings(dir: &Path) -> Vec<Finding> {
+    let env_file = dir.join(".env");
+    let Ok(text) = std::fs::read_to_string(&env_file) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|line| line.split_once('='))
+        .filter(|(key, _)| {
+            matches!(
+                key.trim(),
+                "https_proxy" | "HTTPS_PROXY" | "http_proxy" | "HTTP_PROXY"
+            )
+        })
+        .map(|(key, value)| {
+            let key = key.trim();
+            super::host::proxy_check(F, "runner.proxy", key, value.trim(), |fixed| {
+                format!(
+                    "write `{key}={fixed}` in `{}`, then restart the runner",
+                    env_file.display()
+                )
+            })
+        })
+        .collect()
 }
 
 fn unit_findings(runner: &Runner, env: &Environment) -> Vec<Finding> {
@@ -610,5 +638,26 @@ mod tests {
             .hint
             .unwrap()
             .contains("restart the service to pick up the new group"));
+    }
+
+    #[test]
+    fn proxies_in_the_runner_env_need_a_scheme() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(".env"),
+            "LANG=C.UTF-8\nhttps_proxy=proxy.corp:3128\nhttp_proxy=http://proxy.corp:3128\n",
+        )
+        .unwrap();
+        let findings = env_proxy_findings(dir.path());
+        assert_eq!(findings.len(), 2);
+        assert_eq!(findings[0].outcome, super::super::Outcome::Fail);
+        assert_eq!(
+            findings[0].hint.as_deref().unwrap(),
+            format!(
+                "write `https_proxy=http://proxy.corp:3128` in `{}`, then restart the runner",
+                dir.path().join(".env").display()
+            )
+        );
+        assert_eq!(findings[1].outcome, super::super::Outcome::Pass);
     }
 }

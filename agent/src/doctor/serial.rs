@@ -1320,4 +1320,46 @@ mod tests {
         assert_eq!(parse_lock_pid(&4242u32.to_ne_bytes()), Some(4242));
         assert_eq!(parse_lock_pid(b"junk"), None);
     }
+
+    #[test]
+    fn modemmanager_and_brltty_are_found_by_process_name() {
+        let root = tempfile::tempdir().unwrap();
+        let env = Environment {
+            proc_root: root.path().join("proc"),
+            udev_data: root.path().join("udev"),
+            ..Environment::system()
+        };
+        let quiet = interference_findings(&env.proc_root, &env, &[]);
+        assert!(
+            quiet.iter().all(|f| f.outcome == Outcome::Pass),
+            "{quiet:#?}"
+        );
+        for (pid, comm) in [("412", "ModemManager"), ("977", "brltty")] {
+            let dir = env.proc_root.join(pid);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("comm"), format!("{comm}\n")).unwrap();
+        }
+        // A board tty udev tags for ModemManager to ignore, and one it does not.
+        std::fs::create_dir_all(&env.udev_data).unwrap();
+        std::fs::write(env.udev_data.join("c5:0"), "E:ID_MM_DEVICE_IGNORE=1\n").unwrap();
+        let tty = PathBuf::from("/dev/tty"); // 5:0
+        let null = PathBuf::from("/dev/null"); // 1:3
+        let ignored = interference_findings(&env.proc_root, &env, std::slice::from_ref(&tty));
+        assert_eq!(
+            by_id(&ignored, "serial.modemmanager").outcome,
+            Outcome::Pass,
+            "{ignored:#?}"
+        );
+        let probed = interference_findings(&env.proc_root, &env, &[tty, null]);
+        let mm = by_id(&probed, "serial.modemmanager");
+        assert_eq!(mm.outcome, Outcome::Warn);
+        assert_eq!(
+            mm.detail,
+            "ModemManager (pid 412) may probe /dev/null with AT commands"
+        );
+        let brltty = by_id(&probed, "serial.brltty");
+        assert_eq!(brltty.outcome, Outcome::Warn);
+        assert!(brltty.detail.starts_with("brltty (pid 977) runs"));
+        assert!(brltty.hint.unwrap().contains("apt-get remove brltty"));
+    }
 }
