@@ -44,7 +44,8 @@ pub fn check(
                         &path,
                         &env.kvm_device,
                         Duration::from_millis(1500),
-                    ));
+                    )
+                    .subject(name));
                 }
             }
         }
