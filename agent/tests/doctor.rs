@@ -177,7 +177,7 @@ fn an_unanswering_github_costs_less_than_three_seconds() {
     assert_eq!(api["outcome"], "fail");
     assert_eq!(
         api["detail"],
-        format!("`http://127.0.0.1:{port}/api/v3` did not answer within 2500 ms (no proxy set)")
+        format!("`http://127.0.0.1:{port}/api/v3` did not answer within 2000 ms (no proxy set)")
     );
     assert_eq!(code, 1);
 }

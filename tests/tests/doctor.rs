@@ -269,7 +269,7 @@ async fn a_github_too_slow_to_answer_is_bounded() {
     let api = get(&findings, "github.api");
     assert_eq!(api.outcome, Outcome::Fail);
     assert!(
-        api.detail.contains("did not answer within 2500 ms"),
+        api.detail.contains("did not answer within 2000 ms"),
         "{}",
         api.detail
     );

@@ -215,6 +215,8 @@ impl Session {
             })
         };
         match tokio::time::timeout(left, work).await {
+            // reqwest's own timeout (the same budget) may fire first under load: same meaning.
+            Ok(Err(NetError::Request(err))) if err.is_timeout() => Err(NetError::Deadline),
             Ok(result) => result,
             Err(_) => Err(NetError::Deadline),
         }

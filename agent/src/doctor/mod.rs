@@ -384,7 +384,7 @@ impl Environment {
             unit_dir: PathBuf::from("/etc/systemd/system"),
             systemd_marker: PathBuf::from("/run/systemd/system"),
             os_release: PathBuf::from("/etc/os-release"),
-            network_budget: Duration::from_millis(2500),
+            network_budget: Duration::from_millis(2000),
         }
     }
 

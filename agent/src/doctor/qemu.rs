@@ -40,12 +40,10 @@ pub fn check(
                     .file_name()
                     .is_some_and(|n| n.to_string_lossy().starts_with("qemu-system-x86_64"))
                 {
-                    findings.push(accel_finding(
-                        &path,
-                        &env.kvm_device,
-                        Duration::from_millis(1500),
-                    )
-                    .subject(name));
+                    findings.push(
+                        accel_finding(&path, &env.kvm_device, Duration::from_millis(1500))
+                            .subject(name),
+                    );
                 }
             }
         }
