@@ -115,8 +115,8 @@ pub fn probe_device(
     device: &Path,
     identity: Option<&Identity>,
 ) -> Result<Result<DeviceProbe, ProbeFailure>, DoctorError> {
-    let path = CString::new(device.as_os_str().as_bytes()).map_err(|_| {
-        DoctorError::Runtime(std::io::Error::other("device path contains a NUL byte"))
+    let path = CString::new(device.as_os_str().as_bytes()).map_err(|_| DoctorError::NulInPath {
+        path: device.to_path_buf(),
     })?;
     let caps = all_caps();
     let mut cap_numbers = [0i64; 24];
@@ -211,8 +211,8 @@ pub fn deep_probe(
     identity: Option<&Identity>,
     timeout: Duration,
 ) -> Result<DeepResult, DoctorError> {
-    let path = CString::new(device.as_os_str().as_bytes()).map_err(|_| {
-        DoctorError::Runtime(std::io::Error::other("device path contains a NUL byte"))
+    let path = CString::new(device.as_os_str().as_bytes()).map_err(|_| DoctorError::NulInPath {
+        path: device.to_path_buf(),
     })?;
     let answer = as_user::run::<4>(identity, timeout, move || deep_child(&path))?;
     let out = match answer {

@@ -77,8 +77,10 @@ pub enum DoctorError {
     },
     #[error("cannot set up the HTTP client")]
     HttpClient(#[source] reqwest::Error),
-    #[error("cannot start the async runtime")]
+    #[error("cannot run the checks")]
     Runtime(#[source] std::io::Error),
+    #[error("device path `{}` contains a NUL byte", path.display())]
+    NulInPath { path: PathBuf },
 }
 
 /// A family of checks; `--only FAMILY` selects one.

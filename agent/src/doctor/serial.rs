@@ -401,8 +401,8 @@ pub fn probe_port(
     identity: Option<&Identity>,
     baud: Option<u32>,
 ) -> Result<Result<PortProbe, as_user::ProbeFailure>, DoctorError> {
-    let path = CString::new(device.as_os_str().as_bytes()).map_err(|_| {
-        DoctorError::Runtime(std::io::Error::other("device path contains a NUL byte"))
+    let path = CString::new(device.as_os_str().as_bytes()).map_err(|_| DoctorError::NulInPath {
+        path: device.to_path_buf(),
     })?;
     let speed = baud.unwrap_or(0);
     let answer = as_user::run::<6>(identity, Duration::from_secs(3), move || {
