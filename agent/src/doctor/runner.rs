@@ -322,11 +322,7 @@ fn unit_findings(runner: &Runner, env: &Environment) -> Vec<Finding> {
         return findings;
     }
     findings.push(if drop_in.exists() {
-        Finding::pass(
-            F,
-            "runner.unit",
-            format!("`{unit}` with drop-in {}", ticked(&drop_in)),
-        )
+        drop_in_finding(&unit, &drop_in)
     } else {
         Finding::fail(
             F,
@@ -372,6 +368,36 @@ fn unit_findings(runner: &Runner, env: &Environment) -> Vec<Finding> {
         )
     });
     findings
+}
+
+/// Our drop-in exists; one that sets `Group=` without `SupplementaryGroups=` loses the user's
+/// other groups (`kvm`, `dialout`; systemd/systemd#33654).
+fn drop_in_finding(unit: &str, drop_in: &Path) -> Finding {
+    let text = std::fs::read_to_string(drop_in).unwrap_or_default();
+    let sets = |key: &str| {
+        text.lines().any(|l| {
+            l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.starts_with('='))
+        })
+    };
+    if sets("Group") && !sets("SupplementaryGroups") {
+        Finding::warn(
+            F,
+            "runner.unit",
+            format!(
+                "{} sets `Group=` without `SupplementaryGroups=`: the runner may lose the user's other groups",
+                ticked(drop_in)
+            ),
+            "list the groups jobs need in `SupplementaryGroups=kvm dialout` (restart `runner-agent.service` to rewrite the drop-in)",
+        )
+    } else {
+        Finding::pass(
+            F,
+            "runner.unit",
+            format!("`{unit}` with drop-in {}", ticked(drop_in)),
+        )
+    }
 }
 
 fn service_name(kind: ServiceKind) -> &'static str {
@@ -583,6 +609,22 @@ mod tests {
         .unwrap();
         let ok = unit_findings(&r, &env);
         assert_eq!(ok[0].outcome, super::super::Outcome::Pass, "{ok:?}");
+        std::fs::write(
+            units.path().join(format!("{unit}.d")).join(DROP_IN),
+            "[Service]\nGroup=ra-runner\n",
+        )
+        .unwrap();
+        let group_only = unit_findings(&r, &env);
+        assert_eq!(
+            group_only[0].outcome,
+            super::super::Outcome::Warn,
+            "{group_only:?}"
+        );
+        assert!(group_only[0]
+            .hint
+            .as_deref()
+            .unwrap()
+            .contains("SupplementaryGroups="));
         // Without systemd as init, enabled/active cannot be asked, and doctor says so.
         assert_eq!(ok[1].id, "runner.active");
         assert_eq!(ok[1].outcome, super::super::Outcome::Skip);
