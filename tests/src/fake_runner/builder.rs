@@ -152,7 +152,7 @@ fn pad_sizes(total: u64, files: u32, rng: &mut SplitMix) -> Vec<u64> {
         .map(|_| {
             let r = rng.next();
             // 1 in 32 files is heavy.
-            if r % 32 == 0 {
+            if r.is_multiple_of(32) {
                 64 + (r >> 40) % 192
             } else {
                 1 + (r >> 40) % 4

@@ -21,7 +21,8 @@ exit_after=${GITHUB_ACTIONS_SERVICE_EXIT_AFTER_N_FAILURES:-0}
 
 state_dir=$(mktemp -d)
 listening_flag="$state_dir/listening"
-trap 'rm -rf "$state_dir"' EXIT
+killer_pid=""
+trap 'rm -rf "$state_dir"; [ -n "$killer_pid" ] && kill -- -"$killer_pid" 2>/dev/null' EXIT
 
 stopping=0
 listener_pid=""
@@ -35,7 +36,8 @@ graceful_shutdown() {
         echo "Sending SIGINT to runner listener to stop"
         kill -INT "$listener_pid" 2>/dev/null
         echo "Sending SIGKILL to runner listener"
-        ( sleep 30; kill -KILL "$listener_pid" 2>/dev/null ) &
+        ( sleep 30; kill -KILL "$listener_pid" 2>/dev/null ) </dev/null >/dev/null 2>&1 &
+        killer_pid=$!
     fi
 }
 trap graceful_shutdown TERM INT
@@ -50,10 +52,19 @@ watch_output() {
     done
 }
 
+# Job control: the listener then starts with SIGINT at its default disposition (a non-interactive
+# shell would start background children with SIGINT ignored), as node's spawn does.
+set -m
+
 echo "Started running service"
 while [ $stopping -eq 0 ]; do
     echo "Starting Runner listener with startup type: service"
-    ./bin/Runner.Listener run --startuptype service > >(watch_output) 2>&1 &
+    fifo="$state_dir/output"
+    rm -f "$fifo"
+    mkfifo "$fifo"
+    watch_output <"$fifo" &
+    watcher_pid=$!
+    ./bin/Runner.Listener run --startuptype service >"$fifo" 2>&1 &
     listener_pid=$!
     echo "Started listener process, pid: ${listener_pid}"
     # `wait` returns early when a trapped signal arrives: wait again until the listener is gone.
@@ -63,6 +74,10 @@ while [ $stopping -eq 0 ]; do
         kill -0 "$listener_pid" 2>/dev/null || break
     done
     listener_pid=""
+    # All of the listener's output has been seen once the watcher reaches end of file.
+    while kill -0 "$watcher_pid" 2>/dev/null; do
+        wait "$watcher_pid"
+    done
     if [ -f "$listening_flag" ]; then
         rm -f "$listening_flag"
         unknown_failures=0

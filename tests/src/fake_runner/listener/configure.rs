@@ -252,9 +252,9 @@ pub async fn configure(root: &Root, settings: &Settings) -> Result<(), ListenerE
     let mut user_labels: Vec<String> = Vec::new();
     for label in labels_text.split(',').filter(|l| !l.is_empty()) {
         if label.chars().count() > 256 {
-            return Err(ListenerError::config(format!(
-                "Invalid configuration provided for labels. Terminating unattended configuration."
-            )));
+            return Err(ListenerError::config(
+                "Invalid configuration provided for labels. Terminating unattended configuration.",
+            ));
         }
         if !user_labels.iter().any(|l| l.eq_ignore_ascii_case(label)) {
             user_labels.push(label.to_string());
