@@ -227,10 +227,18 @@ impl Listener {
                         ));
                         return Err(code::SESSION_CONFLICT);
                     }
-                    say_error(format!(
-                        "{}: A session for this runner already exists.",
-                        utc_now()
-                    ));
+                    if !reported_error {
+                        let message = if h.message().is_empty() {
+                            "A session for this runner already exists."
+                        } else {
+                            h.message()
+                        };
+                        say_error(format!(
+                            "{}: Runner connect error: {message}. Retrying until reconnected.",
+                            utc_now()
+                        ));
+                        reported_error = true;
+                    }
                     let left = Duration::from_secs(conflict_limit).saturating_sub(since.elapsed());
                     tokio::time::sleep(retry.min(left)).await;
                 }
@@ -373,6 +381,8 @@ impl Listener {
         if let Err(code) = self.create_session().await {
             return code;
         }
+        say("√ Connected to GitHub");
+        say("");
         say(format!("Current runner version: '{}'", self.version));
         say(format!("{}: Listening for Jobs", utc_now()));
 
@@ -485,7 +495,7 @@ impl Listener {
                                 return code;
                             }
                         }
-                        Err(CallError::Http(h)) if h.status == 404 && (h.type_key() == "TaskAgentNotFoundException" || h.type_key() == "RunnerNotFoundException" || h.type_key().is_empty()) => {
+                        Err(CallError::Http(h)) if h.status == 404 && (h.type_key() == "TaskAgentNotFoundException" || h.type_key() == "RunnerNotFoundException") => {
                             if let Some(job) = &running { job.cancel.cancel(); }
                             say_error("The runner no longer exists on the server. Cleaning up local configuration.");
                             self.root.delete_local_config();
