@@ -369,7 +369,7 @@ impl Client {
     ) -> Result<(), CallError> {
         let url = format!("{tenant}_apis/distributedtask/pools/{pool_id}/sessions/{session}");
         let req = self.http.delete(&url).bearer_auth(token);
-        self.send(reqwest::Method::DELETE, &url, req, Duration::from_secs(30))
+        self.send(reqwest::Method::DELETE, &url, req, Duration::from_secs(10))
             .await
             .map(|_| ())
     }

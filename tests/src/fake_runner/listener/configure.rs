@@ -307,7 +307,7 @@ pub async fn configure(root: &Root, settings: &Settings) -> Result<(), ListenerE
             "ephemeral": ephemeral,
             "disableUpdate": disable_update,
             "replace": replace,
-            "publicKey": rsa.public_key,
+            "publicKey": rsa.modulus,
         });
         match client
             .register(&tenant.url, &tenant.token, pool.id, &body)
@@ -341,7 +341,7 @@ pub async fn configure(root: &Root, settings: &Settings) -> Result<(), ListenerE
         .access_token(
             &agent.authorization.authorization_url,
             &agent.authorization.client_id,
-            &rsa.public_key,
+            &rsa.modulus,
         )
         .await
         .map_err(http_error)?;

@@ -91,7 +91,7 @@ pub async fn run(root: &Root, settings: &Settings) -> i32 {
     let mut listener = Listener {
         root: root.clone(),
         version: root.version(),
-        secret: rsa.public_key.clone(),
+        secret: rsa.modulus.clone(),
         runner,
         credentials,
         client,
@@ -369,7 +369,15 @@ impl Listener {
         (RunningJob { request, cancel }, handle)
     }
 
+    /// Listens until an exit code is decided; the session is always deleted on the way out, as
+    /// the real listener does in its `finally`.
     async fn main_loop(&mut self) -> i32 {
+        let code = self.listen().await;
+        self.delete_session().await;
+        code
+    }
+
+    async fn listen(&mut self) -> i32 {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut sigint), Ok(mut sigterm)) = (
             signal(SignalKind::interrupt()),

@@ -39,10 +39,10 @@ pub struct CredentialData {
     pub data: std::collections::BTreeMap<String, String>,
 }
 
-/// `.credentials_rsaparams`. The fake keeps a random secret where the real runner keeps its RSA
-/// key; `publicKey` is what was registered and is used as the OAuth client secret
-/// (tests/PROTOCOL.md). The real key's field names are kept so tools that look at the file see
-/// the familiar shape.
+/// `.credentials_rsaparams`: the real key's field names, holding random bytes. The fake's
+/// "public key" is the base64 `modulus`: it is what configure registers as `publicKey` and what
+/// the listener sends as the OAuth client secret (tests/PROTOCOL.md); JIT configs from the
+/// emulator follow the same rule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RsaParams {
@@ -54,7 +54,6 @@ pub struct RsaParams {
     pub modulus: String,
     pub p: String,
     pub q: String,
-    pub public_key: String,
 }
 
 impl RsaParams {
@@ -74,7 +73,6 @@ impl RsaParams {
             modulus: b64(256),
             p: b64(128),
             q: b64(128),
-            public_key: b64(48),
         }
     }
 }
@@ -256,7 +254,6 @@ fn camel_keys(value: Value) -> Value {
                 "modulus",
                 "p",
                 "q",
-                "publicKey",
             ];
             let mut out = Map::new();
             for (k, v) in map {
