@@ -526,8 +526,9 @@ async fn an_ephemeral_runner_takes_one_job_and_exits_0() {
     assert_eq!(done.output.as_deref(), Some("one\n"));
     let (code, lines) = run.wait_exit();
     assert_eq!(code, Some(0), "{lines}");
-    // The service de-registers it.
+    // The service de-registers it, and the runner drops its local configuration.
     assert!(emu.runners(Some(REPO)).iter().all(|r| r.name != "eph"));
+    assert!(!root.join(".runner").exists() && !root.join(".credentials").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,7 +2,7 @@
 //! the environment a real job gets; output collected as one combined stream.
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsRawFd as _, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -204,7 +204,7 @@ pub fn run_job(
         }
     }
     if !failed {
-        for (index, step) in job.steps.iter().enumerate() {
+        for step in &job.steps {
             if cancel.is_cancelled() {
                 break;
             }
@@ -215,12 +215,6 @@ pub fn run_job(
                 outcome.exit_code = 1;
                 break;
             }
-            let title = if step.name.is_empty() {
-                format!("step {}", index + 1)
-            } else {
-                step.name.clone()
-            };
-            let _ = title;
             let (code, text) = run_script(&script, &workspace, &env, cancel);
             let _ = std::fs::remove_file(&script);
             output.push_str(&text);
@@ -297,7 +291,6 @@ fn run_script(
         let mut file = std::fs::File::from(read_end);
         let mut bytes = Vec::new();
         let _ = file.read_to_end(&mut bytes);
-        let _ = file.as_raw_fd();
         bytes
     });
     let status = child.wait();

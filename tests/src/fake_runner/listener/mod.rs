@@ -105,8 +105,11 @@ pub fn say_error(line: impl AsRef<str>) {
 }
 
 /// The usage text of `--help`.
-pub fn usage() -> String {
-    "\
+pub fn usage(root: &Root) -> String {
+    let name = hostname();
+    let arch = configure::arch_label(root);
+    format!(
+        "\
 Commands:
  ./config.sh         Configures the runner
  ./config.sh remove  Unconfigures the runner
@@ -122,10 +125,10 @@ Config Options:
  --unattended           Disable interactive prompts for missing arguments. Defaults will be used for missing options
  --url string           Repository to add the runner to. Required if unattended
  --token string         Registration token. Required if unattended
- --name string          Name of the runner to configure (default <hostname>)
+ --name string          Name of the runner to configure (default {name})
  --runnergroup string   Name of the runner group to add this runner to (defaults to the default runner group)
  --labels string        Custom labels that will be added to the runner. This option is mandatory if --no-default-labels is used.
- --no-default-labels    Disables adding the default labels: 'self-hosted,Linux,X64'
+ --no-default-labels    Disables adding the default labels: 'self-hosted,Linux,{arch}'
  --local                Removes the runner config files from your local machine. Used as an option to the remove command
  --work string          Relative runner work directory (default _work)
  --replace              Replace any existing runner with the same name (default false)
@@ -143,7 +146,7 @@ Examples:
  Configure a runner non-interactively with three extra labels:
   ./config.sh --unattended --url <url> --token <token> --labels L1,L2,L3
 "
-    .to_string()
+    )
 }
 
 /// Entry point of `bin/Runner.Listener`: parses the command line and the environment inputs,
@@ -168,7 +171,7 @@ pub fn main() -> i32 {
         say_error(message);
     }
     if settings.flag("help") {
-        say(usage());
+        say(usage(&root));
         return code::SUCCESS;
     }
     if settings.flag("version") {
@@ -219,7 +222,7 @@ pub fn main() -> i32 {
     }
     if !settings.is_command("run") {
         // No or an unknown command: the real listener prints usage and exits with success.
-        say(usage());
+        say(usage(&root));
         return code::SUCCESS;
     }
     runtime.block_on(run::run(&root, &settings))

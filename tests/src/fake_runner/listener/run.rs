@@ -58,7 +58,7 @@ pub async fn run(root: &Root, settings: &Settings) -> i32 {
     }
     if !root.is_configured() {
         say_error("Runner is not configured.");
-        say(usage());
+        say(usage(root));
         return code::TERMINATED_ERROR;
     }
     let run_once = settings.flag("once");
@@ -427,6 +427,11 @@ impl Listener {
                     if self.once && took_job {
                         if let Some(p) = poll.take() { p.abort(); }
                         self.delete_session().await;
+                        // An ephemeral runner's registration is gone after its job: its
+                        // local configuration goes too (a `--once` runner keeps it).
+                        if self.runner.ephemeral {
+                            self.root.delete_local_config();
+                        }
                         return code::SUCCESS;
                     }
                 }
@@ -520,10 +525,9 @@ impl Listener {
                             unauthorized += 1;
                             match self.refresh_token().await {
                                 Ok(()) => {}
-                                Err(Some(_)) => {
-                                    say("Runner OAuth token has been revoked. Shutting down.");
-                                    return code::SUCCESS;
-                                }
+                                // The real listener only traces "Runner OAuth token has been
+                                // revoked. Shutting down." and exits with success.
+                                Err(Some(_)) => return code::SUCCESS,
                                 Err(None) => {}
                             }
                         }
