@@ -751,3 +751,145 @@ async fn a_self_update_swaps_in_the_new_version_and_run_sh_relaunches_it() {
     let done = emu.wait_job(job, WAIT).await.unwrap();
     assert_eq!(done.output.as_deref(), Some("after-update\n"));
 }
+
+fn pool_id(root: &Path) -> u64 {
+    let bytes = std::fs::read(root.join(".runner")).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&bytes[3..]).unwrap();
+    v["poolId"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poll_errors_are_retried_and_an_expired_session_is_replaced() {
+    let emu = emulator().await;
+    let inst = install("2.336.0");
+    let root = &inst.root;
+    assert_eq!(configure(&emu, root, "flaky", &[]).status.code(), Some(0));
+    let mut run = Running::start({
+        let mut c = listener(root);
+        c.env("FAKE_RUNNER_POLL_RETRY_SECONDS", "0.2");
+        c
+    });
+    run.wait_for("Listening for Jobs");
+    emu.inject(runner_agent_tests::emulator::Fault::Status {
+        status: 502,
+        count: 3,
+        path_prefix: Some(format!(
+            "/_services/pipelines/_apis/distributedtask/pools/{}/messages",
+            pool_id(root)
+        )),
+    });
+    run.wait_for("Runner connect error:");
+    run.wait_for("Runner reconnected.");
+    let connect_errors = run
+        .seen
+        .iter()
+        .filter(|l| l.contains("Runner connect error:"))
+        .count();
+    assert_eq!(
+        connect_errors, 1,
+        "only the first error is printed: {:?}",
+        run.seen
+    );
+    // GitHub forgets a session that was not polled for 90 s: the listener opens a new one.
+    emu.advance_clock(120);
+    wait_runner(&emu, "flaky", "online again", |r| {
+        r.status == "online" && r.session_open
+    })
+    .await;
+    let job = emu
+        .queue_job(REPO, &["self-hosted"], "echo still-here")
+        .unwrap();
+    let done = emu.wait_job(job, WAIT).await.unwrap();
+    assert_eq!(done.output.as_deref(), Some("still-here\n"));
+    assert!(
+        run.child.try_wait().unwrap().is_none(),
+        "the listener kept running"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_once_warns_takes_one_job_and_keeps_its_configuration() {
+    let emu = emulator().await;
+    let inst = install("2.336.0");
+    let root = &inst.root;
+    assert_eq!(configure(&emu, root, "once", &[]).status.code(), Some(0));
+    let mut run = Running::start({
+        let mut c = listener(root);
+        c.arg("--once");
+        c
+    });
+    run.wait_for("Warning: '--once' is going to be deprecated in the future, please consider using '--ephemeral' during runner registration.");
+    run.wait_for("Listening for Jobs");
+    let job = emu.queue_job(REPO, &["self-hosted"], "echo once").unwrap();
+    assert_eq!(
+        emu.wait_job(job, WAIT).await.unwrap().output.as_deref(),
+        Some("once\n")
+    );
+    let (code, lines) = run.wait_exit();
+    assert_eq!(code, Some(0), "{lines}");
+    assert!(root.join(".runner").exists());
+    assert!(emu.runners(Some(REPO)).iter().any(|r| r.name == "once"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_registration_token_fails_with_the_real_http_line() {
+    let emu = emulator().await;
+    let inst = install("2.336.0");
+    let root = &inst.root;
+    let out = as_runner("./config.sh", root)
+        .args([
+            "--unattended",
+            "--url",
+            &emu.web_url_for(REPO),
+            "--token",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "Http response code: NotFound from 'POST {}/actions/runner-registration'\n",
+            emu.api_url()
+        )
+    );
+    assert!(!root.join(".runner").exists());
+    // Other defaults: --no-default-labels needs --labels.
+    let token = emu.registration_token(REPO).unwrap();
+    let out = as_runner("./config.sh", root)
+        .args([
+            "--unattended",
+            "--url",
+            &emu.web_url_for(REPO),
+            "--no-default-labels",
+        ])
+        .env("ACTIONS_RUNNER_INPUT_TOKEN", &token)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).ends_with("Disabling default labels via --no-default-labels without specifying --labels is not supported\n"), "{}", text(&out));
+    let out = as_runner("./config.sh", root)
+        .args([
+            "--unattended",
+            "--url",
+            &emu.web_url_for(REPO),
+            "--no-default-labels",
+            "--labels",
+            "only",
+            "--name",
+            "nd",
+            "--runnergroup",
+            "default",
+        ])
+        .env("ACTIONS_RUNNER_INPUT_TOKEN", &token)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let view = emu
+        .runners(Some(REPO))
+        .into_iter()
+        .find(|r| r.name == "nd")
+        .unwrap();
+    assert_eq!(view.labels, ["only"]);
+}
