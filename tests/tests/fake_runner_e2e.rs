@@ -279,8 +279,14 @@ async fn configure_run_take_a_job_and_exit_when_deleted() {
     let svc = std::fs::read_to_string(root.join("svc.sh")).unwrap();
     assert!(svc.contains("SVC_NAME=\"actions.runner._services.r1.service\""));
 
-    // Run it; it comes online with its labels.
-    let mut run = Running::start(as_runner("./run.sh", root));
+    // Run it (with a runner input in its environment, which jobs must never see); it comes
+    // online with its labels.
+    let secret = emu.registration_token(REPO).unwrap();
+    let mut run = Running::start({
+        let mut c = as_runner("./run.sh", root);
+        c.env("ACTIONS_RUNNER_INPUT_TOKEN", &secret);
+        c
+    });
     run.wait_for("Current runner version: '2.336.0'");
     run.wait_for("Listening for Jobs");
     let view = wait_runner(&emu, "r1", "online", |r| r.status == "online").await;
@@ -309,6 +315,7 @@ async fn configure_run_take_a_job_and_exit_when_deleted() {
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     let environ = String::from_utf8_lossy(&environ);
     assert!(!environ.contains("ACTIONS_RUNNER_INPUT_"), "{environ}");
+    assert!(!environ.contains(&secret), "{environ}");
     assert!(environ.contains("GITHUB_ACTIONS=true"), "{environ}");
     assert!(environ.contains("RUNNER_NAME=r1"), "{environ}");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -892,4 +899,39 @@ async fn a_bad_registration_token_fails_with_the_real_http_line() {
         .find(|r| r.name == "nd")
         .unwrap();
     assert_eq!(view.labels, ["only"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ephemeral_runner_exits_4_for_an_update_and_3_otherwise() {
+    let emu = emulator().await;
+    let newer_dir = tempfile::tempdir().unwrap();
+    let newer = release("2.340.0", newer_dir.path());
+    emu.publish_release(
+        "2.340.0",
+        vec![(
+            "linux-x64".to_string(),
+            runner_agent_tests::emulator::AssetSource::Path(newer.path.clone()),
+        )],
+        runner_agent_tests::emulator::ReleaseOptions::default(),
+    )
+    .await
+    .unwrap();
+    for (flags, expected) in [(&["--ephemeral"][..], 4), (&[][..], 3)] {
+        let inst = install("2.336.0");
+        let root = &inst.root;
+        let name = format!("u{expected}");
+        let out = configure(&emu, root, &name, flags);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let out = listener(root).output().unwrap();
+        assert_eq!(out.status.code(), Some(expected), "{}", text(&out));
+        assert!(text(&out).contains(
+            "Runner will exit shortly for update, should be back online within 10 seconds."
+        ));
+        // The detached update script finishes the swap after the listener is gone.
+        wait_file(&root.join("update.finished")).await;
+        assert_eq!(
+            std::fs::read_link(root.join("bin")).unwrap(),
+            Path::new("bin.2.340.0")
+        );
+    }
 }
