@@ -637,12 +637,25 @@ async fn job_hooks_from_dot_env_run_around_the_steps_and_devices_open_as_the_run
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn remove_with_a_pat_deletes_the_registration_and_local_files() {
+async fn configure_and_remove_with_a_pat() {
     let emu = emulator().await;
     let inst = install("2.336.0");
     let root = &inst.root;
-    assert_eq!(configure(&emu, root, "rm", &[]).status.code(), Some(0));
     let pat = emu.add_pat(runner_agent_tests::emulator::PatSpec::classic(&["repo"]));
+    // `--pat` instead of `--token`: the listener gets the registration token itself.
+    let out = as_runner("./config.sh", root)
+        .args([
+            "--unattended",
+            "--url",
+            &emu.web_url_for(REPO),
+            "--name",
+            "rm",
+        ])
+        .env("ACTIONS_RUNNER_INPUT_PAT", &pat)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(emu.runners(Some(REPO)).iter().any(|r| r.name == "rm"));
     let out = as_runner("./config.sh", root)
         .arg("remove")
         .env("ACTIONS_RUNNER_INPUT_PAT", &pat)
@@ -934,4 +947,34 @@ async fn an_ephemeral_runner_exits_4_for_an_update_and_3_otherwise() {
             Path::new("bin.2.340.0")
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runsvc_supervises_the_real_listener_and_stops_when_it_exits_0() {
+    let emu = emulator().await;
+    let inst = install("2.336.0");
+    let root = &inst.root;
+    assert_eq!(configure(&emu, root, "svc", &[]).status.code(), Some(0));
+    // What `svc.sh install` does before systemd starts the unit.
+    std::fs::copy(root.join("bin/runsvc.sh"), root.join("runsvc.sh")).unwrap();
+    let mut run = Running::start(as_runner("./runsvc.sh", root));
+    run.wait_for(".path=/usr/local/bin:/usr/bin:/bin");
+    run.wait_for("Starting Runner listener with startup type: service");
+    run.wait_for("Listening for Jobs");
+    let id = wait_runner(&emu, "svc", "online", |r| r.status == "online")
+        .await
+        .id;
+    assert!(emu.delete_runner(id));
+    let (code, lines) = run.wait_exit();
+    assert_eq!(code, Some(0), "{lines}");
+    assert!(
+        lines.contains("Runner listener exited with error code 0"),
+        "{lines}"
+    );
+    assert!(
+        lines.contains(
+            "Runner listener exit with 0 return code, stop the service, no retry needed."
+        ),
+        "{lines}"
+    );
 }
