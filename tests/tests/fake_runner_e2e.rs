@@ -978,3 +978,32 @@ async fn runsvc_supervises_the_real_listener_and_stops_when_it_exits_0() {
         "{lines}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_cancels_the_running_job_and_exits_0() {
+    let emu = emulator().await;
+    let inst = install("2.336.0");
+    let root = &inst.root;
+    assert_eq!(configure(&emu, root, "term", &[]).status.code(), Some(0));
+    let mut run = Running::start(listener(root));
+    run.wait_for("Listening for Jobs");
+    let job = emu
+        .queue_job(REPO, &["self-hosted"], "echo working\nsleep 300")
+        .unwrap();
+    run.wait_for(&format!("Running job: job {job}"));
+    wait_runner(&emu, "term", "busy", |r| r.busy).await;
+    // setpriv execs the listener, so the child's pid is the listener's.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(run.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let (code, lines) = run.wait_exit();
+    assert_eq!(code, Some(0), "{lines}");
+    assert!(lines.contains("Exiting..."), "{lines}");
+    let done = emu.wait_job(job, WAIT).await.unwrap();
+    assert_eq!(done.result.as_deref(), Some("cancelled"));
+    assert_eq!(done.output.as_deref(), Some("working\n"));
+    // Its session is closed: the runner is offline at once.
+    wait_runner(&emu, "term", "without a session", |r| !r.session_open).await;
+}
