@@ -6,10 +6,14 @@
 //! - [`redact`]: the rule that keeps token values out of every log line and message.
 //! - [`logging`]: journald under systemd, a readable stderr logger otherwise.
 //! - [`config`]: `/etc/runner-agent/agent.toml`, parsed strictly into a resolved [`config::Config`].
+//! - [`github`]: a small typed client of GitHub's REST API.
+//! - [`release`]: runner releases: resolve, download, verify, cache, unpack, install.
 //! - [`cli`]: the `agentctl` subcommands, thin wrappers over the modules above.
 
 pub mod cli;
 pub mod config;
 pub mod exit;
+pub mod github;
 pub mod logging;
 pub mod redact;
+pub mod release;
