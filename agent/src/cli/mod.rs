@@ -2,6 +2,7 @@
 //! wrapper over the domain modules; this file holds the shared flags and the dispatch.
 
 mod docs;
+mod release;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +39,8 @@ pub enum Command {
     Completions(docs::CompletionsArgs),
     /// Print the `agentctl(1)` man page (roff).
     Man,
+    /// Runner releases: download, verify, cache, install.
+    Release(release::ReleaseArgs),
 }
 
 /// Parse the command line, run the command, and map its outcome to an exit code.
@@ -58,6 +61,7 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
     match cli.command {
         Command::Completions(args) => docs::completions(&args),
         Command::Man => docs::man(),
+        Command::Release(args) => release::run(args, &cli.config),
     }
 }
 

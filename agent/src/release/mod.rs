@@ -105,12 +105,8 @@ pub enum ReleaseError {
     UnsafeEntry { path: String, reason: String },
     #[error("refusing to unpack `{source_name}`: it holds more than {limit}")]
     TooLarge { source_name: String, limit: String },
-    #[error("cannot read the token file `{path}`")]
-    Token {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error("cannot read the GitHub token")]
+    Token(#[source] crate::config::ConfigError),
     #[error("i/o error at `{path}`")]
     Io {
         path: PathBuf,
@@ -199,14 +195,7 @@ impl FetchRequest {
         );
         request.scope = Some(config.github.scope.clone());
         if let Auth::Pat { file } = &config.github.auth {
-            let token =
-                fs::read_to_string(&file.resolved).map_err(|source| ReleaseError::Token {
-                    path: file.resolved.clone(),
-                    source,
-                })?;
-            let token = token.trim().to_owned();
-            crate::redact::register(&token);
-            request.token = Some(token);
+            request.token = Some(file.read().map_err(ReleaseError::Token)?);
         }
         if let Some(runner) = runner.or(config.runners.first()) {
             request.version = runner.version.clone();
