@@ -104,10 +104,7 @@ pub fn run(args: ReleaseArgs, config_path: &Path) -> anyhow::Result<Status> {
 }
 
 /// The request from the configuration (when there is one) and the flags.
-fn request(
-    args: &FetchArgs,
-    config_path: &Path,
-) -> anyhow::Result<Result<FetchRequest, Status>> {
+fn request(args: &FetchArgs, config_path: &Path) -> anyhow::Result<Result<FetchRequest, Status>> {
     let mut request = if args.api_url.is_some() && !config_path.exists() {
         FetchRequest::new(
             Url::parse("https://api.github.com")?,
@@ -121,14 +118,13 @@ fn request(
                 return Ok(Err(Status::Config));
             }
         };
-        let runner = match &args.runner {
-            Some(name) => Some(
-                config
-                    .runner(name)
-                    .with_context(|| format!("there is no runner `{name}` in the configuration"))?,
-            ),
-            None => None,
-        };
+        let runner =
+            match &args.runner {
+                Some(name) => Some(config.runner(name).with_context(|| {
+                    format!("there is no runner `{name}` in the configuration")
+                })?),
+                None => None,
+            };
         FetchRequest::from_config(&config, runner)?
     };
     if let Some(url) = &args.api_url {
@@ -162,7 +158,9 @@ fn request(
         let VersionReq::Pinned(version) = request.version else {
             anyhow::bail!("`--sha256` needs `--version`: a pin is for one file\n\nhint: add `--version X.Y.Z`");
         };
-        request.pins.insert(arch.asset_name(version), sha256.clone());
+        request
+            .pins
+            .insert(arch.asset_name(version), sha256.clone());
     }
     Ok(Ok(request))
 }

@@ -284,3 +284,170 @@ fn sync_parent(target: &Path) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Cursor, Write};
+    use std::process::Command;
+
+    use super::*;
+    use crate::release::unpack::{extract, Options};
+
+    fn tarball() -> Vec<u8> {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut add = |path: &str, content: &[u8], mode: u32| {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(content.len() as u64);
+            header.set_mode(mode);
+            header.set_entry_type(tar::EntryType::Regular);
+            tar.append_data(&mut header, path, content).unwrap();
+        };
+        add("config.sh", b"#!/bin/sh\necho config\n", 0o755);
+        add("bin/Runner.Listener", b"listener v2", 0o755);
+        add("bin/runner.json", b"{}", 0o644);
+        add("externals/node20/bin/node", b"node", 0o755);
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_size(0);
+        tar.append_link(&mut header, "externals/node20/bin/nodejs", "node")
+            .unwrap();
+        let tar = tar.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar).unwrap();
+        gz.finish().unwrap()
+    }
+
+    fn sealed_tree(dir: &Path) -> (PathBuf, Manifest) {
+        let tree = dir.join("tree");
+        fs::create_dir(&tree).unwrap();
+        let options = Options {
+            read_only: true,
+            ..Options::default()
+        };
+        let entries = extract(Cursor::new(tarball()), &tree, "t", &options).unwrap();
+        let manifest = seal(&tree, entries).unwrap();
+        (tree, manifest)
+    }
+
+    fn runner_user() -> (Uid, Gid) {
+        let user = nix::unistd::User::from_name("ra-runner")
+            .unwrap()
+            .expect("ra-runner exists (scripts/setup)");
+        (user.uid, user.gid)
+    }
+
+    fn as_runner(script: &str) -> bool {
+        Command::new("runuser")
+            .args(["-u", "ra-runner", "--", "/bin/sh", "-c", script])
+            .status()
+            .unwrap()
+            .success()
+    }
+
+    #[test]
+    fn runners_share_bin_and_externals_but_cannot_change_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let (tree, manifest) = sealed_tree(tmp.path());
+        assert!(verify(&tree).is_some());
+        let owner = runner_user();
+        let one = tmp.path().join("runners/one");
+        let two = tmp.path().join("runners/two");
+        install(&tree, &manifest, &one, Some(owner)).unwrap();
+        install(&tree, &manifest, &two, Some(owner)).unwrap();
+
+        let meta = |p: &Path| fs::symlink_metadata(p).unwrap();
+        let shared = meta(&one.join("bin/Runner.Listener"));
+        assert_eq!(
+            shared.ino(),
+            meta(&two.join("bin/Runner.Listener")).ino(),
+            "hard-linked"
+        );
+        assert_eq!(shared.ino(), meta(&tree.join("bin/Runner.Listener")).ino());
+        assert_eq!((shared.uid(), shared.mode() & 0o777), (0, 0o555));
+        let own = meta(&one.join("config.sh"));
+        assert_ne!(own.ino(), meta(&two.join("config.sh")).ino(), "copied");
+        assert_eq!((own.uid(), own.mode() & 0o777), (owner.0.as_raw(), 0o755));
+        assert_eq!(meta(&one.join("bin")).uid(), owner.0.as_raw());
+        assert_eq!(
+            fs::read_link(one.join("externals/node20/bin/nodejs")).unwrap(),
+            Path::new("node")
+        );
+
+        let listener = one.join("bin/Runner.Listener");
+        let l = listener.display();
+        assert!(
+            !as_runner(&format!("echo evil >> {l}")),
+            "the runner user wrote a shared file"
+        );
+        assert!(
+            !as_runner(&format!("chmod u+w {l}")),
+            "the runner user chmod'ed a shared file"
+        );
+        assert_eq!(
+            fs::read(two.join("bin/Runner.Listener")).unwrap(),
+            b"listener v2"
+        );
+        assert!(as_runner(&format!(
+            "echo mine >> {}/config.sh",
+            one.display()
+        )));
+        // What the runner's self-update does: new versioned dirs, old ones deleted.
+        assert!(as_runner(&format!(
+            "cd {} && cp -r bin bin.2.999.0 && rm -rf bin && mv bin.2.999.0 bin",
+            one.display()
+        )));
+        assert_eq!(
+            fs::read(two.join("bin/Runner.Listener")).unwrap(),
+            b"listener v2"
+        );
+        assert!(verify(&tree).is_some(), "the sealed tree is untouched");
+    }
+
+    #[test]
+    fn an_existing_target_is_swapped_whole_and_leftovers_are_cleaned() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (tree, manifest) = sealed_tree(tmp.path());
+        let target = tmp.path().join("runner");
+        fs::create_dir_all(target.join("bin")).unwrap();
+        fs::write(target.join("bin/old-only"), b"old").unwrap();
+        let stale = tmp.path().join(".runner.new-4194999");
+        fs::create_dir(&stale).unwrap();
+        install(&tree, &manifest, &target, None).unwrap();
+        assert!(!target.join("bin/old-only").exists());
+        assert_eq!(fs::read(target.join("bin/runner.json")).unwrap(), b"{}");
+        let left: Vec<_> = fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(
+            !left.iter().any(|name| name.starts_with(".runner.new-")),
+            "{left:?}"
+        );
+    }
+
+    #[test]
+    fn a_changed_sealed_tree_fails_verification() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (tree, _) = sealed_tree(tmp.path());
+        let file = tree.join("bin/runner.json");
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&file, b"[]").unwrap();
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o444)).unwrap();
+        assert!(verify(&tree).is_none());
+        let (tree2, _) = sealed_tree(&tmp.path().join("x").tap_mkdir());
+        fs::remove_file(tree2.join("externals/node20/bin/nodejs")).unwrap();
+        assert!(verify(&tree2).is_none());
+    }
+
+    trait TapMkdir {
+        fn tap_mkdir(self) -> Self;
+    }
+
+    impl TapMkdir for PathBuf {
+        fn tap_mkdir(self) -> Self {
+            fs::create_dir_all(&self).unwrap();
+            self
+        }
+    }
+}

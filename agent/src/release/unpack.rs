@@ -160,8 +160,12 @@ fn parse<R: BufRead>(
                 limit: format!("{} entries", options.limits.max_entries),
             });
         }
-        let header_mode = item.header().mode().map_err(archive_err)? & 0o777;
         let entry_type = item.header().entry_type();
+        let header_mode = match entry_type {
+            // Links have no mode of their own.
+            tar::EntryType::Symlink | tar::EntryType::Link => 0o777,
+            _ => item.header().mode().map_err(archive_err)? & 0o777,
+        };
 
         // Every ancestor must be a directory of this archive (created on demand), never a link.
         let mut ancestor = PathBuf::new();
