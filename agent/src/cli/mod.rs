@@ -40,7 +40,7 @@ pub enum Command {
     /// Print the `agentctl(1)` man page (roff).
     Man,
     /// Runner releases: download, verify, cache, install.
-    Release(release::ReleaseArgs),
+    Release(Box<release::ReleaseArgs>),
 }
 
 /// Parse the command line, run the command, and map its outcome to an exit code.
@@ -61,7 +61,7 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
     match cli.command {
         Command::Completions(args) => docs::completions(&args),
         Command::Man => docs::man(),
-        Command::Release(args) => release::run(args, &cli.config),
+        Command::Release(args) => release::run(*args, &cli.config),
     }
 }
 

@@ -61,7 +61,7 @@ pub enum ReleaseError {
     Api {
         what: String,
         #[source]
-        source: GithubError,
+        source: Box<GithubError>,
     },
     #[error("the release tag `{tag}` is not a runner version like `v2.336.0`")]
     BadTag { tag: String },
@@ -106,7 +106,7 @@ pub enum ReleaseError {
     #[error("refusing to unpack `{source_name}`: it holds more than {limit}")]
     TooLarge { source_name: String, limit: String },
     #[error("cannot read the GitHub token")]
-    Token(#[source] crate::config::ConfigError),
+    Token(#[source] Box<crate::config::ConfigError>),
     #[error("i/o error at `{path}`")]
     Io {
         path: PathBuf,
@@ -195,7 +195,10 @@ impl FetchRequest {
         );
         request.scope = Some(config.github.scope.clone());
         if let Auth::Pat { file } = &config.github.auth {
-            request.token = Some(file.read().map_err(ReleaseError::Token)?);
+            request.token = Some(
+                file.read()
+                    .map_err(|err| ReleaseError::Token(Box::new(err)))?,
+            );
         }
         if let Some(runner) = runner.or(config.runners.first()) {
             request.version = runner.version.clone();
@@ -213,7 +216,7 @@ impl FetchRequest {
             .build()
             .map_err(|source| ReleaseError::Api {
                 what: "the HTTP client".to_owned(),
-                source: GithubError::Client(source),
+                source: Box::new(GithubError::Client(source)),
             })
     }
 }

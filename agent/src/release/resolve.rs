@@ -38,7 +38,7 @@ impl<'a> Resolver<'a> {
         let client = github::Client::new(request.api_url.clone(), request.token.clone()).map_err(
             |source| ReleaseError::Api {
                 what: "the GitHub client".to_owned(),
-                source,
+                source: Box::new(source),
             },
         )?;
         Ok(Resolver { request, client })
@@ -77,7 +77,7 @@ impl<'a> Resolver<'a> {
                         let release = self.client.latest_release().await.map_err(|source| {
                             ReleaseError::Api {
                                 what: "the latest runner release".to_owned(),
-                                source,
+                                source: Box::new(source),
                             }
                         })?;
                         let version = release.tag_name.parse::<Version>().map_err(|_| {
