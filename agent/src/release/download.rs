@@ -310,3 +310,196 @@ impl Progress {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// What the test server does, request by request.
+    #[derive(Clone, Copy)]
+    enum Behaviour {
+        /// Answer 503.
+        Unavailable,
+        /// Send the headers, then this many body bytes, then close.
+        DropAfter(usize),
+        /// Serve normally (honouring `Range` when `ranges`).
+        Serve,
+    }
+
+    struct Server {
+        url: Url,
+        ranges_seen: Arc<Mutex<Vec<Option<String>>>>,
+    }
+
+    async fn server(body: Vec<u8>, script: Vec<Behaviour>, ranges: bool) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!(
+            "http://{}/runner.tar.gz",
+            listener.local_addr().unwrap()
+        ))
+        .unwrap();
+        let ranges_seen = Arc::new(Mutex::new(Vec::new()));
+        let seen = ranges_seen.clone();
+        tokio::spawn(async move {
+            let mut script = script.into_iter();
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = socket.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                }
+                let text = String::from_utf8_lossy(&request).to_lowercase();
+                let range = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("range: bytes="))
+                    .map(|r| r.trim_end_matches('-').to_owned());
+                seen.lock().unwrap().push(range.clone());
+                let start = match (ranges, &range) {
+                    (true, Some(r)) => r.parse::<usize>().unwrap(),
+                    _ => 0,
+                };
+                let status = if start > 0 {
+                    "206 Partial Content"
+                } else {
+                    "200 OK"
+                };
+                let rest = &body[start..];
+                match script.next().unwrap_or(Behaviour::Serve) {
+                    Behaviour::Unavailable => {
+                        let _ = socket
+                            .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                            .await;
+                    }
+                    Behaviour::DropAfter(n) => {
+                        let head = format!(
+                            "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                            rest.len()
+                        );
+                        let _ = socket.write_all(head.as_bytes()).await;
+                        let _ = socket.write_all(&rest[..n.min(rest.len())]).await;
+                    }
+                    Behaviour::Serve => {
+                        let head = format!(
+                            "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                            rest.len()
+                        );
+                        let _ = socket.write_all(head.as_bytes()).await;
+                        let _ = socket.write_all(rest).await;
+                    }
+                }
+                let _ = socket.shutdown().await;
+            }
+        });
+        Server { url, ranges_seen }
+    }
+
+    fn body() -> Vec<u8> {
+        (0..300_000u32).map(|i| (i * 7 % 256) as u8).collect()
+    }
+
+    async fn run(server: &Server, partial: &Path) -> Result<Sha256, ReleaseError> {
+        let http = reqwest::Client::new();
+        let retry = RetryPolicy {
+            attempts: 3,
+            base_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(50),
+        };
+        Download {
+            http: &http,
+            url: &server.url,
+            token: None,
+            partial,
+            retry: &retry,
+            progress: false,
+        }
+        .run(None)
+        .await
+    }
+
+    fn sha(bytes: &[u8]) -> Sha256 {
+        Sha256::from_hasher(sha2::Sha256::new_with_prefix(bytes))
+    }
+
+    #[tokio::test]
+    async fn a_broken_connection_is_resumed_with_range() {
+        let body = body();
+        let server = server(
+            body.clone(),
+            vec![Behaviour::DropAfter(100_000), Behaviour::DropAfter(50_000)],
+            true,
+        )
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let partial = dir.path().join("x.partial");
+        assert_eq!(run(&server, &partial).await.unwrap(), sha(&body));
+        assert_eq!(fs_read(&partial), body);
+        assert_eq!(
+            *server.ranges_seen.lock().unwrap(),
+            [None, Some("100000".to_owned()), Some("150000".to_owned())]
+        );
+    }
+
+    #[tokio::test]
+    async fn server_errors_are_retried_then_given_up() {
+        let body = body();
+        let server = server(
+            body.clone(),
+            vec![Behaviour::Unavailable, Behaviour::Unavailable],
+            true,
+        )
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            run(&server, &dir.path().join("a.partial")).await.unwrap(),
+            sha(&body)
+        );
+
+        let server = server_all_unavailable().await;
+        let err = run(&server, &dir.path().join("b.partial"))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("gave up after 3 attempts"),
+            "{err}"
+        );
+        assert_eq!(error_chain(&err), format!("cannot download `{}` (gave up after 3 attempts): the server answered 503 Service Unavailable", server.url));
+    }
+
+    async fn server_all_unavailable() -> Server {
+        server(body(), vec![Behaviour::Unavailable; 10], true).await
+    }
+
+    #[tokio::test]
+    async fn a_leftover_partial_file_is_resumed_and_a_server_without_ranges_restarts() {
+        let body = body();
+        let dir = tempfile::tempdir().unwrap();
+        let partial = dir.path().join("x.partial");
+        std::fs::write(&partial, &body[..1000]).unwrap();
+        let honouring = server(body.clone(), vec![], true).await;
+        assert_eq!(run(&honouring, &partial).await.unwrap(), sha(&body));
+        assert_eq!(
+            *honouring.ranges_seen.lock().unwrap(),
+            [Some("1000".to_owned())]
+        );
+
+        // A stale partial whose server ignores `Range`: the 200 answer replaces it whole.
+        std::fs::write(&partial, b"garbage from another file").unwrap();
+        let ignoring = server(body.clone(), vec![], false).await;
+        assert_eq!(run(&ignoring, &partial).await.unwrap(), sha(&body));
+        assert_eq!(fs_read(&partial), body);
+    }
+
+    fn fs_read(path: &Path) -> Vec<u8> {
+        std::fs::read(path).unwrap()
+    }
+}
