@@ -300,7 +300,7 @@ pub async fn fetch_and_install(
         ensure_tree(&cached, &tree_dir, &request.limits)?
     } else {
         let staging = tree_staging(&cache, &tree_dir)?;
-        let (sender, receiver) = tokio::sync::mpsc::channel(64);
+        let (sender, receiver) = tokio::sync::mpsc::channel(16);
         let options = unpack::Options {
             limits: request.limits,
             read_only: true,

@@ -20,9 +20,9 @@ use nix::unistd::{Gid, Uid};
 use super::ReleaseError;
 
 /// Bytes per data message between the two threads.
-const CHUNK: usize = 256 << 10;
+const CHUNK: usize = 128 << 10;
 /// Messages in flight between the two threads (bounds memory to about `CHUNK * DEPTH`).
-const DEPTH: usize = 32;
+const DEPTH: usize = 16;
 
 /// What an archive may contain.
 #[derive(Debug, Clone, Copy)]
