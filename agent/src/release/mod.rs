@@ -397,7 +397,7 @@ pub fn unpack(
         &source_name,
         &options,
     )
-    .and_then(|entries| tree::swap_into_place(&staging, target).map(|()| entries));
+    .and_then(|entries| tree::swap_into_place(&staging, target, true).map(|()| entries));
     if result.is_err() {
         let _ = cache::remove_tree(&staging);
     }

@@ -20,8 +20,11 @@
 //! again from the (re-hashed) tarball.
 //!
 //! The target is replaced with `renameat2(RENAME_EXCHANGE)` (or a plain rename when it did not
-//! exist), after `syncfs`: a crash at any point leaves the old tree or the new one at `target`,
-//! never a mix. Leftovers of an interrupted install (`.<name>.new-*`) are removed next time.
+//! exist): a crash at any point leaves the old tree or the new one at `target`, never a mix.
+//! Durability: the sealed tree's data is flushed (`syncfs`) once, before it is published; a
+//! runner directory adds only directories and links (journaled metadata, committed in order
+//! before the rename) and a few copied files, each `fsync`ed. Leftovers of an interrupted
+//! install (`.<name>.new-*`) are removed next time.
 
 use std::fs;
 use std::io;
@@ -84,6 +87,9 @@ pub fn seal(dir: &Path, entries: Vec<Entry>) -> Result<Manifest, ReleaseError> {
     fs::write(&path, text).map_err(io_err(&path))?;
     fs::set_permissions(&path, fs::Permissions::from_mode(0o444)).map_err(io_err(&path))?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o555)).map_err(io_err(dir))?;
+    // The tree's data reaches the disk before the rename that publishes it, once per version:
+    // every runner directory made from it afterwards only adds metadata.
+    sync_fs(dir);
     Ok(manifest)
 }
 
@@ -131,7 +137,7 @@ pub fn install(
 ) -> Result<(), ReleaseError> {
     let staging = staging_dir(target)?;
     let built = build(tree, manifest, &staging, owner);
-    let swapped = built.and_then(|()| swap_into_place(&staging, target));
+    let swapped = built.and_then(|()| swap_into_place(&staging, target, false));
     if swapped.is_err() {
         let _ = remove_tree(&staging);
     }
@@ -216,6 +222,9 @@ fn build(
             },
             Kind::File { .. } => {
                 fs::copy(&from, &to).map_err(io_err(&to))?;
+                fs::File::open(&to)
+                    .and_then(|file| file.sync_all())
+                    .map_err(io_err(&to))?;
                 // The runner's self-update rewrites these: they are the runner's own.
                 let mode = entry.mode | 0o200;
                 fs::set_permissions(&to, fs::Permissions::from_mode(mode)).map_err(io_err(&to))?;
@@ -244,12 +253,17 @@ fn is_shared(path: &str) -> bool {
 }
 
 /// Make `staging` the content of `target`: exchange atomically when `target` exists, rename
-/// otherwise; then remove what `target` held before.
-pub(super) fn swap_into_place(staging: &Path, target: &Path) -> Result<(), ReleaseError> {
-    // Data first, then the rename that publishes it: after a power loss the rename never points
-    // at files whose data was not written.
-    if let Ok(dir) = fs::File::open(staging) {
-        let _ = nix::unistd::syncfs(&dir);
+/// otherwise; then remove what `target` held before. With `sync_data`, every file's data is
+/// flushed first (`syncfs`), so that after a power loss the rename never points at files whose
+/// data was not written; without it, the caller has made the data durable itself (directories and
+/// links are journaled metadata, committed in order before the rename).
+pub(super) fn swap_into_place(
+    staging: &Path,
+    target: &Path,
+    sync_data: bool,
+) -> Result<(), ReleaseError> {
+    if sync_data {
+        sync_fs(staging);
     }
     match fs::symlink_metadata(target) {
         Ok(_) => {
@@ -274,6 +288,14 @@ pub(super) fn swap_into_place(staging: &Path, target: &Path) -> Result<(), Relea
             Ok(())
         }
         Err(err) => Err(io_err(target)(err)),
+    }
+}
+
+fn sync_fs(dir: &Path) {
+    if let Ok(dir) = fs::File::open(dir) {
+        if let Err(errno) = nix::unistd::syncfs(&dir) {
+            log::warn!("cannot sync the file system: {errno}");
+        }
     }
 }
 
