@@ -5,6 +5,7 @@ mod board;
 mod config;
 mod docs;
 mod doctor;
+mod release;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +48,8 @@ pub enum Command {
     Man,
     /// Check, as the runner user, that jobs can use this host's hardware, and how to fix it.
     Doctor(doctor::DoctorArgs),
+    /// Runner releases: download, verify, cache, install.
+    Release(Box<release::ReleaseArgs>),
 }
 
 /// Parse the command line, run the command, and map its outcome to an exit code.
@@ -70,6 +73,7 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Completions(args) => docs::completions(&args),
         Command::Man => docs::man(),
         Command::Doctor(args) => doctor::doctor(&cli.config, &args),
+        Command::Release(args) => release::run(*args, &cli.config),
     }
 }
 
