@@ -181,7 +181,16 @@ async fn a_classic_pat_drives_every_runner_endpoint_of_a_repository() {
     gh.delete_runner(&scope, id).await.unwrap();
     assert!(gh.list_runners(&scope).await.unwrap().is_empty());
     let gone = gh.get_runner(&scope, id).await.unwrap_err();
-    assert_eq!(gone.status(), Some(404), "{gone}");
+    assert!(
+        matches!(gone, GithubError::RunnerNotFound { id: gone_id, .. } if gone_id == id),
+        "{gone:?}"
+    );
+    assert!(
+        gone.to_string().contains(&format!(
+            "hint: runner {id} is not registered in `octo/repo`"
+        )),
+        "{gone}"
+    );
 }
 
 #[tokio::test]
@@ -506,7 +515,7 @@ async fn the_primary_rate_limit_returns_its_reset_and_is_obeyed_after_it() {
     };
     let wait = *reset_at - emu.now();
     assert!(
-        wait > time::Duration::minutes(50) && wait <= time::Duration::hours(1),
+        wait > time::Duration::minutes(50) && wait <= time::Duration::seconds(3602),
         "{wait}"
     );
     assert!(err.to_string().contains("rate limit"), "{err}");
@@ -514,6 +523,59 @@ async fn the_primary_rate_limit_returns_its_reset_and_is_obeyed_after_it() {
     assert_eq!(emu.request_count(REPO_LIST), 2);
     advance(&emu, 3601);
     assert!(gh.list_runners(&repo()).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_primary_rate_limit_resetting_soon_is_waited_for() {
+    let emu = start().await;
+    emu.create_repo("octo/repo", true).unwrap();
+    let gh = client(
+        &emu,
+        Credentials::pat(emu.add_pat(PatSpec::classic(&["repo"]))),
+    );
+    // The first request opens the token's one-hour window; move to its last seconds.
+    gh.list_runners(&repo()).await.unwrap();
+    advance(&emu, 3597);
+    emu.inject(Fault::RateLimit {
+        kind: RateLimitKind::Primary,
+        count: 1,
+        status: 403,
+        retry_after: 0,
+    });
+    let started = std::time::Instant::now();
+    assert!(gh.list_runners(&repo()).await.unwrap().is_empty());
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "waited for x-ratelimit-reset: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        emu.request_count(REPO_LIST),
+        3,
+        "one refused, one after the reset"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_dropped_mid_answer_is_retried() {
+    let emu = start().await;
+    emu.create_repo("octo/repo", true).unwrap();
+    let gh = client(
+        &emu,
+        Credentials::pat(emu.add_pat(PatSpec::classic(&["repo"]))),
+    );
+    for i in 0..5 {
+        gh.generate_jitconfig(&repo(), &format!("r{i}"), 1, &labels(&["x"]), None)
+            .await
+            .unwrap();
+    }
+    emu.inject(Fault::DropAfterBytes {
+        bytes: 20,
+        count: 1,
+        path_prefix: Some("/api/v3/repos/octo/repo/actions/runners".into()),
+    });
+    assert_eq!(gh.list_runners(&repo()).await.unwrap().len(), 5);
+    assert_eq!(emu.request_count(REPO_LIST), 2);
 }
 
 #[tokio::test]

@@ -45,7 +45,7 @@ impl Runner {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Label {
     #[serde(default)]
-    pub id: Option<u64>,
+    pub id: u64,
     pub name: String,
     #[serde(rename = "type", default)]
     pub kind: LabelKind,
@@ -116,6 +116,24 @@ pub(crate) fn next_link(link: &str) -> Option<Url> {
         let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
         Url::parse(target).ok()
     })
+}
+
+/// A `404` on a runner's own endpoint means the runner (or label) is not there.
+fn runner_404(id: u64) -> impl FnOnce(GithubError) -> GithubError {
+    move |err| match err {
+        GithubError::ScopeNotFound {
+            url,
+            scope,
+            message,
+            ..
+        } => GithubError::RunnerNotFound {
+            url,
+            scope,
+            id,
+            message,
+        },
+        other => other,
+    }
 }
 
 /// Percent-encodes one path segment (label names may hold any character).
@@ -196,6 +214,7 @@ impl Client {
             None,
         )
         .await
+        .map_err(runner_404(id))
     }
 
     /// Force-removes a runner registration (`DELETE`, 204).
@@ -207,7 +226,8 @@ impl Client {
             &format!("/actions/runners/{id}"),
             None,
         )
-        .await?;
+        .await
+        .map_err(runner_404(id))?;
         Ok(())
     }
 
@@ -221,7 +241,8 @@ impl Client {
                 &format!("/actions/runners/{id}/labels"),
                 None,
             )
-            .await?;
+            .await
+            .map_err(runner_404(id))?;
         Ok(list.labels)
     }
 
@@ -267,7 +288,8 @@ impl Client {
                 &format!("/actions/runners/{id}/labels/{}", segment(label)),
                 None,
             )
-            .await?;
+            .await
+            .map_err(runner_404(id))?;
         Ok(list.labels)
     }
 
@@ -287,7 +309,8 @@ impl Client {
                 &format!("/actions/runners/{id}/labels"),
                 body,
             )
-            .await?;
+            .await
+            .map_err(runner_404(id))?;
         Ok(list.labels)
     }
 

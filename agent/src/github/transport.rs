@@ -134,7 +134,10 @@ impl Failure {
             let reset = header(&self.headers, "x-ratelimit-reset")
                 .and_then(|v| v.parse::<i64>().ok())
                 .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok());
-            return Some(reset.unwrap_or(now + time::Duration::minutes(1)));
+            // `x-ratelimit-reset` is in whole seconds: retry one second after it.
+            return Some(reset.map_or(now + time::Duration::minutes(1), |r| {
+                r + time::Duration::seconds(1)
+            }));
         }
         if self
             .message
