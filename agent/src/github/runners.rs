@@ -186,11 +186,14 @@ impl Client {
         if reply.status == StatusCode::NOT_MODIFIED {
             return Ok(Cached::NotModified);
         }
-        if let Some(etag) = reply.header("etag") {
-            self.etags.put(&first, etag.to_owned());
-        }
         let mut runners = reply.json::<RunnerPage>()?.runners;
         let mut next = reply.header("link").and_then(next_link);
+        // A 304 on the first page says nothing about the others: only a one-page list is
+        // asked conditionally next time.
+        match (reply.header("etag"), &next) {
+            (Some(etag), None) => self.etags.put(&first, etag.to_owned()),
+            _ => self.etags.remove(&first),
+        }
         let mut pages = 1;
         while let Some(url) = next {
             pages += 1;
@@ -202,6 +205,29 @@ impl Client {
             next = reply.header("link").and_then(next_link);
         }
         Ok(Cached::Modified(runners))
+    }
+
+    /// The runner of `scope` named `name` (GitHub compares names case-insensitively), if any:
+    /// how a host sees that a name it is about to register is taken, by itself or another host.
+    pub async fn runner_named(
+        &self,
+        scope: &Scope,
+        name: &str,
+    ) -> Result<Option<Runner>, GithubError> {
+        let mut url = self.endpoint(&format!("{}/actions/runners", scope.api_prefix()))?;
+        url.query_pairs_mut()
+            .append_pair("name", name)
+            .append_pair("per_page", "100");
+        let purpose = Purpose::Scoped {
+            scope,
+            access: Access::Read,
+        };
+        let reply = self.call(Method::GET, url, None, None, purpose).await?;
+        Ok(reply
+            .json::<RunnerPage>()?
+            .runners
+            .into_iter()
+            .find(|r| r.name.eq_ignore_ascii_case(name)))
     }
 
     /// One runner of `scope`.

@@ -79,6 +79,13 @@ impl EtagCache {
             .cloned()
     }
 
+    pub(crate) fn remove(&self, url: &Url) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(url.as_str());
+    }
+
     pub(crate) fn put(&self, url: &Url, etag: String) {
         self.0
             .lock()
