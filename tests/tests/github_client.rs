@@ -304,6 +304,33 @@ async fn an_org_token_without_admin_org_says_which_scope_is_missing() {
 }
 
 #[tokio::test]
+async fn an_enterprise_needs_manage_runners_enterprise() {
+    let emu = start().await;
+    emu.create_enterprise("acme").unwrap();
+    let enterprise = Scope::Enterprise {
+        slug: "acme".into(),
+    };
+    let gh = client(
+        &emu,
+        Credentials::pat(emu.add_pat(PatSpec::classic(&["admin:org"]))),
+    );
+    let err = gh.registration_token(&enterprise).await.unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "hint: the credentials need the `manage_runners:enterprise` scope and enterprise owner rights; the token has the scopes `admin:org`"
+        ),
+        "{err}"
+    );
+    let gh = client(
+        &emu,
+        Credentials::pat(emu.add_pat(PatSpec::classic(&["manage_runners:enterprise"]))),
+    );
+    gh.registration_token(&enterprise).await.unwrap();
+    let groups = gh.runner_groups(&enterprise).await.unwrap();
+    assert!(!groups.is_empty());
+}
+
+#[tokio::test]
 async fn a_fine_grained_token_without_administration_write_names_the_permission() {
     let emu = start().await;
     emu.create_repo("octo/repo", true).unwrap();
@@ -374,7 +401,7 @@ async fn a_revoked_pat_is_bad_credentials_naming_the_file_and_a_rotated_one_is_p
 
     let rotated = emu.rotate_token(&pat).expect("rotated");
     let err = gh.list_runners(&repo()).await.unwrap_err();
-    assert!(matches!(err, GithubError::BadCredentials { .. }), "{err:?}");
+    assert!(err.is_bad_credentials(), "{err:?}");
     assert_eq!(err.status(), Some(401));
     let text = err.to_string();
     assert!(text.contains("answered 401: Bad credentials"), "{text}");
@@ -510,10 +537,10 @@ async fn the_primary_rate_limit_returns_its_reset_and_is_obeyed_after_it() {
         retry_after: 0,
     });
     let err = gh.list_runners(&repo()).await.unwrap_err();
-    let GithubError::RateLimited { reset_at, .. } = &err else {
+    let Some(reset_at) = err.retry_at() else {
         panic!("expected RateLimited, got {err:?}");
     };
-    let wait = *reset_at - emu.now();
+    let wait = reset_at - emu.now();
     assert!(
         wait > time::Duration::minutes(50) && wait <= time::Duration::seconds(3602),
         "{wait}"

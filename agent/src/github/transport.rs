@@ -191,6 +191,9 @@ pub(crate) fn needed_permission(flavor: TokenFlavor, scope: &Scope, access: Acce
         (TokenFlavor::Classic | TokenFlavor::None, Scope::Org { .. }) => {
             "the `admin:org` scope and owner rights on the organization".to_owned()
         }
+        (TokenFlavor::Classic | TokenFlavor::None, Scope::Enterprise { .. }) => {
+            "the `manage_runners:enterprise` scope and enterprise owner rights".to_owned()
+        }
         (_, Scope::Enterprise { .. }) => {
             "a classic PAT with `manage_runners:enterprise`".to_owned()
         }
