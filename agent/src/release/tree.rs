@@ -201,6 +201,7 @@ fn build(
         Ok(())
     };
     chown(staging)?;
+    let mut copied = Vec::new();
     for sealed in &manifest.entries {
         let entry = &sealed.entry;
         let from = tree.join(&entry.path);
@@ -222,9 +223,7 @@ fn build(
             },
             Kind::File { .. } => {
                 fs::copy(&from, &to).map_err(io_err(&to))?;
-                fs::File::open(&to)
-                    .and_then(|file| file.sync_all())
-                    .map_err(io_err(&to))?;
+                copied.push(to.clone());
                 // The runner's self-update rewrites these: they are the runner's own.
                 let mode = entry.mode | 0o200;
                 fs::set_permissions(&to, fs::Permissions::from_mode(mode)).map_err(io_err(&to))?;
@@ -235,6 +234,12 @@ fn build(
                 chown(&to)?;
             }
         }
+    }
+    // All at the end: the first commits the journal for all of them.
+    for path in &copied {
+        fs::File::open(path)
+            .and_then(|file| file.sync_all())
+            .map_err(io_err(path))?;
     }
     // Directory modes as the archive has them, plus the owner's write bit (self-update needs it).
     for sealed in manifest.entries.iter().rev() {
