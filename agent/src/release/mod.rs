@@ -352,9 +352,16 @@ pub async fn fetch_and_install(
             }
         }
     };
-    log::debug!("verified tarball and tree after {} ms", started.elapsed().as_millis());
+    log::debug!(
+        "verified tarball and tree after {} ms",
+        started.elapsed().as_millis()
+    );
     tree::install(&tree_dir, &manifest, target, owner)?;
-    log::debug!("installed `{}` after {} ms", target.display(), started.elapsed().as_millis());
+    log::debug!(
+        "installed `{}` after {} ms",
+        target.display(),
+        started.elapsed().as_millis()
+    );
     drop(lock);
     prune(&cache, resolved.version);
     Ok(cached)
