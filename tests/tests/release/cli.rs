@@ -381,3 +381,69 @@ async fn a_crash_at_any_point_leaves_the_old_tree_or_the_new_one() {
         .collect();
     assert_eq!(beside, ["runner"]);
 }
+
+/// The configuration drives `agentctl release fetch`: API, PAT, scope, cache, version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_reads_the_configuration() {
+    use std::os::unix::fs::PermissionsExt;
+    let emu = emulator().await;
+    emu.create_repo("octo/repo", true).unwrap();
+    let token = emu.add_pat(runner_agent_tests::emulator::PatSpec::classic(&["repo"]));
+    publish(&emu, V1, runner_tarball(V1), true, true).await;
+    publish(&emu, V2, runner_tarball(V2), true, true).await;
+    emu.set_expected_runner_version(Some("octo/repo"), V1);
+    let dir = tempfile::tempdir().unwrap();
+    let pat = dir.path().join("github-pat");
+    std::fs::write(&pat, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(&pat, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 1\n\n[agent]\ncache_dir = \"{cache}\"\nstate_dir = \"{state}\"\n\n\
+             [github]\nurl = \"{web}\"\napi_url = \"{api}\"\npat_file = \"github-pat\"\n\n\
+             [defaults]\nuser = \"ra-runner\"\nroot = \"{root}\"\nversion = \"latest\"\n\n\
+             [[runner]]\nname = \"r1\"\n",
+            cache = dir.path().join("cache").display(),
+            state = dir.path().join("state").display(),
+            root = dir.path().join("runners").display(),
+            web = emu.web_url_for("octo/repo"),
+            api = emu.api_url(),
+        ),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut command = Command::new(agentctl());
+        command
+            .args([
+                "--config",
+                config.to_str().unwrap(),
+                "release",
+                "fetch",
+                "--arch",
+                "x64",
+            ])
+            .env_remove("HTTP_PROXY")
+            .env_remove("http_proxy");
+        command.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains(&token), "the token leaked: {stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let path = dir.path().join(format!("cache/{V1}/{}", asset(V1)));
+    assert_eq!(
+        stdout,
+        format!(
+            "runner {V1} (x64) verified: {}\nsha256 {} (from the asset digest)\n",
+            path.display(),
+            sha256_hex(&runner_tarball(V1))
+        )
+    );
+    assert_eq!(
+        emu.request_count("GET /api/v3/repos/{owner}/{repo}/actions/runners/downloads"),
+        1
+    );
+}
