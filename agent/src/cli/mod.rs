@@ -1,6 +1,7 @@
 //! `agentctl`: the command-line interface. Each subcommand lives in its own file and is a thin
 //! wrapper over the domain modules; this file holds the shared flags and the dispatch.
 
+mod config;
 mod docs;
 mod release;
 
@@ -35,6 +36,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Check the configuration file.
+    Config(config::ConfigArgs),
     /// Print shell completions for `agentctl`.
     Completions(docs::CompletionsArgs),
     /// Print the `agentctl(1)` man page (roff).
@@ -59,6 +62,7 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<Status> {
     match cli.command {
+        Command::Config(args) => config::run(&cli.config, &args),
         Command::Completions(args) => docs::completions(&args),
         Command::Man => docs::man(),
         Command::Release(args) => release::run(*args, &cli.config),

@@ -421,7 +421,7 @@ mod tests {
         let spot = source.diag(at..at + 5, "bad label", Some("fix it".to_owned()));
         assert_eq!(
             spot.diagnostic.to_string(),
-            "error: bad label\n --> a.toml:2:17\n  |\n2 | labels = [\"，a\", \"b c\"]\n  |                   ^^^^^\n\nhint: fix it\n"
+            "error: bad label\n --> a.toml:2:17\n  |\n2 | labels = [\"，a\", \"b c\"]\n  |                  ^^^^^\n\nhint: fix it\n"
         );
     }
 

@@ -3,7 +3,7 @@
 //! These types are the contract between `config` and the rest of the agent. They hold values that
 //! were already checked (parse, don't validate): a [`Runner`] has a unique, valid name and labels,
 //! its board exists, its version string is well formed. Nothing here holds a secret value; auth
-//! points at files, read when needed through [`Auth::read_secret`]-style helpers in `config`.
+//! points at files, read when needed through [`SecretFile::read`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

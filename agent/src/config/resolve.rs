@@ -483,9 +483,7 @@ fn boards(
                 }
                 profiles.get(wanted_name).cloned().flatten()
             });
-            if let Some(board) = board(checker, board_source, raw, profile) {
-                out.push(board);
-            }
+            out.push(board(checker, board_source, raw, profile));
         }
     }
     out
@@ -529,7 +527,7 @@ fn board(
     source: &Source,
     raw: RawBoard,
     profile: Option<Profile>,
-) -> Option<Board> {
+) -> Board {
     let profile = profile.unwrap_or(Profile {
         name: String::new(),
         description: None,
@@ -583,7 +581,7 @@ fn board(
         let span = power.span();
         power_of(checker, source, span, power.into_inner())
     });
-    Some(Board {
+    Board {
         name: raw.name.into_inner(),
         profile: raw.profile.map(Spanned::into_inner),
         arch: raw.arch.map(Spanned::into_inner).or(profile.arch),
@@ -595,7 +593,7 @@ fn board(
         net_iface: raw.net_iface,
         dtb: raw.dtb.map(PathBuf::from),
         env: env_out,
-    })
+    }
 }
 
 fn serial_identity(

@@ -45,13 +45,14 @@ pub fn label(text: &str) -> Result<String, Problem> {
         .chars()
         .find(|ch| matches!(ch, ',' | '，' | '、' | '﹐') || ch.is_whitespace())
     {
-        let what = if bad.is_whitespace() {
-            "whitespace".to_owned()
-        } else {
-            format!("a comma (`{bad}`, U+{:04X})", u32::from(bad))
-        };
+        if bad.is_whitespace() {
+            return Err(problem(
+                format!("label `{text}` contains whitespace"),
+                "GitHub cannot match a label with spaces; use `-` or `_` instead",
+            ));
+        }
         return Err(problem(
-            format!("label `{text}` contains {what}"),
+            format!("label `{text}` contains a comma (`{bad}`, U+{:04X})", u32::from(bad)),
             "labels are passed comma-separated to the runner; write each label as its own string: `[\"a\", \"b\"]`",
         ));
     }

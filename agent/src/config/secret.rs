@@ -2,9 +2,10 @@
 //! [`SecretFile::read`], the only place a secret value is read.
 //!
 //! A relative name is looked up in `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`) first,
-//! then next to the configuration file. A secret file must be a regular file that grants group and
-//! others no access at all (mode `0600` or `0400`): anything else is an error, not a warning,
-//! because a token readable by every local user is already leaked.
+//! then next to the configuration file. A secret file must be a regular, non-empty file that
+//! grants group and others no access at all (mode `0600` or `0400`): anything else is an error,
+//! not a warning, because a token readable by every local user is already leaked. Files in
+//! `$CREDENTIALS_DIRECTORY` are systemd's to keep private and skip the mode check.
 
 use std::fs::File;
 use std::io::Read;
@@ -47,8 +48,23 @@ impl Refusal {
     }
 }
 
-/// Open the secret and check its kind and mode, without reading the value.
-fn open(path: &Path) -> Result<File, Refusal> {
+/// Whether `path` is a credential systemd provides. Those are exempt from the mode check: systemd
+/// keeps them private to the service (mode `0400`), and the ACL it adds for a non-root service
+/// user shows up as group read bits in the mode.
+fn is_credential(path: &Path, credentials_dir: Option<&Path>) -> bool {
+    credentials_dir.is_some_and(|dir| path.starts_with(dir))
+}
+
+/// `$CREDENTIALS_DIRECTORY`, if set.
+fn credentials_dir_from_env() -> Option<PathBuf> {
+    std::env::var_os("CREDENTIALS_DIRECTORY")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+}
+
+/// Open the secret and check its kind and (unless systemd provides it) its mode, without reading
+/// the value.
+fn open(path: &Path, credentials_dir: Option<&Path>) -> Result<File, Refusal> {
     let file = File::open(path).map_err(Refusal::Unreadable)?;
     let metadata = file.metadata().map_err(Refusal::Unreadable)?;
     if !metadata.is_file() {
@@ -57,7 +73,7 @@ fn open(path: &Path) -> Result<File, Refusal> {
         )));
     }
     let mode = metadata.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
+    if mode & 0o077 != 0 && !is_credential(path, credentials_dir) {
         return Err(Refusal::Permissions(mode));
     }
     if metadata.len() == 0 {
@@ -69,7 +85,7 @@ fn open(path: &Path) -> Result<File, Refusal> {
 /// What `config check` says about a secret file (its value is not read).
 pub fn check(secret: &SecretFile, credentials_dir: Option<&Path>) -> Result<(), Problem> {
     let path = secret.resolved.display();
-    match open(&secret.resolved) {
+    match open(&secret.resolved, credentials_dir) {
         Ok(_) => Ok(()),
         Err(Refusal::Unreadable(source)) if source.kind() == std::io::ErrorKind::NotFound => {
             let hint = match credentials_dir {
@@ -105,8 +121,9 @@ impl SecretFile {
     /// Read the secret: checked like `config check` does, trimmed, and registered with
     /// [`crate::redact::register`] before it is returned. The value is never logged.
     pub fn read(&self) -> Result<String, ConfigError> {
-        let mut file =
-            open(&self.resolved).map_err(|refusal| refusal.into_error(&self.resolved))?;
+        let credentials_dir = credentials_dir_from_env();
+        let mut file = open(&self.resolved, credentials_dir.as_deref())
+            .map_err(|refusal| refusal.into_error(&self.resolved))?;
         let mut text = String::new();
         file.read_to_string(&mut text)
             .map_err(|source| ConfigError::SecretUnreadable {
