@@ -235,6 +235,8 @@ pub(crate) struct Shared {
     pub(crate) changed: Notify,
     pub(crate) options: EmulatorOptions,
     pub(crate) base_url: String,
+    /// Message long polls waiting right now.
+    pub(crate) polls_waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -285,6 +287,7 @@ impl Emulator {
             changed: Notify::new(),
             options,
             base_url: format!("http://{local}"),
+            polls_waiting: std::sync::atomic::AtomicUsize::new(0),
         });
         let app = axum::Router::new()
             .fallback(http::dispatch)
@@ -662,6 +665,30 @@ impl Control {
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Err(EmulatorError::JobTimeout { id, timeout });
+            }
+        }
+    }
+
+    /// How many runner message long polls are waiting right now.
+    pub fn polls_waiting(&self) -> usize {
+        self.shared
+            .polls_waiting
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until at least `n` long polls are waiting (so a test can act while a runner
+    /// listens, without sleeping); `false` on timeout.
+    pub async fn wait_for_polls(&self, n: usize, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.shared.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.polls_waiting() >= n {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.polls_waiting() >= n;
             }
         }
     }

@@ -591,6 +591,7 @@ async fn poll(ctx: &Ctx) -> Response {
     let session_id = ctx.query.get("sessionId").cloned().unwrap_or_default();
     let reported_version = ctx.query.get("runnerVersion").cloned();
     let disable_update = is_true(ctx.query.get("disableUpdate"));
+    let mut waiting: Option<PollGuard<'_>> = None;
     loop {
         let notified = shared.changed.notified();
         tokio::pin!(notified);
@@ -659,9 +660,34 @@ async fn poll(ctx: &Ctx) -> Response {
                 );
             }
         }
+        if waiting.is_none() {
+            // Its own wake-up makes this loop check once more; later rounds do not notify.
+            waiting = Some(PollGuard::new(&shared));
+        }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
             return empty(202);
         }
+    }
+}
+
+/// Counts a waiting long poll (also when the client goes away mid-wait).
+struct PollGuard<'a>(&'a super::Shared);
+
+impl<'a> PollGuard<'a> {
+    fn new(shared: &'a super::Shared) -> PollGuard<'a> {
+        shared
+            .polls_waiting
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        shared.changed.notify_waiters();
+        PollGuard(shared)
+    }
+}
+
+impl Drop for PollGuard<'_> {
+    fn drop(&mut self) {
+        self.0
+            .polls_waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
