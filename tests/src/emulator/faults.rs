@@ -136,9 +136,15 @@ pub(crate) fn take(faults: &mut Vec<FaultEntry>, path: &str) -> FaultPlan {
                 plan.latency_ms += ms;
                 true
             }
+            // Without a prefix a drop fault waits for a response with a body: the asset
+            // redirect has none.
             Fault::DropAfterBytes {
                 bytes, path_prefix, ..
-            } if plan.drop_after.is_none() && matches(path_prefix) => {
+            } if plan.drop_after.is_none()
+                && matches(path_prefix)
+                && (path_prefix.is_some()
+                    || !path.starts_with("/actions/runner/releases/download/")) =>
+            {
                 plan.drop_after = Some(*bytes);
                 true
             }

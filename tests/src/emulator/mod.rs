@@ -617,6 +617,7 @@ impl Control {
         script: &str,
     ) -> Result<u64, EmulatorError> {
         let scope = Self::parse_scope(scope)?;
+        let now = self.shared.clock.now();
         let mut st = self.shared.state();
         if !st.scope_exists(&scope) {
             return Err(EmulatorError::UnknownScope {
@@ -640,6 +641,7 @@ impl Control {
                 exit_code: None,
                 output: None,
                 cancel_requested: false,
+                queued_at: now,
             },
         );
         drop(st);

@@ -62,6 +62,8 @@ enum PublicOp {
     ReleaseByTag(String),
     ListReleases,
     User,
+    Repo(Scope),
+    Org(Scope),
 }
 
 enum AppOp {
@@ -154,6 +156,20 @@ fn route(ctx: &mut Ctx, st: &State) -> Route {
         (Method::GET, ["user"]) => {
             ctx.route("/api/v3/user");
             Route::Public(PublicOp::User)
+        }
+        (Method::GET, ["repos", owner, repo]) => {
+            ctx.route("/api/v3/repos/{owner}/{repo}");
+            match Scope::parse(&format!("{owner}/{repo}")) {
+                Some(scope) => Route::Public(PublicOp::Repo(scope)),
+                None => Route::NotFound,
+            }
+        }
+        (Method::GET, ["orgs", org]) => {
+            ctx.route("/api/v3/orgs/{org}");
+            match Scope::parse(org) {
+                Some(scope @ Scope::Org(_)) => Route::Public(PublicOp::Org(scope)),
+                _ => Route::NotFound,
+            }
         }
         (Method::GET, ["rate_limit"]) => {
             ctx.route("/api/v3/rate_limit");
@@ -423,6 +439,58 @@ fn public_op(
             .map(|v| json(200, &v))
             .ok_or_else(ApiError::not_found),
         PublicOp::ListReleases => Ok(json(200, &releases::list(st, base))),
+        PublicOp::Repo(scope) => {
+            if !auth::can_see(st, principal, &scope) {
+                return Err(ApiError::not_found());
+            }
+            let Scope::Repo { owner, repo } = &scope else {
+                return Err(ApiError::not_found());
+            };
+            let entry = st
+                .repos
+                .get(&(owner.clone(), repo.clone()))
+                .ok_or_else(ApiError::not_found)?;
+            let admin = match principal {
+                Principal::Classic { admin, .. } => *admin,
+                Principal::FineGrained { permissions, .. }
+                | Principal::Installation { permissions, .. } => permissions
+                    .get("administration")
+                    .is_some_and(|l| l == "write"),
+                Principal::Anonymous => false,
+            };
+            let mut v = json!({
+                "id": entry.id,
+                "node_id": format!("R_{}", entry.id),
+                "name": repo,
+                "full_name": format!("{owner}/{repo}"),
+                "private": entry.private,
+                "visibility": if entry.private { "private" } else { "public" },
+                "owner": {"login": owner, "type": if st.orgs.contains_key(owner) { "Organization" } else { "User" }},
+                "html_url": format!("{base}/{owner}/{repo}"),
+                "url": format!("{base}/api/v3/repos/{owner}/{repo}"),
+            });
+            if !matches!(principal, Principal::Anonymous) {
+                v["permissions"] = json!({"admin": admin, "maintain": admin, "push": true, "triage": true, "pull": true});
+            }
+            Ok(json(200, &v))
+        }
+        PublicOp::Org(scope) => {
+            let Scope::Org(org) = &scope else {
+                return Err(ApiError::not_found());
+            };
+            let entry = st.orgs.get(org).ok_or_else(ApiError::not_found)?;
+            Ok(json(
+                200,
+                &json!({
+                    "login": org,
+                    "id": entry.id,
+                    "node_id": format!("O_{}", entry.id),
+                    "url": format!("{base}/api/v3/orgs/{org}"),
+                    "html_url": format!("{base}/{org}"),
+                    "type": "Organization",
+                }),
+            ))
+        }
         PublicOp::User => match principal {
             Principal::Anonymous => Err(ApiError::new(401, "Requires authentication")),
             Principal::Installation { .. } => {

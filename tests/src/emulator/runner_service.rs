@@ -59,12 +59,42 @@ pub(crate) fn online(r: &RunnerEntry, now: OffsetDateTime, options: &EmulatorOpt
         .is_some_and(|s| (now - s.last_poll).whole_seconds() <= options.session_timeout_secs)
 }
 
-/// Expires silent sessions and deletes registrations GitHub's cleanup would delete (14 days
+/// How long a busy runner may stay silent before GitHub fails its job.
+const LOST_COMMUNICATION: Duration = Duration::minutes(10);
+
+/// Expires silent sessions, fails jobs whose runner went silent (10 minutes) and jobs nobody
+/// took within 24 hours, and deletes registrations GitHub's cleanup would delete (14 days
 /// without connecting, 1 day for ephemeral runners).
 pub(crate) fn sweep(st: &mut State, now: OffsetDateTime, options: &EmulatorOptions) {
+    let mut lost = Vec::new();
     for r in st.runners.values_mut() {
         if !online(r, now, options) {
             r.session = None;
+            if let Some(job) = r.busy_job {
+                if now - r.last_seen > LOST_COMMUNICATION {
+                    r.busy_job = None;
+                    lost.push((job, r.name.clone()));
+                }
+            }
+        }
+    }
+    for (job, name) in lost {
+        if let Some(j) = st.jobs.get_mut(&job) {
+            j.status = JobStatus::Completed;
+            j.result = Some("failed".to_string());
+            j.output = Some(format!(
+                "The self-hosted runner: {name} lost communication with the server. Verify the machine is running and has a healthy network connection. Anything in your workflow that terminates the runner process, starves it for CPU/Memory, or blocks its network access can cause this error."
+            ));
+        }
+    }
+    for j in st.jobs.values_mut() {
+        if j.status == JobStatus::Queued && now - j.queued_at > Duration::hours(24) {
+            j.status = JobStatus::Completed;
+            j.result = Some("failed".to_string());
+            j.output = Some(
+                "The job was not started because no runner with the requested labels picked it up within 24 hours."
+                    .to_string(),
+            );
         }
     }
     let stale: Vec<u64> = st

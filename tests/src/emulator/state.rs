@@ -219,6 +219,7 @@ pub(crate) struct JobEntry {
     pub exit_code: Option<i64>,
     pub output: Option<String>,
     pub cancel_requested: bool,
+    pub queued_at: OffsetDateTime,
 }
 
 #[derive(Debug, Clone)]

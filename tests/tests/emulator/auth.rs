@@ -568,3 +568,42 @@ async fn github_app_jwt_mints_one_hour_installation_tokens() {
     .await;
     assert_eq!(r.status, 201, "{}", r.text);
 }
+
+#[tokio::test]
+async fn repositories_and_orgs_are_visible_only_to_tokens_that_may_see_them() {
+    let emu = start().await;
+    emu.create_org("octo").unwrap();
+    emu.create_repo("octo/private", true).unwrap();
+    emu.create_repo("octo/public", false).unwrap();
+    let repo = emu.add_pat(PatSpec::classic(&["repo"]));
+    let weak = emu.add_pat(PatSpec::classic(&["read:user"]));
+    let r = api(&emu, Method::GET, "/repos/octo/private", Some(&repo), None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["full_name"], "octo/private");
+    assert_eq!(r.body["private"], true);
+    assert_eq!(r.body["owner"]["type"], "Organization");
+    assert_eq!(r.body["permissions"]["admin"], true);
+    assert_github_error(
+        &api(&emu, Method::GET, "/repos/octo/private", Some(&weak), None).await,
+        404,
+        "Not Found",
+    );
+    assert_github_error(
+        &api(&emu, Method::GET, "/repos/octo/private", None, None).await,
+        404,
+        "Not Found",
+    );
+    let r = api(&emu, Method::GET, "/repos/octo/public", None, None).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.get("permissions").is_none());
+    let r = api(&emu, Method::GET, "/orgs/octo", Some(&weak), None).await;
+    assert_eq!(r.body["login"], "octo");
+    assert_github_error(
+        &api(&emu, Method::GET, "/orgs/nope", Some(&weak), None).await,
+        404,
+        "Not Found",
+    );
+    let r = api(&emu, Method::GET, "/user", Some(&weak), None).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body["login"].is_string());
+}

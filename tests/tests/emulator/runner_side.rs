@@ -657,3 +657,31 @@ async fn bad_runner_service_credentials_are_401() {
     let r = oauth(&emu, "no-such-client", "x").await;
     assert_eq!(r.body["error"], "invalid_client");
 }
+
+#[tokio::test]
+async fn a_busy_runner_silent_for_ten_minutes_fails_its_job_and_unclaimed_jobs_fail_after_a_day() {
+    let emu = start().await;
+    emu.create_repo("octo/repo", true).unwrap();
+    let l = register(&emu, "octo/repo", RegisterOpts::default()).await;
+    let job = emu.queue_job("octo/repo", &[], "sleep 1000").unwrap();
+    message_body(&l.poll(&emu).await);
+    let nobody = emu
+        .queue_job("octo/repo", &["no-such-runner"], "true")
+        .unwrap();
+    emu.advance_clock(9 * 60);
+    assert_eq!(emu.job(job).unwrap().status, JobStatus::InProgress);
+    emu.advance_clock(2 * 60);
+    let view = emu.job(job).unwrap();
+    assert_eq!(view.status, JobStatus::Completed);
+    assert_eq!(view.result.as_deref(), Some("failed"));
+    assert!(view
+        .output
+        .unwrap()
+        .contains("lost communication with the server"));
+    assert!(!emu.runners(None)[0].busy);
+    assert_eq!(emu.job(nobody).unwrap().status, JobStatus::Queued);
+    emu.advance_clock(24 * 3600);
+    let view = emu.job(nobody).unwrap();
+    assert_eq!(view.status, JobStatus::Completed);
+    assert_eq!(view.result.as_deref(), Some("failed"));
+}
