@@ -293,6 +293,16 @@ async fn a_dropped_connection_cuts_the_body_and_the_next_download_works() {
             .len(),
         x64.len()
     );
+    // `0` drops the connection before any answer.
+    emu.inject(Fault::DropAfterBytes {
+        bytes: 0,
+        count: 1,
+        path_prefix: Some("/api/".into()),
+    });
+    let latest = format!("{}/repos/actions/runner/releases/latest", emu.api_url());
+    let err = reqwest::get(&latest).await;
+    assert!(err.is_err(), "no status line: {err:?}");
+    assert_eq!(reqwest::get(&latest).await.unwrap().status(), 200);
 }
 
 #[tokio::test]
