@@ -329,6 +329,19 @@ fn handle_inner(ctx: &mut Ctx) -> Response {
     if let Principal::Classic { scopes, .. } = &principal {
         extra.push(("x-oauth-scopes", scopes.join(", ")));
     }
+    if matches!(
+        principal,
+        Principal::Classic { .. } | Principal::FineGrained { .. }
+    ) {
+        if let Some(expires) = st.tokens.get(&key).and_then(|t| t.expires_at) {
+            let f = time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute]:[second] UTC"
+            );
+            if let Ok(text) = expires.format(&f) {
+                extra.push(("github-authentication-token-expiration", text));
+            }
+        }
+    }
     let finish = |mut resp: Response, view: &auth::RateView, extra: &ExtraHeaders| {
         rate_headers(&mut resp, view);
         for (name, value) in extra {

@@ -197,12 +197,20 @@ async fn unknown_revoked_rotated_and_expired_tokens_are_bad_credentials() {
         expires_in: Some(60),
         ..PatSpec::classic(&["repo"])
     });
-    assert_eq!(
-        api(&emu, Method::GET, path, Some(&short), None)
-            .await
-            .status,
-        200
-    );
+    let r = api(&emu, Method::GET, path, Some(&short), None).await;
+    assert_eq!(r.status, 200);
+    let expiry = r.header("github-authentication-token-expiration").unwrap();
+    let expected = emu.now() + time::Duration::seconds(60);
+    let parsed = time::PrimitiveDateTime::parse(
+        &expiry,
+        time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC"),
+    )
+    .unwrap()
+    .assume_utc();
+    assert!((parsed - expected).whole_seconds().abs() <= 2, "{expiry}");
+    let forever = emu.add_pat(PatSpec::classic(&["repo"]));
+    let r = api(&emu, Method::GET, path, Some(&forever), None).await;
+    assert!(r.header("github-authentication-token-expiration").is_none());
     emu.advance_clock(61);
     assert_github_error(
         &api(&emu, Method::GET, path, Some(&short), None).await,
