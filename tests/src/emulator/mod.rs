@@ -89,6 +89,9 @@ pub struct EmulatorOptions {
     pub unauthenticated_rate_limit: u64,
     /// A runner is online while it polled within this many seconds; a session dies after it.
     pub session_timeout_secs: i64,
+    /// GitHub's secondary limit on REST points per token per minute (GET 1, other methods 5;
+    /// GitHub: 900). `None` (the default) leaves it to injected faults.
+    pub secondary_points_per_minute: Option<u64>,
 }
 
 impl Default for EmulatorOptions {
@@ -99,6 +102,7 @@ impl Default for EmulatorOptions {
             rate_limit: 5000,
             unauthenticated_rate_limit: 60,
             session_timeout_secs: 90,
+            secondary_points_per_minute: None,
         }
     }
 }

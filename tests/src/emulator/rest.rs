@@ -359,7 +359,21 @@ fn handle_inner(ctx: &mut Ctx) -> Response {
         let resp = ApiError::new(403, &message).docs(DOCS_RATE).into_response();
         return finish(resp, &view, &extra);
     }
-    if let Some((status, retry_after)) = ctx.secondary {
+    let mut secondary = ctx.secondary;
+    if let Some(max) = options.secondary_points_per_minute {
+        let cost = if ctx.method == Method::GET { 1 } else { 5 };
+        let window = st.points.entry(key.clone()).or_insert((now, 0));
+        if now - window.0 >= time::Duration::minutes(1) {
+            *window = (now, 0);
+        }
+        if window.1 + cost > max {
+            let left = 60 - (now - window.0).whole_seconds();
+            secondary = Some((403, left.clamp(1, 60) as u64));
+        } else {
+            window.1 += cost;
+        }
+    }
+    if let Some((status, retry_after)) = secondary {
         let view = auth::spend(&mut st, now, &key, limit);
         let mut err = ApiError::new(
             status,

@@ -280,6 +280,8 @@ pub(crate) struct State {
     pub deprecated_below: Option<String>,
     pub faults: Vec<FaultEntry>,
     pub rate: HashMap<String, RateBucket>,
+    /// Secondary-limit points per token: (window start, points spent).
+    pub points: HashMap<String, (OffsetDateTime, u64)>,
     pub counts: BTreeMap<String, RequestCount>,
 }
 
