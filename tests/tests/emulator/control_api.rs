@@ -321,6 +321,45 @@ async fn the_control_api_drives_scopes_tokens_jobs_faults_clock_and_counts() {
         1
     );
     assert_eq!(control(&u, Method::GET, "/nope", None).await.status, 404);
+
+    let r = control(&u, Method::GET, "", None).await;
+    assert_eq!(r.body["api_url"], emu.api_url());
+    let r = control(
+        &u,
+        Method::POST,
+        "/registration-token",
+        Some(json!({"scope": "octo/repo"})),
+    )
+    .await;
+    let token = r.body["token"].as_str().unwrap().to_string();
+    assert_eq!(
+        exchange(&emu, &token, "octo/repo", "register").await.status,
+        200
+    );
+    let r = control(
+        &u,
+        Method::POST,
+        "/registration-token",
+        Some(json!({"scope": "no/where"})),
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    let r = control(
+        &u,
+        Method::POST,
+        "/jobs",
+        Some(json!({"scope": "octo/repo", "labels": ["nobody"], "script": "true"})),
+    )
+    .await;
+    let stuck = r.body["id"].as_u64().unwrap();
+    let r = control(
+        &u,
+        Method::GET,
+        &format!("/jobs/{stuck}/wait?timeout=0"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 408);
 }
 
 #[tokio::test]
