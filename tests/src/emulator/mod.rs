@@ -646,6 +646,9 @@ impl Control {
                 output: None,
                 cancel_requested: false,
                 queued_at: now,
+                message_id: None,
+                acked: false,
+                assigned_at: None,
             },
         );
         drop(st);

@@ -87,6 +87,33 @@ pub(crate) fn sweep(st: &mut State, now: OffsetDateTime, options: &EmulatorOptio
             ));
         }
     }
+    // A delivered job whose message the runner never acknowledged goes back to the queue
+    // after 60 s, as GitHub re-queues a job an assigned runner did not pick up.
+    let unclaimed: Vec<(u64, Option<u64>)> = st
+        .jobs
+        .values()
+        .filter(|j| {
+            j.status == JobStatus::InProgress
+                && !j.acked
+                && j.assigned_at
+                    .is_some_and(|t| now - t > Duration::seconds(60))
+        })
+        .map(|j| (j.id, j.runner_id))
+        .collect();
+    for (job, runner) in unclaimed {
+        if let Some(r) = runner.and_then(|r| st.runners.get_mut(&r)) {
+            if r.busy_job == Some(job) {
+                r.busy_job = None;
+            }
+        }
+        if let Some(j) = st.jobs.get_mut(&job) {
+            j.status = JobStatus::Queued;
+            j.runner_id = None;
+            j.runner_name = None;
+            j.message_id = None;
+            j.assigned_at = None;
+        }
+    }
     for j in st.jobs.values_mut() {
         if j.status == JobStatus::Queued && now - j.queued_at > Duration::hours(24) {
             j.status = JobStatus::Completed;
@@ -233,9 +260,9 @@ pub(crate) async fn handle(ctx: &mut Ctx) -> Response {
             ctx.route(&format!("{p}/pools/{{poolId}}/messages"));
             Route::Poll
         }
-        (Method::DELETE, ["distributedtask", "pools", _, "messages", _]) => {
+        (Method::DELETE, ["distributedtask", "pools", _, "messages", id]) => {
             ctx.route(&format!("{p}/pools/{{poolId}}/messages/{{messageId}}"));
-            Route::Ack
+            Route::Ack(id.parse().unwrap_or(0))
         }
         (Method::POST, ["distributedtask", "jobs", id, "complete"]) => {
             ctx.route(&format!("{p}/jobs/{{jobId}}/complete"));
@@ -273,7 +300,7 @@ enum Route {
     CreateSession,
     DeleteSession(String),
     Poll,
-    Ack,
+    Ack(u64),
     Complete(u64),
     NotFound,
 }
@@ -472,8 +499,17 @@ fn sync_route(ctx: &Ctx, st: &mut State, now: OffsetDateTime, route: Route) -> R
             }
             empty(204)
         }
-        Route::Ack => match access(ctx, st, now) {
-            Ok(_) => empty(204),
+        Route::Ack(message_id) => match access(ctx, st, now) {
+            Ok(id) => {
+                if let Some(job) = st
+                    .jobs
+                    .values_mut()
+                    .find(|j| j.message_id == Some(message_id) && j.runner_id == Some(id))
+                {
+                    job.acked = true;
+                }
+                empty(204)
+            }
             Err(r) => r,
         },
         Route::Complete(job_id) => {
@@ -677,7 +713,7 @@ async fn poll(ctx: &Ctx) -> Response {
                     );
                 }
             }
-            if let Some(msg) = next_message(&mut st, &shared.base_url, id, disable_update) {
+            if let Some(msg) = next_message(&mut st, now, &shared.base_url, id, disable_update) {
                 drop(st);
                 shared.changed.notify_waiters();
                 return json(
@@ -755,6 +791,7 @@ fn eligible(st: &State, job: &JobEntry, r: &RunnerEntry) -> bool {
 
 fn next_message(
     st: &mut State,
+    now: OffsetDateTime,
     base: &str,
     runner_id: u64,
     disable_update: Option<bool>,
@@ -809,6 +846,9 @@ fn next_message(
     let message_id = st.id();
     let job = st.jobs.get_mut(&job_id)?;
     job.status = JobStatus::InProgress;
+    job.message_id = Some(message_id);
+    job.acked = false;
+    job.assigned_at = Some(now);
     job.runner_id = Some(runner_id);
     job.runner_name = Some(r.name.clone());
     let body = json!({

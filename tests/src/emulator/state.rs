@@ -220,6 +220,10 @@ pub(crate) struct JobEntry {
     pub output: Option<String>,
     pub cancel_requested: bool,
     pub queued_at: OffsetDateTime,
+    /// The `PipelineAgentJobRequest` message that delivered it, and whether it was acked.
+    pub message_id: Option<u64>,
+    pub acked: bool,
+    pub assigned_at: Option<OffsetDateTime>,
 }
 
 #[derive(Debug, Clone)]

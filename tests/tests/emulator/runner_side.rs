@@ -685,3 +685,41 @@ async fn a_busy_runner_silent_for_ten_minutes_fails_its_job_and_unclaimed_jobs_f
     assert_eq!(view.status, JobStatus::Completed);
     assert_eq!(view.result.as_deref(), Some("failed"));
 }
+
+#[tokio::test]
+async fn a_job_whose_message_is_never_acknowledged_is_requeued_after_60_seconds() {
+    let emu = start().await;
+    emu.create_repo("octo/repo", true).unwrap();
+    let lost = register(
+        &emu,
+        "octo/repo",
+        RegisterOpts {
+            name: "lost",
+            ..RegisterOpts::default()
+        },
+    )
+    .await;
+    let job = emu.queue_job("octo/repo", &[], "true").unwrap();
+    let (_, body) = message_body(&lost.poll_no_ack(&emu, "2.336.0", false).await);
+    assert_eq!(body["jobId"], job);
+    emu.advance_clock(30);
+    assert_eq!(emu.job(job).unwrap().status, JobStatus::InProgress);
+    emu.advance_clock(31);
+    let view = emu.job(job).unwrap();
+    assert_eq!(view.status, JobStatus::Queued);
+    assert_eq!(view.runner_id, None);
+    let other = register(
+        &emu,
+        "octo/repo",
+        RegisterOpts {
+            name: "other",
+            ..RegisterOpts::default()
+        },
+    )
+    .await;
+    let (_, body) = message_body(&other.poll(&emu).await);
+    assert_eq!(body["jobId"], job);
+    // Acknowledged, it stays with its runner however long it runs.
+    emu.advance_clock(120);
+    assert_eq!(emu.job(job).unwrap().runner_name.as_deref(), Some("other"));
+}
