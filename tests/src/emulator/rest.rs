@@ -64,6 +64,8 @@ enum PublicOp {
     User,
     Repo(Scope),
     Org(Scope),
+    Root,
+    Meta,
 }
 
 enum AppOp {
@@ -171,6 +173,14 @@ fn route(ctx: &mut Ctx, st: &State) -> Route {
                 _ => Route::NotFound,
             }
         }
+        (Method::GET, []) => {
+            ctx.route("/api/v3");
+            Route::Public(PublicOp::Root)
+        }
+        (Method::GET, ["meta"]) => {
+            ctx.route("/api/v3/meta");
+            Route::Public(PublicOp::Meta)
+        }
         (Method::GET, ["rate_limit"]) => {
             ctx.route("/api/v3/rate_limit");
             Route::RateLimit
@@ -261,7 +271,11 @@ fn random_request_id() -> String {
     format!("{}:{}:{}:{}:{}", h(4), h(4), h(6), h(6), h(8))
 }
 
+/// The GitHub Enterprise Server version the emulator claims to be.
+pub(crate) const GHES_VERSION: &str = "3.17.0";
+
 fn common_headers(resp: &mut Response) {
+    set_header(resp, "x-github-enterprise-version", GHES_VERSION);
     set_header(resp, "x-github-api-version-selected", "2022-11-28");
     set_header(resp, "x-github-media-type", "github.v3; format=json");
     set_header(resp, "x-github-request-id", &random_request_id());
@@ -501,6 +515,22 @@ fn public_op(
             }
             Ok(json(200, &v))
         }
+        PublicOp::Root => Ok(json(
+            200,
+            &json!({
+                "current_user_url": format!("{base}/api/v3/user"),
+                "organization_url": format!("{base}/api/v3/orgs/{{org}}"),
+                "repository_url": format!("{base}/api/v3/repos/{{owner}}/{{repo}}"),
+                "rate_limit_url": format!("{base}/api/v3/rate_limit"),
+            }),
+        )),
+        PublicOp::Meta => Ok(json(
+            200,
+            &json!({
+                "verifiable_password_authentication": false,
+                "installed_version": GHES_VERSION,
+            }),
+        )),
         PublicOp::Org(scope) => {
             let Scope::Org(org) = &scope else {
                 return Err(ApiError::not_found());

@@ -615,3 +615,17 @@ async fn repositories_and_orgs_are_visible_only_to_tokens_that_may_see_them() {
     assert_eq!(r.status, 200);
     assert!(r.body["login"].is_string());
 }
+
+#[tokio::test]
+async fn the_api_root_and_meta_say_github_enterprise_server() {
+    let emu = start().await;
+    let r = api(&emu, Method::GET, "", None, None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.body["current_user_url"],
+        format!("{}/user", emu.api_url())
+    );
+    let r = api(&emu, Method::GET, "/meta", None, None).await;
+    let version = r.body["installed_version"].as_str().unwrap().to_string();
+    assert_eq!(r.header("x-github-enterprise-version").unwrap(), version);
+}
