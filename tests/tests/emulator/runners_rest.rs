@@ -224,6 +224,35 @@ async fn org_and_enterprise_runners_carry_their_group_and_stay_in_their_scope() 
     let r = api(
         &emu,
         Method::GET,
+        "/orgs/octo/actions/runner-groups/1/runners",
+        Some(&org_pat),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["total_count"], 1);
+    assert_eq!(r.body["runners"][0]["id"], org_runner.id);
+    let r = api(
+        &emu,
+        Method::GET,
+        &format!("/orgs/octo/actions/runner-groups/{id}/runners"),
+        Some(&org_pat),
+        None,
+    )
+    .await;
+    assert_eq!(r.body["total_count"], 0);
+    let r = api(
+        &emu,
+        Method::GET,
+        "/orgs/octo/actions/runner-groups/999/runners",
+        Some(&org_pat),
+        None,
+    )
+    .await;
+    assert_github_error(&r, 404, "Not Found");
+    let r = api(
+        &emu,
+        Method::GET,
         "/repos/octo/repo/actions/runner-groups",
         Some(&org_pat),
         None,
