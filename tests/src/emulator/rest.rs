@@ -771,13 +771,25 @@ fn scoped(
                     }
                     Scope::Enterprise(e) => format!("/enterprises/{e}"),
                 };
+                // GitHub keeps the request's parameters in their order and sets `page`.
+                let sent: Vec<(String, String)> =
+                    url::form_urlencoded::parse(ctx.raw_query.as_bytes())
+                        .into_owned()
+                        .collect();
                 let link = |p: usize| {
                     let mut q = url::form_urlencoded::Serializer::new(String::new());
-                    if let Some(n) = name {
-                        q.append_pair("name", n);
+                    let mut has_page = false;
+                    for (k, v) in &sent {
+                        if k == "page" {
+                            has_page = true;
+                            q.append_pair("page", &p.to_string());
+                        } else {
+                            q.append_pair(k, v);
+                        }
                     }
-                    q.append_pair("per_page", &per_page.to_string());
-                    q.append_pair("page", &p.to_string());
+                    if !has_page {
+                        q.append_pair("page", &p.to_string());
+                    }
                     format!("<{base}/api/v3{prefix}/actions/runners?{}>", q.finish())
                 };
                 let mut rels = Vec::new();

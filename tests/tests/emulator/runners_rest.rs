@@ -90,6 +90,23 @@ async fn runners_are_listed_30_per_page_with_github_link_headers() {
     }
     assert_eq!(seen, ["r0", "r1", "r2", "r3", "r4"]);
 
+    // Links keep the request's parameters as sent and only set `page`.
+    let r = api(
+        &emu,
+        Method::GET,
+        "/repos/octo/repo/actions/runners?page=1&per_page=4",
+        Some(&pat),
+        None,
+    )
+    .await;
+    let link = r.header("link").unwrap();
+    assert!(
+        link_rel(&link, "next")
+            .unwrap()
+            .ends_with("/actions/runners?page=2&per_page=4"),
+        "{link}"
+    );
+
     let r = api(
         &emu,
         Method::GET,
