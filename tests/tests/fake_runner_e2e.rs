@@ -233,6 +233,16 @@ async fn wait_runner(
     }
 }
 
+/// A directory next to the install that jobs (as `ra-runner`) may write to.
+fn shared_dir(inst: &Install) -> PathBuf {
+    let dir = inst.dir.path().join("shared");
+    if !dir.exists() {
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    dir
+}
+
 async fn wait_file(path: &Path) {
     let deadline = Instant::now() + WAIT;
     while !path.exists() {
@@ -546,11 +556,15 @@ async fn a_cancelled_job_is_killed_and_reported_cancelled() {
     assert_eq!(configure(&emu, root, "cx", &[]).status.code(), Some(0));
     let mut run = Running::start(listener(root));
     run.wait_for("Listening for Jobs");
-    let job = emu
-        .queue_job(REPO, &["self-hosted"], "echo begin\nsleep 300\necho never")
-        .unwrap();
+    let marker = shared_dir(&inst).join("started");
+    let script = format!(
+        "echo begin\ntouch {}\nsleep 300\necho never",
+        marker.display()
+    );
+    let job = emu.queue_job(REPO, &["self-hosted"], &script).unwrap();
     run.wait_for(&format!("Running job: job {job}"));
     wait_runner(&emu, "cx", "busy", |r| r.busy).await;
+    wait_file(&marker).await;
     emu.cancel_job(job).unwrap();
     let done = emu.wait_job(job, WAIT).await.unwrap();
     assert_eq!(done.result.as_deref(), Some("cancelled"));
@@ -987,11 +1001,12 @@ async fn sigterm_cancels_the_running_job_and_exits_0() {
     assert_eq!(configure(&emu, root, "term", &[]).status.code(), Some(0));
     let mut run = Running::start(listener(root));
     run.wait_for("Listening for Jobs");
-    let job = emu
-        .queue_job(REPO, &["self-hosted"], "echo working\nsleep 300")
-        .unwrap();
+    let marker = shared_dir(&inst).join("started");
+    let script = format!("echo working\ntouch {}\nsleep 300", marker.display());
+    let job = emu.queue_job(REPO, &["self-hosted"], &script).unwrap();
     run.wait_for(&format!("Running job: job {job}"));
     wait_runner(&emu, "term", "busy", |r| r.busy).await;
+    wait_file(&marker).await;
     // setpriv execs the listener, so the child's pid is the listener's.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(run.child.id() as i32),
