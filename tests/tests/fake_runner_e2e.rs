@@ -1022,3 +1022,26 @@ async fn sigterm_cancels_the_running_job_and_exits_0() {
     // Its session is closed: the runner is offline at once.
     wait_runner(&emu, "term", "without a session", |r| !r.session_open).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_pass_or_fail_and_exits_0() {
+    let emu = emulator().await;
+    let inst = install("2.336.0");
+    let root = &inst.root;
+    let pat = emu.add_pat(runner_agent_tests::emulator::PatSpec::classic(&["repo"]));
+    for (token, verdict) in [(pat.as_str(), "P A S S"), ("ghp_notatoken", "F A I L")] {
+        let out = as_runner("./run.sh", root)
+            .args(["--check", "--url", &emu.web_url_for(REPO)])
+            .env("ACTIONS_RUNNER_INPUT_PAT", token)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("**  Check:               GitHub connection"),
+            "{stdout}"
+        );
+        assert!(stdout.contains(verdict), "{verdict}: {stdout}");
+        assert!(!text(&out).contains("Unrecognized"), "{}", text(&out));
+    }
+}
