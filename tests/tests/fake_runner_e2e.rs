@@ -825,11 +825,14 @@ async fn poll_errors_are_retried_and_an_expired_session_is_replaced() {
         run.seen
     );
     // GitHub forgets a session that was not polled for 90 s: the listener opens a new one.
+    let sessions = "POST /_services/pipelines/_apis/distributedtask/pools/{poolId}/sessions";
+    assert_eq!(emu.request_count(sessions), 1);
     emu.advance_clock(120);
     wait_runner(&emu, "flaky", "online again", |r| {
         r.status == "online" && r.session_open
     })
     .await;
+    assert_eq!(emu.request_count(sessions), 2);
     let job = emu
         .queue_job(REPO, &["self-hosted"], "echo still-here")
         .unwrap();

@@ -244,7 +244,7 @@ pub async fn configure(root: &Root, settings: &Settings) -> Result<(), ListenerE
         arg_or_prompt(
             settings,
             "labels",
-            "This runner will have the following labels: 'self-hosted', 'Linux', 'X64' \nEnter any additional labels (ex. label-1,label-2):",
+            &format!("This runner will have the following labels: 'self-hosted', 'Linux', '{}' \nEnter any additional labels (ex. label-1,label-2):", arch_label(root)),
             Some(""),
             &|_| true,
         )?
