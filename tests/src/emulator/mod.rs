@@ -89,6 +89,9 @@ pub struct EmulatorOptions {
     pub unauthenticated_rate_limit: u64,
     /// A runner is online while it polled within this many seconds; a session dies after it.
     pub session_timeout_secs: i64,
+    /// GitHub's secondary limit on REST points per token per minute (GET 1, other methods 5;
+    /// GitHub: 900). `None` (the default) leaves it to injected faults.
+    pub secondary_points_per_minute: Option<u64>,
 }
 
 impl Default for EmulatorOptions {
@@ -99,6 +102,7 @@ impl Default for EmulatorOptions {
             rate_limit: 5000,
             unauthenticated_rate_limit: 60,
             session_timeout_secs: 90,
+            secondary_points_per_minute: None,
         }
     }
 }
@@ -235,6 +239,8 @@ pub(crate) struct Shared {
     pub(crate) changed: Notify,
     pub(crate) options: EmulatorOptions,
     pub(crate) base_url: String,
+    /// Message long polls waiting right now.
+    pub(crate) polls_waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -285,6 +291,7 @@ impl Emulator {
             changed: Notify::new(),
             options,
             base_url: format!("http://{local}"),
+            polls_waiting: std::sync::atomic::AtomicUsize::new(0),
         });
         let app = axum::Router::new()
             .fallback(http::dispatch)
@@ -614,6 +621,7 @@ impl Control {
         script: &str,
     ) -> Result<u64, EmulatorError> {
         let scope = Self::parse_scope(scope)?;
+        let now = self.shared.clock.now();
         let mut st = self.shared.state();
         if !st.scope_exists(&scope) {
             return Err(EmulatorError::UnknownScope {
@@ -637,6 +645,10 @@ impl Control {
                 exit_code: None,
                 output: None,
                 cancel_requested: false,
+                queued_at: now,
+                message_id: None,
+                acked: false,
+                assigned_at: None,
             },
         );
         drop(st);
@@ -662,6 +674,30 @@ impl Control {
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Err(EmulatorError::JobTimeout { id, timeout });
+            }
+        }
+    }
+
+    /// How many runner message long polls are waiting right now.
+    pub fn polls_waiting(&self) -> usize {
+        self.shared
+            .polls_waiting
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until at least `n` long polls are waiting (so a test can act while a runner
+    /// listens, without sleeping); `false` on timeout.
+    pub async fn wait_for_polls(&self, n: usize, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.shared.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.polls_waiting() >= n {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.polls_waiting() >= n;
             }
         }
     }
