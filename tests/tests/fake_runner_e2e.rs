@@ -1048,3 +1048,53 @@ async fn check_reports_pass_or_fail_and_exits_0() {
         assert!(!text(&out).contains("Unrecognized"), "{}", text(&out));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disableupdate_is_stored_and_keeps_the_old_version_running() {
+    let emu = emulator().await;
+    let inst = install("2.336.0");
+    let root = &inst.root;
+    let newer = release("2.341.0", &inst.dir.path().join("new"));
+    emu.publish_release(
+        "2.341.0",
+        vec![(
+            "linux-x64".to_string(),
+            runner_agent_tests::emulator::AssetSource::Path(newer.path.clone()),
+        )],
+        runner_agent_tests::emulator::ReleaseOptions::default(),
+    )
+    .await
+    .unwrap();
+    let out = configure(&emu, root, "pinned", &["--disableupdate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let bytes = std::fs::read(root.join(".runner")).unwrap();
+    let settings: serde_json::Value = serde_json::from_slice(&bytes[3..]).unwrap();
+    assert_eq!(settings["disableUpdate"], true);
+    let mut run = Running::start(listener(root));
+    run.wait_for("Listening for Jobs");
+    let view = wait_runner(&emu, "pinned", "online", |r| r.status == "online").await;
+    assert!(view.disable_update);
+    let job = emu
+        .queue_job(REPO, &["self-hosted"], "echo pinned")
+        .unwrap();
+    assert_eq!(
+        emu.wait_job(job, WAIT).await.unwrap().output.as_deref(),
+        Some("pinned\n")
+    );
+    assert!(
+        run.seen
+            .iter()
+            .all(|l| !l.contains("Runner update in progress")),
+        "{:?}",
+        run.seen
+    );
+    assert!(root.join("bin").is_dir() && !root.join("bin").is_symlink());
+    assert_eq!(
+        emu.runners(Some(REPO))
+            .into_iter()
+            .find(|r| r.name == "pinned")
+            .unwrap()
+            .version,
+        "2.336.0"
+    );
+}
