@@ -3,7 +3,7 @@
 //! These types are the contract between `config` and the rest of the agent. They hold values that
 //! were already checked (parse, don't validate): a [`Runner`] has a unique, valid name and labels,
 //! its board exists, its version string is well formed. Nothing here holds a secret value; auth
-//! points at files, read when needed through [`Auth::read_secret`]-style helpers in `config`.
+//! points at files, read when needed through [`SecretFile::read`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -281,4 +281,85 @@ pub enum Power {
         off: String,
         cycle: Option<String>,
     },
+}
+
+impl Config {
+    /// The runner called `name`, if any.
+    pub fn runner(&self, name: &str) -> Option<&Runner> {
+        self.runners.iter().find(|runner| runner.name == name)
+    }
+
+    /// The board called `name`, if any.
+    pub fn board(&self, name: &str) -> Option<&Board> {
+        self.boards.iter().find(|board| board.name == name)
+    }
+}
+
+impl Auth {
+    /// The secret file this auth reads.
+    pub fn secret_file(&self) -> &SecretFile {
+        match self {
+            Auth::Pat { file } | Auth::RegistrationToken { file } => file,
+            Auth::App {
+                private_key_file, ..
+            } => private_key_file,
+        }
+    }
+
+    /// The TOML key this auth is configured with (`pat_file`, `app`, `registration_token_file`).
+    pub fn key(&self) -> &'static str {
+        match self {
+            Auth::Pat { .. } => "pat_file",
+            Auth::App { .. } => "app",
+            Auth::RegistrationToken { .. } => "registration_token_file",
+        }
+    }
+}
+
+impl std::fmt::Display for VersionReq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VersionReq::Latest => f.write_str("latest"),
+            VersionReq::Pinned(version) => version.fmt(f),
+        }
+    }
+}
+
+impl ServiceKind {
+    /// The configured spelling: `systemd`, `process`, `container`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceKind::Systemd => "systemd",
+            ServiceKind::Process => "process",
+            ServiceKind::Container => "container",
+        }
+    }
+}
+
+/// A board profile, `<profiles_dir>/<name>.toml`: the facts every instance of a board type
+/// shares. A [`Board`] with `profile = "<name>"` takes these unless it sets them itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    /// Equal to the file's stem.
+    pub name: String,
+    pub description: Option<String>,
+    pub arch: Option<String>,
+    /// Put before the instance's own labels.
+    pub labels: Vec<String>,
+    /// Console speed.
+    pub baud: Option<u32>,
+    pub boot_prompt: Option<String>,
+    /// The power method the board expects.
+    pub power: Option<PowerMethod>,
+    /// Job environment; the instance's `env` wins on conflicts.
+    pub env: BTreeMap<String, String>,
+}
+
+/// How a board type expects to be powered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerMethod {
+    ModbusRtu,
+    Command,
+    /// Always on (or switched by hand).
+    None,
 }

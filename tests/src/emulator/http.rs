@@ -215,6 +215,11 @@ pub(crate) async fn dispatch(State(shared): State<Arc<Shared>>, req: Request) ->
         } else {
             ctx.template.clone()
         };
+        log::debug!(
+            "github emulator: {} {path} ({template}) -> {}",
+            ctx.method,
+            resp.status().as_u16()
+        );
         let count = st.counts.entry(template).or_default();
         count.count += 1;
         if resp.status() == StatusCode::NOT_MODIFIED {

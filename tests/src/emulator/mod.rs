@@ -36,6 +36,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 
 pub use faults::{Fault, FaultRequest, RateLimitKind};
+pub use keys::{app_jwt, generate_app_key, AppKey};
 pub use state::{JobStatus, RequestCount, Scope};
 
 use state::{State, TokenEntry, TokenKind};
@@ -74,6 +75,11 @@ pub enum EmulatorError {
     JobTimeout { id: u64, timeout: Duration },
     #[error("cannot generate an RSA key")]
     KeyGeneration,
+    #[error("cannot start a runtime for the background emulator")]
+    Runtime {
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// How the emulator behaves; the defaults are GitHub's.
@@ -326,6 +332,59 @@ impl Emulator {
         if let Some(task) = self.task.take() {
             task.abort();
             let _ = task.await;
+        }
+    }
+}
+
+/// An emulator on its own runtime threads, for synchronous tests (for example ones that run
+/// `agentctl` with `std::process::Command`, which would block a single-threaded test runtime
+/// and with it an in-process emulator). Derefs to [`Control`]; async operations go through
+/// [`BackgroundEmulator::block_on`].
+pub struct BackgroundEmulator {
+    emulator: Emulator,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl BackgroundEmulator {
+    /// Starts an emulator on a new two-thread runtime. Call it outside any async context.
+    pub fn start(options: EmulatorOptions) -> Result<BackgroundEmulator, EmulatorError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("github-emulator")
+            .enable_all()
+            .build()
+            .map_err(|source| EmulatorError::Runtime { source })?;
+        let emulator = runtime.block_on(Emulator::start(options))?;
+        Ok(BackgroundEmulator {
+            emulator,
+            runtime: Some(runtime),
+        })
+    }
+
+    /// Runs a future (e.g. `publish_release`, `wait_job`) on the emulator's runtime.
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> Option<F::Output> {
+        self.runtime.as_ref().map(|rt| rt.block_on(future))
+    }
+
+    pub fn emulator(&self) -> &Emulator {
+        &self.emulator
+    }
+}
+
+impl std::ops::Deref for BackgroundEmulator {
+    type Target = Control;
+    fn deref(&self) -> &Control {
+        &self.emulator.control
+    }
+}
+
+impl Drop for BackgroundEmulator {
+    fn drop(&mut self) {
+        if let Some(task) = self.emulator.task.take() {
+            task.abort();
+        }
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
         }
     }
 }

@@ -307,7 +307,6 @@ fn handle_inner(ctx: &mut Ctx) -> Response {
         return resp;
     }
     match route {
-        Route::NotFound => return ApiError::not_found().into_response(),
         Route::RunnerRegistration => {
             drop(st);
             return runner_service::token_exchange(ctx);

@@ -629,3 +629,21 @@ async fn the_api_root_and_meta_say_github_enterprise_server() {
     let version = r.body["installed_version"].as_str().unwrap().to_string();
     assert_eq!(r.header("x-github-enterprise-version").unwrap(), version);
 }
+
+#[tokio::test]
+async fn unknown_api_routes_are_404_with_rate_limit_headers() {
+    let emu = start().await;
+    let pat = repo_with_pat(&emu, "octo/repo");
+    let r = api(&emu, Method::GET, "/no/such/route", Some(&pat), None).await;
+    assert_github_error(&r, 404, "Not Found");
+    assert_eq!(r.header("x-ratelimit-used").unwrap(), "1");
+    let r = api(
+        &emu,
+        Method::PATCH,
+        "/repos/octo/repo/actions/runners",
+        Some(&pat),
+        None,
+    )
+    .await;
+    assert_github_error(&r, 404, "Not Found");
+}

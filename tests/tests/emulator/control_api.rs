@@ -485,3 +485,31 @@ async fn the_binary_serves_a_seeded_repo_and_a_release_directory() {
         "actions-runner-linux-x64-2.336.0.tar.gz"
     );
 }
+
+#[test]
+fn a_background_emulator_serves_synchronous_tests() {
+    use std::io::{Read, Write};
+    let bg = runner_agent_tests::emulator::BackgroundEmulator::start(Default::default()).unwrap();
+    bg.create_repo("octo/repo", true).unwrap();
+    let addr = bg.emulator().addr();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /api/v3/meta HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(answer.contains("installed_version"));
+    let job = bg.queue_job("octo/repo", &[], "true").unwrap();
+    bg.cancel_job(job).unwrap();
+    let view = bg
+        .block_on(bg.wait_job(job, Duration::from_secs(5)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(view.result.as_deref(), Some("cancelled"));
+}
