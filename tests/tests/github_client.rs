@@ -865,3 +865,85 @@ async fn agentctl_token_registration_prints_a_token_github_accepts() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn concurrent_calls_of_an_app_mint_one_installation_token() {
+    let emu = start().await;
+    emu.create_org("octo").unwrap();
+    let key = keys::generate_app_key().unwrap();
+    let app_id = emu
+        .add_app(
+            &key.public_key_pem,
+            vec![InstallationSpec {
+                id: 9,
+                account: "octo".into(),
+                permissions: [(
+                    "organization_self_hosted_runners".to_string(),
+                    "write".to_string(),
+                )]
+                .into_iter()
+                .collect(),
+            }],
+        )
+        .unwrap();
+    let gh = client(&emu, Credentials::app(app_id, 9, key.private_key_pem));
+    let scope = org();
+    let calls = (0..6).map(|_| gh.list_runners(&scope));
+    for result in futures_util::future::join_all(calls).await {
+        assert!(result.unwrap().is_empty());
+    }
+    assert_eq!(emu.request_count(MINT), 1);
+    assert_eq!(
+        emu.request_count("GET /api/v3/orgs/{org}/actions/runners"),
+        6
+    );
+}
+
+/// A server answering `503` with `retry-after: 1` once, then an empty runner list.
+#[tokio::test]
+async fn retry_after_on_a_server_error_is_obeyed() {
+    use std::sync::atomic::AtomicUsize;
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let app = axum::Router::new().route(
+        "/repos/octo/repo/actions/runners",
+        axum::routing::get(move || {
+            let counter = counter.clone();
+            async move {
+                if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+                    (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        [("retry-after", "1")],
+                        r#"{"message":"try later"}"#,
+                    )
+                } else {
+                    (
+                        axum::http::StatusCode::OK,
+                        [("etag", "\"x\"")],
+                        r#"{"total_count":0,"runners":[]}"#,
+                    )
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let gh = Client::with_options(
+        Url::parse(&format!("http://{addr}")).unwrap(),
+        Credentials::pat("ghp_test"),
+        ClientOptions {
+            backoff: Duration::from_millis(1),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    assert!(gh.list_runners(&repo()).await.unwrap().is_empty());
+    assert!(
+        started.elapsed() >= Duration::from_millis(950),
+        "retried after {:?}, not after retry-after",
+        started.elapsed()
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+}
