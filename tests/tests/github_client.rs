@@ -853,6 +853,19 @@ async fn agentctl_token_registration_prints_a_token_github_accepts() {
     .unwrap();
     assert!(expires_at > emu.now() + time::Duration::minutes(59));
 
+    // A configuration that does not load: exit 78, as for every command.
+    let missing = std::process::Command::new(agentctl())
+        .args([
+            "--config",
+            "/nonexistent/agent.toml",
+            "token",
+            "registration",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(78));
+    assert!(missing.stdout.is_empty());
+
     // Missing permission: exit 2 and the hint on stderr.
     let weak = emu.add_pat(PatSpec::classic(&["read:org"]));
     secret_file(dir.path(), "github-pat", &weak);

@@ -23,7 +23,7 @@ use crate::config::Scope;
 pub use credentials::{Clock, Credentials};
 pub use runners::{Cached, Label, LabelKind, Runner, RunnerGroup};
 pub use tokens::{JitConfig, Token};
-pub use transport::ClientOptions;
+pub use transport::{ClientOptions, RateLimit};
 
 /// The REST API version every request asks for.
 pub const API_VERSION: &str = "2022-11-28";
@@ -214,6 +214,7 @@ pub struct Client {
     credentials: Credentials,
     options: ClientOptions,
     etags: transport::EtagCache,
+    rate: transport::RateState,
 }
 
 impl Client {
@@ -242,6 +243,7 @@ impl Client {
             credentials: credentials.into(),
             options,
             etags: transport::EtagCache::default(),
+            rate: transport::RateState::default(),
         })
     }
 

@@ -94,6 +94,30 @@ impl EtagCache {
     }
 }
 
+/// GitHub's primary rate limit as its last answer reported it (`x-ratelimit-*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub limit: u64,
+    pub remaining: u64,
+    pub reset_at: OffsetDateTime,
+}
+
+impl RateLimit {
+    fn from_headers(headers: &HeaderMap) -> Option<RateLimit> {
+        let number = |name: &str| header(headers, name).and_then(|v| v.parse::<u64>().ok());
+        let reset = header(headers, "x-ratelimit-reset").and_then(|v| v.parse::<i64>().ok())?;
+        Some(RateLimit {
+            limit: number("x-ratelimit-limit")?,
+            remaining: number("x-ratelimit-remaining")?,
+            reset_at: OffsetDateTime::from_unix_timestamp(reset).ok()?,
+        })
+    }
+}
+
+/// The last [`RateLimit`] seen, shared by clones of a client.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RateState(Arc<Mutex<Option<RateLimit>>>);
+
 /// A successful (2xx or 304) answer.
 #[derive(Debug)]
 pub(crate) struct Reply {
@@ -217,6 +241,12 @@ fn until(now: OffsetDateTime, at: OffsetDateTime) -> Duration {
 }
 
 impl Client {
+    /// The primary rate limit as GitHub's last answer reported it (none before the first answer,
+    /// or from a GHES with rate limits off).
+    pub fn rate_limit(&self) -> Option<RateLimit> {
+        *self.rate.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The `Authorization` value for `purpose`, minting an App installation token if needed.
     async fn authorization(&self, purpose: Purpose<'_>) -> Result<Option<String>, GithubError> {
         match (&self.credentials, purpose) {
@@ -362,6 +392,11 @@ impl Client {
                 }
                 Err(source) => Err(source),
             };
+            if let Ok((_, headers, _)) = &outcome {
+                if let Some(rate) = RateLimit::from_headers(headers) {
+                    *self.rate.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(rate);
+                }
+            }
             let elapsed = started.elapsed();
             let may_retry = attempt < self.options.max_attempts;
             let (status, headers, body) = match outcome {
