@@ -688,6 +688,11 @@ async fn a_github_app_mints_caches_and_refreshes_its_installation_token() {
     gh.list_runners(&org()).await.unwrap();
     assert_eq!(emu.request_count(MINT), 2);
 
+    // `reload` (the daemon's SIGHUP) forgets the token and re-reads the key.
+    gh.credentials().reload().await;
+    gh.list_runners(&org()).await.unwrap();
+    assert_eq!(emu.request_count(MINT), 3);
+
     // Missing permission for an App names the fine-grained permission.
     let err = Client::with_options(
         api(&emu),

@@ -298,6 +298,7 @@ impl Client {
         ))
         .await?;
         let minted: super::tokens::Token = reply.json()?;
+        crate::redact::register(&minted.token);
         let token = minted.token.clone();
         *cached = Some(InstallationToken {
             token: minted.token,
