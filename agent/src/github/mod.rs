@@ -3,8 +3,16 @@
 //! [`Client`] speaks to `api.github.com`, a GHES `https://HOST/api/v3`, or the test emulator; it
 //! sends the headers GitHub documents (`Accept: application/vnd.github+json`,
 //! `X-GitHub-Api-Version: 2022-11-28`, a `User-Agent`) and turns every non-2xx answer into a
-//! [`GithubError::Status`] that carries the status and GitHub's own `message`. The DTOs never use
-//! `deny_unknown_fields`: GitHub adds fields.
+//! [`GithubError`] that carries GitHub's own `message` and says what to do: a `401` is
+//! [`GithubError::BadCredentials`] naming the secret file, a `403` on a scope
+//! [`GithubError::MissingPermission`] naming the classic scope or fine-grained permission, a `404`
+//! [`GithubError::ScopeNotFound`] or [`GithubError::RunnerNotFound`], anything else
+//! [`GithubError::Status`]. The DTOs never use `deny_unknown_fields`: GitHub adds fields.
+//!
+//! - `credentials`: [`Credentials`] (PAT, App, raw registration token), re-read on change.
+//! - `transport`: retries (5xx, dropped connections, `Retry-After`), rate limits, ETags.
+//! - `runners`: list (paginated, conditional), get, delete, labels, runner groups.
+//! - `tokens`: registration and remove tokens, JIT configurations.
 
 mod credentials;
 mod errors;
