@@ -157,9 +157,8 @@ impl Failure {
         if !matches!(self.status.as_u16(), 403 | 429) {
             return None;
         }
-        if let Some(secs) = header(&self.headers, "retry-after").and_then(|v| v.parse::<i64>().ok())
-        {
-            return Some(now + time::Duration::seconds(secs.max(0)));
+        if let Some(wait) = retry_after(&self.headers) {
+            return Some(now + wait);
         }
         if header(&self.headers, "x-ratelimit-remaining") == Some("0") {
             let reset = header(&self.headers, "x-ratelimit-reset")
@@ -179,6 +178,19 @@ impl Failure {
         }
         None
     }
+}
+
+/// `Retry-After`: delay seconds (GitHub's form) or an HTTP date.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = header(headers, "retry-after")?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 /// Exponential backoff with jitter: `base * 2^(attempt-1)`, capped at 30 s, times 0.5..1.0.
@@ -434,9 +446,7 @@ impl Client {
                 message,
             };
             if retryable_status(status) {
-                let wait = header(&failure.headers, "retry-after")
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .map(Duration::from_secs)
+                let wait = retry_after(&failure.headers)
                     .unwrap_or_else(|| backoff(self.options.backoff, attempt));
                 if may_retry && elapsed + wait <= self.options.max_retry_time {
                     log::warn!(
@@ -566,6 +576,22 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_or_a_date() {
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        let later = std::time::SystemTime::now() + Duration::from_secs(120);
+        headers.insert(
+            "retry-after",
+            HeaderValue::from_str(&httpdate::fmt_http_date(later)).unwrap(),
+        );
+        let wait = retry_after(&headers).unwrap();
+        assert!(wait > Duration::from_secs(100) && wait <= Duration::from_secs(120));
+        headers.insert("retry-after", HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&headers), None);
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {
