@@ -8,10 +8,14 @@
 //! - [`config`]: `/etc/runner-agent/agent.toml`, parsed strictly into a resolved [`config::Config`].
 //! - [`github`]: a small typed client of GitHub's REST API.
 //! - [`release`]: runner releases: resolve, download, verify, cache, unpack, install.
+//! - [`boards`]: board identities, leases, power, health probe, job environment, udev rules.
+//! - [`doctor`]: `agentctl doctor`, hardware and GitHub checks run as the runner user.
 //! - [`cli`]: the `agentctl` subcommands, thin wrappers over the modules above.
 
+pub mod boards;
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod exit;
 pub mod github;
 pub mod logging;

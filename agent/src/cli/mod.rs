@@ -1,9 +1,11 @@
 //! `agentctl`: the command-line interface. Each subcommand lives in its own file and is a thin
 //! wrapper over the domain modules; this file holds the shared flags and the dispatch.
 
+mod board;
 mod config;
 mod docs;
 mod release;
+mod doctor;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +38,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Boards: list, lease to jobs, power, health probe, job environment, udev rules.
+    Board(board::BoardArgs),
     /// Check the configuration file.
     Config(config::ConfigArgs),
     /// Print shell completions for `agentctl`.
@@ -44,6 +48,8 @@ pub enum Command {
     Man,
     /// Runner releases: download, verify, cache, install.
     Release(Box<release::ReleaseArgs>),
+    /// Check, as the runner user, that jobs can use this host's hardware, and how to fix it.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// Parse the command line, run the command, and map its outcome to an exit code.
@@ -62,10 +68,12 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<Status> {
     match cli.command {
+        Command::Board(args) => board::run(&cli.config, args),
         Command::Config(args) => config::run(&cli.config, &args),
         Command::Completions(args) => docs::completions(&args),
         Command::Man => docs::man(),
         Command::Release(args) => release::run(*args, &cli.config),
+        Command::Doctor(args) => doctor::doctor(&cli.config, &args),
     }
 }
 

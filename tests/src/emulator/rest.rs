@@ -31,6 +31,7 @@ enum Op {
     RemoveLabel(u64, String),
     ListGroups,
     GetGroup(u64),
+    GroupRunners(u64),
 }
 
 impl Op {
@@ -41,7 +42,8 @@ impl Op {
             | Op::Downloads
             | Op::ListLabels(_)
             | Op::ListGroups
-            | Op::GetGroup(_) => Access::Read,
+            | Op::GetGroup(_)
+            | Op::GroupRunners(_) => Access::Read,
             _ => Access::Write,
         }
     }
@@ -125,6 +127,12 @@ fn scoped_op(method: &Method, rest: &[&str], scope: &Scope) -> Option<(Op, &'sta
             Op::GetGroup(parse_id(id)?),
             "/actions/runner-groups/{runner_group_id}",
         ),
+        (Method::GET, ["runner-groups", id, "runners"]) if !matches!(scope, Scope::Repo { .. }) => {
+            (
+                Op::GroupRunners(parse_id(id)?),
+                "/actions/runner-groups/{runner_group_id}/runners",
+            )
+        }
         _ => return None,
     })
 }
@@ -763,13 +771,25 @@ fn scoped(
                     }
                     Scope::Enterprise(e) => format!("/enterprises/{e}"),
                 };
+                // GitHub keeps the request's parameters in their order and sets `page`.
+                let sent: Vec<(String, String)> =
+                    url::form_urlencoded::parse(ctx.raw_query.as_bytes())
+                        .into_owned()
+                        .collect();
                 let link = |p: usize| {
                     let mut q = url::form_urlencoded::Serializer::new(String::new());
-                    if let Some(n) = name {
-                        q.append_pair("name", n);
+                    let mut has_page = false;
+                    for (k, v) in &sent {
+                        if k == "page" {
+                            has_page = true;
+                            q.append_pair("page", &p.to_string());
+                        } else {
+                            q.append_pair(k, v);
+                        }
                     }
-                    q.append_pair("per_page", &per_page.to_string());
-                    q.append_pair("page", &p.to_string());
+                    if !has_page {
+                        q.append_pair("page", &p.to_string());
+                    }
                     format!("<{base}/api/v3{prefix}/actions/runners?{}>", q.finish())
                 };
                 let mut rels = Vec::new();
@@ -876,6 +896,21 @@ fn scoped(
             Ok(json(
                 200,
                 &json!({"total_count": groups.len(), "runner_groups": groups}),
+            ))
+        }
+        Op::GroupRunners(id) => {
+            if !st.groups(scope).iter().any(|g| g.id == id) {
+                return Err(ApiError::not_found());
+            }
+            let runners: Vec<Value> = st
+                .runners
+                .values()
+                .filter(|r| &r.scope == scope && r.group_id == id)
+                .map(|r| runner_json(r, now, options))
+                .collect();
+            Ok(json(
+                200,
+                &json!({"total_count": runners.len(), "runners": runners}),
             ))
         }
         Op::GetGroup(id) => st

@@ -90,6 +90,23 @@ async fn runners_are_listed_30_per_page_with_github_link_headers() {
     }
     assert_eq!(seen, ["r0", "r1", "r2", "r3", "r4"]);
 
+    // Links keep the request's parameters as sent and only set `page`.
+    let r = api(
+        &emu,
+        Method::GET,
+        "/repos/octo/repo/actions/runners?page=1&per_page=4",
+        Some(&pat),
+        None,
+    )
+    .await;
+    let link = r.header("link").unwrap();
+    assert!(
+        link_rel(&link, "next")
+            .unwrap()
+            .ends_with("/actions/runners?page=2&per_page=4"),
+        "{link}"
+    );
+
     let r = api(
         &emu,
         Method::GET,
@@ -221,6 +238,35 @@ async fn org_and_enterprise_runners_carry_their_group_and_stay_in_their_scope() 
     )
     .await;
     assert_eq!(r.body["name"], "lab");
+    let r = api(
+        &emu,
+        Method::GET,
+        "/orgs/octo/actions/runner-groups/1/runners",
+        Some(&org_pat),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["total_count"], 1);
+    assert_eq!(r.body["runners"][0]["id"], org_runner.id);
+    let r = api(
+        &emu,
+        Method::GET,
+        &format!("/orgs/octo/actions/runner-groups/{id}/runners"),
+        Some(&org_pat),
+        None,
+    )
+    .await;
+    assert_eq!(r.body["total_count"], 0);
+    let r = api(
+        &emu,
+        Method::GET,
+        "/orgs/octo/actions/runner-groups/999/runners",
+        Some(&org_pat),
+        None,
+    )
+    .await;
+    assert_github_error(&r, 404, "Not Found");
     let r = api(
         &emu,
         Method::GET,
