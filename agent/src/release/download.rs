@@ -35,6 +35,7 @@ impl TransferError {
             TransferError::Request(_) => true,
             TransferError::Status(status) => {
                 status.is_server_error()
+                    || *status == StatusCode::RANGE_NOT_SATISFIABLE
                     || *status == StatusCode::TOO_MANY_REQUESTS
                     || *status == StatusCode::REQUEST_TIMEOUT
             }
@@ -145,7 +146,18 @@ impl Download<'_> {
                 }
             }
             StatusCode::RANGE_NOT_SATISFIABLE => {
-                // The partial file is longer than the asset: it is not this asset.
+                // `bytes */SIZE`: the partial file is already whole (an earlier run stopped
+                // between the last byte and the rename); the hash decides whether it is right.
+                let total = response
+                    .headers()
+                    .get(header::CONTENT_RANGE)
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|value| value.strip_prefix("bytes */"))
+                    .and_then(|value| value.parse::<u64>().ok());
+                if total == Some(*offset) {
+                    return Ok(());
+                }
+                // Longer than the asset: it is not this asset; start over.
                 restart(file, hasher, offset, tap).map_err(Attempt::Io)?;
                 return Err(TransferError::Status(status).into());
             }

@@ -50,7 +50,7 @@ use crate::github::GithubError;
 /// Errors of the release supply chain.
 #[derive(Debug, thiserror::Error)]
 pub enum ReleaseError {
-    #[error("this host is `{machine}`, and actions/runner ships Linux packages only for {}\n\nhint: run the runner on a supported host, or pass `--arch` to fetch another host's package", SHIPPED)]
+    #[error("there is no runner package for `{machine}`: actions/runner ships Linux packages only for {}\n\nhint: run the runner on one of those, or pass `--arch` to fetch another host's package", SHIPPED)]
     UnsupportedArch { machine: String },
     #[error("cannot read the host's machine name")]
     Uname {
@@ -293,6 +293,17 @@ pub async fn fetch_and_install(
     let lock = cache.lock(resolved.version)?;
     let cached = CachedRelease::new(&resolved, &cache);
     let tree_dir = cache.tree(resolved.version, resolved.arch);
+    if let Some(done) = install_from_cache(&cached, &tree_dir, target, owner) {
+        done?;
+        log::debug!(
+            "installed `{}` from the cache after {} ms",
+            target.display(),
+            started.elapsed().as_millis()
+        );
+        drop(lock);
+        prune(&cache, resolved.version);
+        return Ok(cached);
+    }
     let manifest = if cache.check(
         resolved.version,
         resolved.arch,
@@ -365,6 +376,36 @@ pub async fn fetch_and_install(
     drop(lock);
     prune(&cache, resolved.version);
     Ok(cached)
+}
+
+/// The quick path of a host that has the release already: re-hash the cached tarball on one
+/// thread while the runner directory is staged from the sealed tree on this one, and publish it
+/// only if the hash matches. `None` when the cache cannot serve (no tarball, no intact tree, or a
+/// hash that does not match): the caller then takes the full path, which re-checks everything.
+fn install_from_cache(
+    cached: &CachedRelease,
+    tree_dir: &Path,
+    target: &Path,
+    owner: Option<(Uid, Gid)>,
+) -> Option<Result<(), ReleaseError>> {
+    if !cached.path.exists() {
+        return None;
+    }
+    let manifest = tree::verify(tree_dir)?;
+    let tarball = cached.path.clone();
+    let hashing = std::thread::spawn(move || hash_file(&tarball));
+    let staged = tree::stage(tree_dir, &manifest, target, owner);
+    let hashed = hashing.join().ok().and_then(Result::ok);
+    match (staged, hashed) {
+        (Ok(staging), Some(actual)) if actual == cached.sha256 => {
+            Some(tree::publish(&staging, target))
+        }
+        (Ok(staging), _) => {
+            let _ = cache::remove_tree(&staging);
+            None
+        }
+        (Err(err), _) => Some(Err(err)),
+    }
 }
 
 /// Install the runner directory `target` from a fetched release: built beside `target` from the

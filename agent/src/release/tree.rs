@@ -135,11 +135,32 @@ pub fn install(
     target: &Path,
     owner: Option<(Uid, Gid)>,
 ) -> Result<(), ReleaseError> {
+    let staging = stage(tree, manifest, target, owner)?;
+    publish(&staging, target)
+}
+
+/// Build the runner directory beside `target` (not yet visible at `target`).
+pub fn stage(
+    tree: &Path,
+    manifest: &Manifest,
+    target: &Path,
+    owner: Option<(Uid, Gid)>,
+) -> Result<PathBuf, ReleaseError> {
     let staging = staging_dir(target)?;
-    let built = build(tree, manifest, &staging, owner);
-    let swapped = built.and_then(|()| swap_into_place(&staging, target, false));
+    match build(tree, manifest, &staging, owner) {
+        Ok(()) => Ok(staging),
+        Err(err) => {
+            let _ = remove_tree(&staging);
+            Err(err)
+        }
+    }
+}
+
+/// Swap a directory built by [`stage`] into place.
+pub fn publish(staging: &Path, target: &Path) -> Result<(), ReleaseError> {
+    let swapped = swap_into_place(staging, target, false);
     if swapped.is_err() {
-        let _ = remove_tree(&staging);
+        let _ = remove_tree(staging);
     }
     swapped
 }

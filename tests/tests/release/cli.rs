@@ -43,7 +43,7 @@ fn an_unsupported_arch_names_the_shipped_ones() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("error: this host is `riscv64`, and actions/runner ships Linux packages only for x64 (x86_64), arm64 (aarch64), arm (armv7l)"),
+        stderr.contains("error: there is no runner package for `riscv64`: actions/runner ships Linux packages only for x64 (x86_64), arm64 (aarch64), arm (armv7l)"),
         "{stderr}"
     );
 }

@@ -297,3 +297,28 @@ async fn old_versions_are_pruned_keeping_the_two_newest() {
     versions.sort();
     assert_eq!(versions, ["2.321.0", "2.322.0"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_partial_file_left_by_a_killed_run_is_verified_and_kept() {
+    let emu = emulator().await;
+    let tarball = runner_tarball(V1);
+    publish(&emu, V1, tarball.clone(), true, true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let partial = dir.path().join(format!("cache/{V1}/{}.partial", asset(V1)));
+    std::fs::create_dir_all(partial.parent().unwrap()).unwrap();
+    std::fs::write(&partial, &tarball).unwrap();
+    let cached = release::fetch(&request(&emu, dir.path(), V1))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&cached.path).unwrap(), tarball);
+
+    // A partial longer than the asset is not this asset: downloaded again from the start.
+    let dir = tempfile::tempdir().unwrap();
+    let partial = dir.path().join(format!("cache/{V1}/{}.partial", asset(V1)));
+    std::fs::create_dir_all(partial.parent().unwrap()).unwrap();
+    std::fs::write(&partial, [tarball.as_slice(), b"trailing junk"].concat()).unwrap();
+    let cached = release::fetch(&request(&emu, dir.path(), V1))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&cached.path).unwrap(), tarball);
+}

@@ -245,3 +245,30 @@ async fn unpacking_while_downloading_survives_a_broken_connection() {
         400_000
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_in_the_cached_tarball_is_caught_before_a_second_install() {
+    let emu = emulator().await;
+    publish(&emu, V1, runner_tarball(V1), true, true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let request = request(&emu, dir.path(), V1);
+    let cached = release::fetch_and_install(&request, &dir.path().join("one"), None)
+        .await
+        .unwrap();
+    let mut bytes = std::fs::read(&cached.path).unwrap();
+    bytes[4321] ^= 0x01;
+    std::fs::write(&cached.path, &bytes).unwrap();
+    release::fetch_and_install(&request, &dir.path().join("two"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        emu.request_count(DOWNLOAD_ROUTE),
+        2,
+        "the corrupt tarball was not trusted"
+    );
+    assert_eq!(std::fs::read(&cached.path).unwrap(), runner_tarball(V1));
+    assert_eq!(
+        listener(&dir.path().join("two")),
+        format!("listener {V1}\n")
+    );
+}
