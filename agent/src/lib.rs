@@ -6,8 +6,10 @@
 //! - [`redact`]: the rule that keeps token values out of every log line and message.
 //! - [`logging`]: journald under systemd, a readable stderr logger otherwise.
 //! - [`config`]: `/etc/runner-agent/agent.toml`, parsed strictly into a resolved [`config::Config`].
+//! - [`boards`]: board identities, leases, power, health probe, job environment, udev rules.
 //! - [`cli`]: the `agentctl` subcommands, thin wrappers over the modules above.
 
+pub mod boards;
 pub mod cli;
 pub mod config;
 pub mod exit;

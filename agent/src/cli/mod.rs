@@ -1,6 +1,7 @@
 //! `agentctl`: the command-line interface. Each subcommand lives in its own file and is a thin
 //! wrapper over the domain modules; this file holds the shared flags and the dispatch.
 
+mod board;
 mod config;
 mod docs;
 
@@ -35,6 +36,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Boards: list, lease to jobs, power, health probe, job environment, udev rules.
+    Board(board::BoardArgs),
     /// Check the configuration file.
     Config(config::ConfigArgs),
     /// Print shell completions for `agentctl`.
@@ -59,6 +62,7 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<Status> {
     match cli.command {
+        Command::Board(args) => board::run(&cli.config, args),
         Command::Config(args) => config::run(&cli.config, &args),
         Command::Completions(args) => docs::completions(&args),
         Command::Man => docs::man(),
