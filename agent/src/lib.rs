@@ -7,11 +7,13 @@
 //! - [`logging`]: journald under systemd, a readable stderr logger otherwise.
 //! - [`config`]: `/etc/runner-agent/agent.toml`, parsed strictly into a resolved [`config::Config`].
 //! - [`boards`]: board identities, leases, power, health probe, job environment, udev rules.
+//! - [`doctor`]: `agentctl doctor`, hardware and GitHub checks run as the runner user.
 //! - [`cli`]: the `agentctl` subcommands, thin wrappers over the modules above.
 
 pub mod boards;
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod exit;
 pub mod logging;
 pub mod redact;

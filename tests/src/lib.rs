@@ -1,1 +1,3 @@
 //! GitHub emulator, fake actions runner release, and the shared support of the integration tests.
+
+pub mod emulator;

@@ -311,6 +311,11 @@ impl Watcher {
         changes
     }
 
+    /// Forget the last resolution of a board's device, so the next scan reports it again.
+    pub fn forget(&mut self, board: &str, what: &'static str) {
+        self.last.remove(&(board.to_owned(), what));
+    }
+
     /// The last resolution of a board's console or relay bus.
     pub fn current(&self, board: &str, what: &'static str) -> Option<&Resolution> {
         self.last.get(&(board.to_owned(), what))

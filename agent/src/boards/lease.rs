@@ -104,7 +104,12 @@ fn process_comm_and_parent(pid: u32) -> Option<(String, u32)> {
     let open = stat.find('(')?;
     let close = stat.rfind(')')?;
     let comm = stat.get(open + 1..close)?.to_owned();
-    let ppid = stat.get(close + 1..)?.split_whitespace().nth(1)?.parse().ok()?;
+    let ppid = stat
+        .get(close + 1..)?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
     Some((comm, ppid))
 }
 
@@ -277,4 +282,61 @@ pub fn force_release(state_dir: &Path, board: &str) -> Result<Option<Lease>, Boa
         log::warn!("board `{board}` force-released from {}", lease.describe());
     }
     Ok(old)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn holder(runner: &str, job: &str) -> Holder {
+        Holder {
+            runner: runner.to_owned(),
+            job: job.to_owned(),
+            pid: std::process::id(),
+        }
+    }
+
+    #[test]
+    fn a_recycled_pid_does_not_keep_a_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let lease = acquire(dir.path(), "b", &holder("r", "1"), Duration::ZERO).unwrap();
+        assert!(lease.holder_alive());
+        // The same pid number, but a process that started at another time.
+        let mut recycled = lease.clone();
+        recycled.pid_start = lease.pid_start.map(|start| start + 1);
+        write_lease(dir.path(), &recycled).unwrap();
+        assert_eq!(current(dir.path(), "b").unwrap(), None);
+        assert!(
+            !lease_path(dir.path(), "b").exists(),
+            "the stale lease is removed"
+        );
+    }
+
+    #[test]
+    fn the_same_job_may_take_its_board_again_and_another_must_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        acquire(dir.path(), "b", &holder("r", "1"), Duration::ZERO).unwrap();
+        acquire(dir.path(), "b", &holder("r", "1"), Duration::ZERO).unwrap();
+        let err = acquire(dir.path(), "b", &holder("r2", "2"), Duration::ZERO).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("board `b` is still held by runner `r` job `1`"),
+            "{err}"
+        );
+        assert_eq!(
+            release(dir.path(), "b", "r2", "2").unwrap_err().to_string(),
+            format!(
+                "board `b` is held by {}, not by runner `r2` job `2`",
+                current(dir.path(), "b").unwrap().unwrap().describe()
+            )
+        );
+        assert!(matches!(
+            release(dir.path(), "b", "r", "1").unwrap(),
+            Released::Freed(_)
+        ));
+        assert_eq!(
+            release(dir.path(), "b", "r", "1").unwrap(),
+            Released::NotHeld
+        );
+    }
 }

@@ -5,19 +5,23 @@
 //! - [`identity`]: a [`SerialIdentity`](crate::config::SerialIdentity) → the current device node
 //!   (found, missing, ambiguous), and a [`identity::Watcher`] that notices devices come and go.
 //! - [`env`]: the job environment file (`BOARD_COMM_UART_DEV`, …) for `.env`/`EnvironmentFile=`.
+//! - [`hooks`]: the job-started/completed hook scripts that take and give back the board.
 //! - [`lease`]: one job at a time per board; stale holders (dead pid) are freed.
 //! - [`power`]: `mbpoll` (Modbus RTU coil) or shell commands, serialised per relay bus.
 //! - [`probe`]: the health probe (the boot prompt appears on the console within a timeout).
 //! - [`state`]: a board's persisted device and health state, for `board list` and `status`.
+//! - [`watch`]: the periodic rescan that keeps board states current (the daemon runs it).
 //! - [`udev`]: udev rules for the configured boards (stable symlinks, group, ModemManager off).
 
 pub mod env;
+pub mod hooks;
 pub mod identity;
 pub mod lease;
 pub mod power;
 pub mod probe;
 pub mod state;
 pub mod udev;
+pub mod watch;
 
 use std::fs;
 use std::io;

@@ -95,17 +95,26 @@ fn bus_lock_path(state_dir: &Path, node: &Path) -> PathBuf {
         .to_string_lossy()
         .trim_start_matches('/')
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     boards_dir(state_dir).join(format!("bus-{flat}.lock"))
 }
 
 /// Switch `board`'s power.
 pub fn run(board: &Board, action: Action, ctx: &PowerContext) -> Result<(), BoardError> {
-    let power = board.power.as_ref().ok_or_else(|| BoardError::NotConfigured {
-        board: board.name.clone(),
-        what: "power control",
-    })?;
+    let power = board
+        .power
+        .as_ref()
+        .ok_or_else(|| BoardError::NotConfigured {
+            board: board.name.clone(),
+            what: "power control",
+        })?;
     ensure_boards_dir(&ctx.state_dir)?;
     match power {
         Power::ModbusRtu {

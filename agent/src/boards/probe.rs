@@ -98,5 +98,8 @@ fn tail(seen: &[u8]) -> String {
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    format!("`{}`", printable.split_whitespace().collect::<Vec<_>>().join(" "))
+    format!(
+        "`{}`",
+        printable.split_whitespace().collect::<Vec<_>>().join(" ")
+    )
 }

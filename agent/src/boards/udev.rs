@@ -24,7 +24,10 @@ pub fn rules(boards: &[Board]) -> String {
         if let Some(console) = &board.console {
             text.push('\n');
             text.push_str(&format!("# board `{}`: console\n", board.name));
-            text.push_str(&rule(&console.identity, &format!("runner-agent/{}", board.name)));
+            text.push_str(&rule(
+                &console.identity,
+                &format!("runner-agent/{}", board.name),
+            ));
         }
         if let Some(Power::ModbusRtu { device, .. }) = &board.power {
             let key = format!("{device:?}");
@@ -88,4 +91,65 @@ fn rule(identity: &SerialIdentity, link: &str) -> String {
         "{}, SYMLINK+=\"{link}\", GROUP=\"dialout\", MODE=\"0660\", ENV{{ID_MM_DEVICE_IGNORE}}=\"1\"\n",
         matches.join(", ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn board(name: &str, console: SerialIdentity, relay: Option<SerialIdentity>) -> Board {
+        Board {
+            name: name.to_owned(),
+            profile: None,
+            arch: None,
+            labels: Vec::new(),
+            console: Some(crate::config::Console {
+                identity: console,
+                baud: 115_200,
+            }),
+            power: relay.map(|device| Power::ModbusRtu {
+                device,
+                baud: 9600,
+                parity: "none".to_owned(),
+                slave: 1,
+                coil: 5,
+                coil_base: 1,
+                cycle_off_secs: 2,
+            }),
+            boot_prompt: None,
+            tftp_dir: None,
+            net_iface: None,
+            dtb: None,
+            env: Default::default(),
+        }
+    }
+
+    #[test]
+    fn rules_for_udev_and_by_id_identities_and_a_shared_relay_bus() {
+        let relay = SerialIdentity::Udev {
+            id_serial_short: Some("RELAY01".to_owned()),
+            id_path: None,
+            usb_interface_num: None,
+        };
+        let boards = [
+            board(
+                "roc-1",
+                SerialIdentity::Udev {
+                    id_serial_short: Some("A10K1234".to_owned()),
+                    id_path: None,
+                    usb_interface_num: Some("01".to_owned()),
+                },
+                Some(relay.clone()),
+            ),
+            board(
+                "phytium-1",
+                SerialIdentity::Path(PathBuf::from(
+                    "/dev/serial/by-path/pci-0000:00:14.0-usb-0:3.2:1.0-port0",
+                )),
+                Some(relay),
+            ),
+        ];
+        insta::assert_snapshot!(rules(&boards));
+    }
 }

@@ -23,19 +23,47 @@ pub struct BoardArgs {
     pub command: BoardCommand,
 
     /// `mbpoll` program for Modbus RTU relays.
-    #[arg(long, global = true, value_name = "PATH", env = "RUNNER_AGENT_MBPOLL", default_value = "mbpoll", hide = true)]
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "RUNNER_AGENT_MBPOLL",
+        default_value = "mbpoll",
+        hide = true
+    )]
     pub mbpoll: PathBuf,
 
     /// Device directory (tests use a temporary tree).
-    #[arg(long, global = true, value_name = "DIR", env = "RUNNER_AGENT_DEV_ROOT", default_value = "/dev", hide = true)]
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "RUNNER_AGENT_DEV_ROOT",
+        default_value = "/dev",
+        hide = true
+    )]
     pub dev_root: PathBuf,
 
     /// udev database directory.
-    #[arg(long, global = true, value_name = "DIR", env = "RUNNER_AGENT_UDEV_DATA", default_value = "/run/udev/data", hide = true)]
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "RUNNER_AGENT_UDEV_DATA",
+        default_value = "/run/udev/data",
+        hide = true
+    )]
     pub udev_data: PathBuf,
 
     /// sysfs mount point.
-    #[arg(long, global = true, value_name = "DIR", env = "RUNNER_AGENT_SYS_ROOT", default_value = "/sys", hide = true)]
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "RUNNER_AGENT_SYS_ROOT",
+        default_value = "/sys",
+        hide = true
+    )]
     pub sys_root: PathBuf,
 }
 
@@ -133,21 +161,34 @@ impl Context {
 
     fn board(&self, name: &str) -> anyhow::Result<&Board> {
         find(&self.boards, name).map_err(|err| {
-            let known: Vec<String> = self.boards.iter().map(|b| format!("`{}`", b.name)).collect();
+            let known: Vec<String> = self
+                .boards
+                .iter()
+                .map(|b| format!("`{}`", b.name))
+                .collect();
             anyhow::Error::new(err).context(format!(
                 "hint: configured boards: {}",
-                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
             ))
         })
     }
 }
 
 pub fn run(config: &Path, args: BoardArgs) -> anyhow::Result<Status> {
-    let loaded = match crate::config::load(config) {
+    // Job hooks run this as the runner user, who cannot (and must not) read the GitHub secret.
+    let options = crate::config::LoadOptions {
+        skip_secret_checks: true,
+        ..crate::config::LoadOptions::from_env()
+    };
+    let loaded = match crate::config::load_with(config, &options) {
         Ok(loaded) => loaded,
         Err(err) => {
             // The report carries its own `error:` lines, file positions and hints.
-            eprintln!("{}", crate::redact::redact(&err.to_string()));
+            eprintln!("{}", crate::redact::redact(err.to_string().trim_end()));
             return Ok(Status::Config);
         }
     };
@@ -232,7 +273,9 @@ pub fn run(config: &Path, args: BoardArgs) -> anyhow::Result<Status> {
 
 fn runner_name(runner: Option<String>) -> anyhow::Result<String> {
     runner.filter(|name| !name.is_empty()).ok_or_else(|| {
-        anyhow::anyhow!("no runner name\nhint: pass `--runner` or run from a job hook (`RUNNER_NAME`)")
+        anyhow::anyhow!(
+            "no runner name\nhint: pass `--runner` or run from a job hook (`RUNNER_NAME`)"
+        )
     })
 }
 
@@ -241,15 +284,19 @@ fn job_id(job: Option<String>) -> anyhow::Result<String> {
         return Ok(job);
     }
     let var = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
-    match (var("GITHUB_RUN_ID"), var("GITHUB_RUN_ATTEMPT"), var("GITHUB_JOB")) {
+    match (
+        var("GITHUB_RUN_ID"),
+        var("GITHUB_RUN_ATTEMPT"),
+        var("GITHUB_JOB"),
+    ) {
         (Some(run), attempt, job) => Ok(format!(
             "{run}/{}/{}",
             attempt.unwrap_or_else(|| "1".to_owned()),
             job.unwrap_or_default()
         )),
-        _ => anyhow::bail!(
-            "no job id\nhint: pass `--job` or run from a job hook (`GITHUB_RUN_ID`)"
-        ),
+        _ => {
+            anyhow::bail!("no job id\nhint: pass `--job` or run from a job hook (`GITHUB_RUN_ID`)")
+        }
     }
 }
 
@@ -310,11 +357,9 @@ fn list(ctx: &Context, json: bool) -> anyhow::Result<Status> {
         .iter()
         .map(|entry| {
             let device = match &entry.console {
-                Some(Resolution::Found(device)) if device.stable != device.node => format!(
-                    "{} -> {}",
-                    device.stable.display(),
-                    device.node.display()
-                ),
+                Some(Resolution::Found(device)) if device.stable != device.node => {
+                    format!("{} -> {}", device.stable.display(), device.node.display())
+                }
                 Some(Resolution::Found(device)) => device.node.display().to_string(),
                 Some(Resolution::Missing { .. }) => "missing".to_owned(),
                 Some(Resolution::Ambiguous { .. }) => "ambiguous".to_owned(),
@@ -451,14 +496,20 @@ fn health_probe(
     timeout: Duration,
     reset: bool,
 ) -> Result<Outcome, BoardError> {
-    let console = board.console.as_ref().ok_or_else(|| BoardError::NotConfigured {
-        board: board.name.clone(),
-        what: "console",
-    })?;
-    let prompt = board.boot_prompt.as_deref().ok_or_else(|| BoardError::NotConfigured {
-        board: board.name.clone(),
-        what: "boot prompt",
-    })?;
+    let console = board
+        .console
+        .as_ref()
+        .ok_or_else(|| BoardError::NotConfigured {
+            board: board.name.clone(),
+            what: "console",
+        })?;
+    let prompt = board
+        .boot_prompt
+        .as_deref()
+        .ok_or_else(|| BoardError::NotConfigured {
+            board: board.name.clone(),
+            what: "boot prompt",
+        })?;
     let resolved = resolve(&console.identity, &board.name, &ctx.roots);
     let outcome = match resolved.device() {
         None => Outcome::Unhealthy {

@@ -4,6 +4,7 @@
 mod board;
 mod config;
 mod docs;
+mod doctor;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +45,8 @@ pub enum Command {
     Completions(docs::CompletionsArgs),
     /// Print the `agentctl(1)` man page (roff).
     Man,
+    /// Check, as the runner user, that jobs can use this host's hardware, and how to fix it.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// Parse the command line, run the command, and map its outcome to an exit code.
@@ -66,6 +69,7 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Config(args) => config::run(&cli.config, &args),
         Command::Completions(args) => docs::completions(&args),
         Command::Man => docs::man(),
+        Command::Doctor(args) => doctor::doctor(&cli.config, &args),
     }
 }
 

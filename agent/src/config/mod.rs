@@ -28,6 +28,10 @@ pub struct LoadOptions {
     pub hostname: Option<String>,
     /// systemd's `$CREDENTIALS_DIRECTORY`, where relative secret file names are looked up first.
     pub credentials_dir: Option<PathBuf>,
+    /// Do not open secret files. For commands that never use a secret and run as a user that
+    /// cannot read them (the runner's job hooks call `agentctl board ...`); the secrets are
+    /// still checked by `config check`, the daemon and everything that talks to GitHub.
+    pub skip_secret_checks: bool,
 }
 
 /// Environment variable that overrides the host name `{hostname}` expands to.
@@ -50,6 +54,7 @@ impl LoadOptions {
         LoadOptions {
             hostname,
             credentials_dir,
+            skip_secret_checks: false,
         }
     }
 }

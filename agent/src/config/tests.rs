@@ -14,6 +14,7 @@ fn options() -> LoadOptions {
     LoadOptions {
         hostname: Some("testhost".to_owned()),
         credentials_dir: None,
+        ..LoadOptions::default()
     }
 }
 
@@ -243,6 +244,7 @@ fn hostname_template_without_a_hostname_is_an_error() {
     let options = LoadOptions {
         hostname: None,
         credentials_dir: None,
+        ..LoadOptions::default()
     };
     let err = load_with(&path, &options).unwrap_err();
     assert_eq!(
@@ -338,4 +340,23 @@ fn version_latest_and_ephemeral_defaults() {
         config.agent.profiles_dir,
         PathBuf::from(DEFAULT_PROFILES_DIR)
     );
+}
+
+#[test]
+fn skipping_secret_checks_loads_a_config_whose_secret_is_unreadable() {
+    // What `agentctl board ...` sees when a job hook runs it as the runner user: the PAT is
+    // root's 0600 file. Here the file is simply missing, which the normal load refuses.
+    let (dir, path) = write_config(HEAD);
+    std::fs::remove_file(dir.path().join("github-pat")).unwrap();
+    let err = load_with(&path, &options()).unwrap_err();
+    assert!(
+        messages(&err).iter().any(|m| m.contains("github-pat")),
+        "{err}"
+    );
+    let skipping = LoadOptions {
+        skip_secret_checks: true,
+        ..options()
+    };
+    let config = load_with(&path, &skipping).unwrap();
+    assert!(matches!(config.github.auth, Auth::Pat { .. }));
 }

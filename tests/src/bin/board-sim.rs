@@ -32,7 +32,10 @@ struct Args {
     #[arg(long)]
     prompt: String,
     /// Banner printed at power-on.
-    #[arg(long, default_value = "U-Boot SPL board-sim\r\nStarting kernel ...\r\n")]
+    #[arg(
+        long,
+        default_value = "U-Boot SPL board-sim\r\nStarting kernel ...\r\n"
+    )]
     banner: String,
     /// Never print the prompt (a board whose boot hangs).
     #[arg(long)]
@@ -68,8 +71,12 @@ fn main() -> anyhow::Result<()> {
             .with_context(|| format!("cannot create FIFO `{}`", args.power.display()))?;
     }
     // Read-write: the FIFO never reports EOF when a writer goes away.
-    let power = open(&args.power, OFlag::O_RDWR | OFlag::O_NONBLOCK, Mode::empty())
-        .with_context(|| format!("cannot open `{}`", args.power.display()))?;
+    let power = open(
+        &args.power,
+        OFlag::O_RDWR | OFlag::O_NONBLOCK,
+        Mode::empty(),
+    )
+    .with_context(|| format!("cannot open `{}`", args.power.display()))?;
 
     let mut stdout = std::io::stdout();
     writeln!(stdout, "READY {}", slave_name.display())?;
@@ -86,7 +93,10 @@ fn main() -> anyhow::Result<()> {
                 PollFd::new(power.as_fd(), PollFlags::POLLIN),
             ];
             poll(&mut fds, PollTimeout::NONE).context("poll failed")?;
-            let ready = |fd: &PollFd| fd.revents().is_some_and(|r| r.intersects(PollFlags::POLLIN));
+            let ready = |fd: &PollFd| {
+                fd.revents()
+                    .is_some_and(|r| r.intersects(PollFlags::POLLIN))
+            };
             (ready(&fds[0]), ready(&fds[1]))
         };
         if power_ready {

@@ -1,0 +1,197 @@
+//! Injected faults: failing statuses, latency, connections dropped mid-body, rate limits.
+
+use std::io;
+
+use axum::body::Body;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+/// Which rate limit a [`Fault::RateLimit`] exhausts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitKind {
+    /// Every token's hourly budget is used up until its window resets (advance the clock).
+    Primary,
+    /// The next `count` API requests are refused with `retry-after`.
+    Secondary,
+}
+
+/// A fault for the next `count` matching requests (`path_prefix` narrows which; `None` = every
+/// request outside `/_emulator`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    Status {
+        status: u16,
+        count: u32,
+        path_prefix: Option<String>,
+    },
+    Latency {
+        ms: u64,
+        count: u32,
+        path_prefix: Option<String>,
+    },
+    DropAfterBytes {
+        bytes: u64,
+        count: u32,
+        path_prefix: Option<String>,
+    },
+    RateLimit {
+        kind: RateLimitKind,
+        count: u32,
+        /// 403 (default) or 429.
+        status: u16,
+        retry_after: u64,
+    },
+}
+
+/// The JSON form of the control API: `{"status": 500, "count": 2}`, `{"latency_ms": 300}`,
+/// `{"drop_after_bytes": 1000}`, `{"rate_limit": "primary"}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FaultRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_after_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
+}
+
+impl FaultRequest {
+    pub fn into_fault(self) -> Option<Fault> {
+        let count = self.count.unwrap_or(1);
+        if let Some(kind) = self.rate_limit {
+            return Some(Fault::RateLimit {
+                kind,
+                count,
+                status: self.status.unwrap_or(403),
+                retry_after: self.retry_after.unwrap_or(60),
+            });
+        }
+        if let Some(ms) = self.latency_ms {
+            return Some(Fault::Latency {
+                ms,
+                count,
+                path_prefix: self.path_prefix,
+            });
+        }
+        if let Some(bytes) = self.drop_after_bytes {
+            return Some(Fault::DropAfterBytes {
+                bytes,
+                count,
+                path_prefix: self.path_prefix,
+            });
+        }
+        self.status.map(|status| Fault::Status {
+            status,
+            count,
+            path_prefix: self.path_prefix,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct FaultEntry {
+    pub fault: Fault,
+    pub remaining: u32,
+}
+
+/// What the dispatcher must do to one request.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct FaultPlan {
+    pub latency_ms: u64,
+    pub status: Option<u16>,
+    pub drop_after: Option<u64>,
+    pub secondary: Option<(u16, u64)>,
+}
+
+/// Takes one use of every fault that matches `path` (API-only for rate limits).
+pub(crate) fn take(faults: &mut Vec<FaultEntry>, path: &str) -> FaultPlan {
+    let mut plan = FaultPlan::default();
+    let matches = |prefix: &Option<String>| prefix.as_deref().is_none_or(|p| path.starts_with(p));
+    for entry in faults.iter_mut() {
+        if entry.remaining == 0 {
+            continue;
+        }
+        let used = match &entry.fault {
+            Fault::Status {
+                status,
+                path_prefix,
+                ..
+            } if plan.status.is_none() && matches(path_prefix) => {
+                plan.status = Some(*status);
+                true
+            }
+            Fault::Latency {
+                ms, path_prefix, ..
+            } if matches(path_prefix) => {
+                plan.latency_ms += ms;
+                true
+            }
+            Fault::DropAfterBytes {
+                bytes, path_prefix, ..
+            } if plan.drop_after.is_none() && matches(path_prefix) => {
+                plan.drop_after = Some(*bytes);
+                true
+            }
+            Fault::RateLimit {
+                kind: RateLimitKind::Secondary,
+                status,
+                retry_after,
+                ..
+            } if plan.secondary.is_none() && path.starts_with("/api/v3/") => {
+                plan.secondary = Some((*status, *retry_after));
+                true
+            }
+            _ => false,
+        };
+        if used {
+            entry.remaining -= 1;
+        }
+    }
+    faults.retain(|f| f.remaining > 0);
+    plan
+}
+
+/// A body that sends `limit` bytes and then breaks the connection.
+pub(crate) fn truncate_body(body: Body, limit: u64) -> Body {
+    let stream = body.into_data_stream();
+    let stream = futures_util::stream::unfold(
+        (stream, limit, false),
+        |(mut stream, remaining, done)| async move {
+            if done {
+                return None;
+            }
+            if remaining == 0 {
+                // Let the server flush what was sent before the connection breaks.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                return Some((
+                    Err(io::Error::other("emulator fault: connection dropped")),
+                    (stream, 0, true),
+                ));
+            }
+            match stream.next().await {
+                None => None,
+                Some(Err(e)) => Some((Err(io::Error::other(e)), (stream, 0, true))),
+                Some(Ok(chunk)) => {
+                    let len = chunk.len() as u64;
+                    if len <= remaining {
+                        Some((Ok(chunk), (stream, remaining - len, false)))
+                    } else {
+                        let part: Bytes = chunk.slice(..remaining as usize);
+                        Some((Ok(part), (stream, 0, false)))
+                    }
+                }
+            }
+        },
+    );
+    Body::from_stream(stream)
+}
