@@ -1,11 +1,15 @@
 # runner-agent %post: directories, the configuration on first install, and how to enable the
 # service (installed disabled: it cannot run before a configuration with credentials exists).
-install -d -m 0750 -o root -g root /etc/runner-agent /etc/runner-agent/boards
+# Configuration readable by group runner (the board job hooks run agentctl as the runner user);
+# secret files in it are root's alone (0600).
+install -d -m 0750 -o root -g runner /etc/runner-agent /etc/runner-agent/boards
 install -d -m 0755 -o root -g root /var/lib/runner-agent /var/lib/runner-agent/runners /var/cache/runner-agent
+# Board leases and relay-bus locks, written by the job hooks as the runner user.
+install -d -m 2770 -o root -g runner /var/lib/runner-agent/boards
 install -d -m 0750 -o runner -g runner /var/lib/runner-agent/home
 # Copied on first install only: upgrades and reinstalls never touch an existing agent.toml.
 if [ ! -e /etc/runner-agent/agent.toml ]; then
-    install -m 0640 -o root -g root /usr/share/runner-agent/agent.toml.example /etc/runner-agent/agent.toml
+    install -m 0640 -o root -g runner /usr/share/runner-agent/agent.toml.example /etc/runner-agent/agent.toml
     echo "runner-agent: installed the example configuration as /etc/runner-agent/agent.toml"
 fi
 if [ -d /run/systemd/system ]; then
