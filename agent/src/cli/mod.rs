@@ -6,6 +6,7 @@ mod config;
 mod docs;
 mod doctor;
 mod release;
+mod runners;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +51,8 @@ pub enum Command {
     Doctor(doctor::DoctorArgs),
     /// Runner releases: download, verify, cache, install.
     Release(Box<release::ReleaseArgs>),
+    #[command(flatten)]
+    Runners(runners::RunnerCommand),
 }
 
 /// Parse the command line, run the command, and map its outcome to an exit code.
@@ -74,6 +77,7 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Man => docs::man(),
         Command::Doctor(args) => doctor::doctor(&cli.config, &args),
         Command::Release(args) => release::run(*args, &cli.config),
+        Command::Runners(command) => runners::run(&cli.config, command),
     }
 }
 
