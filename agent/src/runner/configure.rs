@@ -53,6 +53,7 @@ impl Failure {
             "ServiceUnavailable",
             "GatewayTimeout",
             "TooManyRequests",
+            "Server Error",
             "Connection refused",
             "connection closed",
             "timed out",

@@ -76,7 +76,7 @@ pub enum RunnerError {
     TokenExpired { file: PathBuf, expiry: String },
     #[error("GitHub refused the registration token for runner `{runner}`: {output}")]
     TokenRefused { runner: String, output: String },
-    #[error("configuring runner `{runner}` failed after {attempts} attempt(s): {output}\n\nhint: nothing was left registered; run `agentctl register {runner}` again")]
+    #[error("configuring runner `{runner}` failed after {attempts} attempt(s): {output}\n\nhint: its local registration files were removed; run `agentctl register {runner}` again")]
     Configure {
         runner: String,
         attempts: u32,
@@ -660,7 +660,17 @@ impl<'a> Lifecycle<'a> {
             };
             // Never leave a half-registered runner behind.
             self.drop_local(runner, run_as).await;
-            self.delete_remote_named(runner).await;
+            if self.remote.has_rest() {
+                self.delete_remote_named(runner).await;
+            } else if failure.output().contains("successfully added")
+                || failure.output().contains("successfully replaced")
+            {
+                log::warn!(
+                    "GitHub may keep the registration of `{}` that failed half-way; the next `agentctl register` replaces it ({})",
+                    runner.name,
+                    self.remote.no_rest_reason().unwrap_or_default()
+                );
+            }
             match failure {
                 configure::Failure::TokenRefused { output } => {
                     return Err(match &self.remote {
