@@ -7,6 +7,7 @@ mod docs;
 mod doctor;
 mod release;
 mod runners;
+mod token;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +54,8 @@ pub enum Command {
     Release(Box<release::ReleaseArgs>),
     #[command(flatten)]
     Runners(runners::RunnerCommand),
+    /// Print a fresh registration or remove token for the configured scope.
+    Token(token::TokenArgs),
 }
 
 /// Parse the command line, run the command, and map its outcome to an exit code.
@@ -78,6 +81,7 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Doctor(args) => doctor::doctor(&cli.config, &args),
         Command::Release(args) => release::run(*args, &cli.config),
         Command::Runners(command) => runners::run(&cli.config, command),
+        Command::Token(args) => token::run(&cli.config, &args),
     }
 }
 

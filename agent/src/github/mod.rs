@@ -6,6 +6,12 @@
 //! [`GithubError::Status`] that carries the status and GitHub's own `message`. The DTOs never use
 //! `deny_unknown_fields`: GitHub adds fields.
 
+mod credentials;
+mod errors;
+mod runners;
+mod tokens;
+mod transport;
+
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -13,6 +19,11 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::config::Scope;
+
+pub use credentials::{Clock, Credentials};
+pub use runners::{Cached, Label, LabelKind, Runner, RunnerGroup};
+pub use tokens::{JitConfig, Token};
+pub use transport::ClientOptions;
 
 /// The REST API version every request asks for.
 pub const API_VERSION: &str = "2022-11-28";
@@ -52,13 +63,93 @@ pub enum GithubError {
         #[source]
         source: reqwest::Error,
     },
+    #[error("cannot decode the answer of `{url}`")]
+    Json {
+        url: Url,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("`{url}` answered {status}: {message}\n\nhint: {hint}")]
+    BadCredentials {
+        url: String,
+        status: u16,
+        message: String,
+        hint: String,
+    },
+    #[error("{}", errors::missing_permission(needed, scope, have.as_deref(), message))]
+    MissingPermission {
+        url: String,
+        status: u16,
+        /// What the credentials lack: `admin:org`, `Administration: write`, ...
+        needed: String,
+        /// The scope asked about (`octo/repo`, `org octo`, `enterprise acme`).
+        scope: String,
+        /// The classic PAT's scopes (`x-oauth-scopes`), when GitHub said them.
+        have: Option<String>,
+        message: String,
+    },
+    #[error("`{url}` answered 404: {message}\n\nhint: `{scope}` does not exist or these credentials cannot see it ({hint})")]
+    ScopeNotFound {
+        url: String,
+        scope: String,
+        message: String,
+        hint: String,
+    },
+    #[error("`{url}` answered 404: {message}")]
+    NotFound { url: String, message: String },
+    #[error("a runner named `{name}` is already registered: {message}\n\nhint: another host may use the same runner name; give each host's runners unique names, or delete the old registration")]
+    NameTaken {
+        url: String,
+        name: String,
+        message: String,
+    },
+    #[error("GitHub's rate limit is exhausted until {reset_at}: {message}\n\nhint: the request can be retried after {reset_at}")]
+    RateLimited {
+        url: String,
+        status: u16,
+        reset_at: time::OffsetDateTime,
+        message: String,
+    },
+    #[error("a raw registration token cannot call the REST API (`{what}`)\n\nhint: configure `pat_file` or `[github.app]` in the configuration so the agent can ask GitHub for tokens itself")]
+    RegistrationTokenOnly { what: String },
+    #[error("the registration token in `{path}` expired at {expired_at}\n\nhint: registration tokens live one hour: write a fresh one into `{path}`, or configure `pat_file` or `[github.app]` so the agent mints its own")]
+    RegistrationTokenExpired {
+        path: std::path::PathBuf,
+        expired_at: time::OffsetDateTime,
+    },
+    #[error("enterprise runners need a classic PAT with `manage_runners:enterprise`\n\nhint: GitHub Apps and fine-grained tokens cannot manage enterprise runners; set `pat_file` to a classic token")]
+    EnterpriseNeedsClassicPat { scope: String },
+    #[error("cannot read the secret `{path}`")]
+    Secret {
+        path: std::path::PathBuf,
+        #[source]
+        source: Box<crate::config::ConfigError>,
+    },
+    #[error("cannot sign a GitHub App token with the private key `{path}`\n\nhint: the key must be the App's RSA private key in PEM form, as GitHub downloads it")]
+    AppKey {
+        path: std::path::PathBuf,
+        #[source]
+        source: jsonwebtoken::errors::Error,
+    },
+    #[error("`{url}` gave up after {attempts} attempts in {elapsed:?}: {last}")]
+    GaveUp {
+        url: String,
+        attempts: u32,
+        elapsed: Duration,
+        last: String,
+    },
 }
 
 impl GithubError {
     /// The HTTP status GitHub answered with, if it answered.
     pub fn status(&self) -> Option<u16> {
         match self {
-            GithubError::Status { status, .. } => Some(*status),
+            GithubError::Status { status, .. }
+            | GithubError::BadCredentials { status, .. }
+            | GithubError::MissingPermission { status, .. }
+            | GithubError::RateLimited { status, .. } => Some(*status),
+            GithubError::ScopeNotFound { .. } | GithubError::NotFound { .. } => Some(404),
+            GithubError::NameTaken { .. } => Some(409),
             _ => None,
         }
     }
@@ -115,27 +206,43 @@ struct ErrorBody {
 pub struct Client {
     http: reqwest::Client,
     api_url: Url,
-    auth: Option<String>,
+    credentials: Credentials,
+    options: ClientOptions,
+    etags: transport::EtagCache,
 }
 
 impl Client {
     /// A client for `api_url` (`https://api.github.com`, `https://HOST/api/v3`, …), authenticated
-    /// with the bearer token `auth` when given. The token is registered for redaction.
-    pub fn new(api_url: Url, auth: Option<String>) -> Result<Client, GithubError> {
-        if let Some(token) = &auth {
-            crate::redact::register(token);
-        }
+    /// with `credentials` ([`Credentials`], or `Option<String>`: a bearer token or none). Token
+    /// values are registered for redaction.
+    pub fn new(api_url: Url, credentials: impl Into<Credentials>) -> Result<Client, GithubError> {
+        Client::with_options(api_url, credentials, ClientOptions::default())
+    }
+
+    /// [`Client::new`] with retry, rate-limit and clock settings.
+    pub fn with_options(
+        api_url: Url,
+        credentials: impl Into<Credentials>,
+        options: ClientOptions,
+    ) -> Result<Client, GithubError> {
         let http = reqwest::Client::builder()
             .user_agent(USER_AGENT)
-            .connect_timeout(Duration::from_secs(30))
-            .timeout(Duration::from_secs(60))
+            .connect_timeout(options.connect_timeout)
+            .timeout(options.request_timeout)
             .build()
             .map_err(GithubError::Client)?;
         Ok(Client {
             http,
             api_url,
-            auth,
+            credentials: credentials.into(),
+            options,
+            etags: transport::EtagCache::default(),
         })
+    }
+
+    /// The credentials this client authenticates with.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
     }
 
     /// The API base this client talks to.
@@ -145,13 +252,13 @@ impl Client {
 
     /// The newest release of `actions/runner`.
     pub async fn latest_release(&self) -> Result<Release, GithubError> {
-        self.get(&format!("/repos/{RUNNER_REPO}/releases/latest"))
+        self.get_public(&format!("/repos/{RUNNER_REPO}/releases/latest"))
             .await
     }
 
     /// The release of `actions/runner` tagged `tag` (`v2.336.0`).
     pub async fn release_by_tag(&self, tag: &str) -> Result<Release, GithubError> {
-        self.get(&format!("/repos/{RUNNER_REPO}/releases/tags/{tag}"))
+        self.get_public(&format!("/repos/{RUNNER_REPO}/releases/tags/{tag}"))
             .await
     }
 
@@ -160,8 +267,14 @@ impl Client {
         &self,
         scope: &Scope,
     ) -> Result<Vec<RunnerApplication>, GithubError> {
-        self.get(&format!("{}/actions/runners/downloads", scope.api_prefix()))
-            .await
+        self.scoped_json(
+            reqwest::Method::GET,
+            scope,
+            transport::Access::Read,
+            "/actions/runners/downloads",
+            None,
+        )
+        .await
     }
 
     /// `api_url` + `path`, keeping the base's own path (`/api/v3`).
@@ -173,41 +286,14 @@ impl Client {
         })
     }
 
-    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, GithubError> {
+    /// A GET that needs no particular permission (public data); a raw registration token is not
+    /// sent.
+    async fn get_public<T: DeserializeOwned>(&self, path: &str) -> Result<T, GithubError> {
         let url = self.endpoint(path)?;
-        let mut request = self
-            .http
-            .get(url.clone())
-            .header(reqwest::header::ACCEPT, "application/vnd.github+json")
-            .header("X-GitHub-Api-Version", API_VERSION);
-        if let Some(token) = &self.auth {
-            request = request.bearer_auth(token);
-        }
-        log::debug!("GET {url}");
-        let response = request
-            .send()
-            .await
-            .map_err(|source| GithubError::Request {
-                url: url.clone(),
-                source,
-            })?;
-        let status = response.status();
-        if !status.is_success() {
-            let text = response.text().await.unwrap_or_default();
-            let message = match serde_json::from_str::<ErrorBody>(&text) {
-                Ok(body) => body.message,
-                Err(_) => text.chars().take(200).collect(),
-            };
-            return Err(GithubError::Status {
-                url,
-                status: status.as_u16(),
-                message,
-            });
-        }
-        response
-            .json::<T>()
-            .await
-            .map_err(|source| GithubError::Decode { url, source })
+        let reply = self
+            .call(reqwest::Method::GET, url, None, None, transport::Purpose::Public)
+            .await?;
+        reply.json()
     }
 }
 
@@ -217,7 +303,11 @@ mod tests {
 
     #[test]
     fn endpoint_keeps_the_ghes_prefix() {
-        let client = Client::new(Url::parse("http://127.0.0.1:9/api/v3/").unwrap(), None).unwrap();
+        let client = Client::new(
+            Url::parse("http://127.0.0.1:9/api/v3/").unwrap(),
+            None::<String>,
+        )
+        .unwrap();
         assert_eq!(
             client
                 .endpoint("/repos/actions/runner/releases/latest")

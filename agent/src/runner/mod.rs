@@ -70,8 +70,6 @@ pub enum RunnerError {
         #[source]
         source: Box<crate::config::ConfigError>,
     },
-    #[error("`{key}` authentication is not supported by this build yet\n\nhint: use `registration_token_file`")]
-    AuthUnsupported { key: &'static str },
     #[error("GitHub refused the registration token in `{file}` (expired at {expiry}, or revoked)\n\nhint: a raw registration token expires one hour after it is minted; configure `pat_file` or `app` so that the agent mints a fresh one whenever it registers")]
     TokenExpired { file: PathBuf, expiry: String },
     #[error("GitHub refused the registration token for runner `{runner}`: {output}")]
@@ -680,8 +678,7 @@ impl<'a> Lifecycle<'a> {
                                 .expires_at
                                 .unwrap_or_else(|| "an unknown time".to_owned()),
                         },
-                        #[allow(unreachable_patterns)]
-                        _ => RunnerError::TokenRefused {
+                        Remote::Rest { .. } => RunnerError::TokenRefused {
                             runner: runner.name.clone(),
                             output,
                         },

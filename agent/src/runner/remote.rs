@@ -4,7 +4,8 @@
 
 use std::time::SystemTime;
 
-use crate::config::{Auth, Config, SecretFile};
+use crate::config::{Auth, Config, Scope, SecretFile};
+use crate::github::{Client, Credentials, GithubError, LabelKind};
 
 use super::RunnerError;
 
@@ -34,13 +35,50 @@ pub struct Token {
 pub enum Remote {
     /// `registration_token_file`: a token minted by someone else, valid for one hour.
     RawToken { file: SecretFile },
+    /// A PAT or a GitHub App: the REST API mints tokens and manages runners.
+    Rest { client: Client, scope: Scope },
+}
+
+fn github(what: impl Into<String>) -> impl FnOnce(GithubError) -> RunnerError {
+    let what = what.into();
+    move |source| RunnerError::Github {
+        what,
+        source: Box::new(source),
+    }
+}
+
+impl From<crate::github::Runner> for RemoteRunner {
+    fn from(runner: crate::github::Runner) -> RemoteRunner {
+        RemoteRunner {
+            id: runner.id,
+            custom_labels: runner
+                .labels
+                .iter()
+                .filter(|l| l.kind == LabelKind::Custom)
+                .map(|l| l.name.clone())
+                .collect(),
+            labels: runner.labels.into_iter().map(|l| l.name).collect(),
+            name: runner.name,
+            status: runner.status,
+            busy: runner.busy,
+        }
+    }
 }
 
 impl Remote {
     pub fn from_config(config: &Config) -> Result<Remote, RunnerError> {
         match &config.github.auth {
             Auth::RegistrationToken { file } => Ok(Remote::RawToken { file: file.clone() }),
-            other => Err(RunnerError::AuthUnsupported { key: other.key() }),
+            auth => {
+                let credentials =
+                    Credentials::from_config(auth).map_err(github("read the credentials"))?;
+                let client = Client::new(config.github.api_url.clone(), credentials)
+                    .map_err(github("build the client"))?;
+                Ok(Remote::Rest {
+                    client,
+                    scope: config.github.scope.clone(),
+                })
+            }
         }
     }
 
@@ -48,6 +86,7 @@ impl Remote {
     pub fn has_rest(&self) -> bool {
         match self {
             Remote::RawToken { .. } => false,
+            Remote::Rest { .. } => true,
         }
     }
 
@@ -57,6 +96,7 @@ impl Remote {
             Remote::RawToken { .. } => Some(
                 "`registration_token_file` gives no access to GitHub's REST API: no GitHub view, no label updates, no deregistration; configure `pat_file` or `app` for those".to_owned(),
             ),
+            Remote::Rest { .. } => None,
         }
     }
 
@@ -72,6 +112,16 @@ impl Remote {
                     expires_at: raw_token_expiry(file),
                 })
             }
+            Remote::Rest { client, scope } => {
+                let token = client
+                    .registration_token(scope)
+                    .await
+                    .map_err(github("mint a registration token"))?;
+                Ok(Token {
+                    value: token.token,
+                    expires_at: rfc3339(token.expires_at),
+                })
+            }
         }
     }
 
@@ -79,6 +129,16 @@ impl Remote {
     pub async fn remove_token(&self) -> Result<Option<Token>, RunnerError> {
         match self {
             Remote::RawToken { .. } => Ok(None),
+            Remote::Rest { client, scope } => {
+                let token = client
+                    .remove_token(scope)
+                    .await
+                    .map_err(github("mint a remove token"))?;
+                Ok(Some(Token {
+                    value: token.token,
+                    expires_at: rfc3339(token.expires_at),
+                }))
+            }
         }
     }
 
@@ -86,6 +146,15 @@ impl Remote {
     pub async fn runners(&self) -> Result<Option<Vec<RemoteRunner>>, RunnerError> {
         match self {
             Remote::RawToken { .. } => Ok(None),
+            Remote::Rest { client, scope } => Ok(Some(
+                client
+                    .list_runners(scope)
+                    .await
+                    .map_err(github("list the runners"))?
+                    .into_iter()
+                    .map(RemoteRunner::from)
+                    .collect(),
+            )),
         }
     }
 
@@ -95,18 +164,32 @@ impl Remote {
             Remote::RawToken { .. } => Err(RunnerError::NoRest {
                 what: format!("delete runner {id}"),
             }),
+            Remote::Rest { client, scope } => match client.delete_runner(scope, id).await {
+                Ok(()) => Ok(()),
+                Err(err) if err.status() == Some(404) => Ok(()),
+                Err(err) => Err(github(format!("delete runner {id}"))(err)),
+            },
         }
     }
 
     /// Replace a runner's custom labels.
     pub async fn set_labels(&self, id: u64, labels: &[String]) -> Result<(), RunnerError> {
-        let _ = labels;
         match self {
             Remote::RawToken { .. } => Err(RunnerError::NoRest {
                 what: format!("set the labels of runner {id}"),
             }),
+            Remote::Rest { client, scope } => client
+                .set_labels(scope, id, labels)
+                .await
+                .map(|_| ())
+                .map_err(github(format!("set the labels of runner {id}"))),
         }
     }
+}
+
+fn rfc3339(at: time::OffsetDateTime) -> Option<String> {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .ok()
 }
 
 /// A raw registration token expires one hour after it was minted; the file's modification time
