@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use runner_agent_tests::emulator::{
-    AssetSource, Emulator, EmulatorOptions, Fault, ReleaseOptions, RunnerView,
+    AssetSource, Emulator, EmulatorOptions, Fault, PatSpec, ReleaseOptions, RunnerView,
 };
 use runner_agent_tests::fake_runner::{build_release, listener_binary, ReleaseSpec};
 
@@ -41,10 +41,26 @@ struct Lab {
     dir: tempfile::TempDir,
     config: PathBuf,
     token_file: PathBuf,
+    /// The PAT, when the configuration uses `pat_file`.
+    pat: Option<String>,
+}
+
+/// The `[[runner]]` table of `count` runners named `{hostname}-{index}`.
+fn counted(count: u32) -> String {
+    format!("[[runner]]\nname_template = \"{{hostname}}-{{index}}\"\ncount = {count}\n")
 }
 
 impl Lab {
     async fn new(count: u32, labels: &[&str]) -> Lab {
+        Lab::with(None, &counted(count), labels).await
+    }
+
+    /// A lab whose configuration authenticates with a PAT of `spec`.
+    async fn with_pat(spec: PatSpec, runners: &str, labels: &[&str]) -> Lab {
+        Lab::with(Some(spec), runners, labels).await
+    }
+
+    async fn with(pat: Option<PatSpec>, runners: &str, labels: &[&str]) -> Lab {
         let emu = Emulator::start(EmulatorOptions {
             long_poll: Duration::from_secs(1),
             ..EmulatorOptions::default()
@@ -76,18 +92,29 @@ impl Lab {
         .await
         .unwrap();
         let token_file = dir.path().join("registration-token");
+        let pat = pat.map(|spec| emu.add_pat(spec));
         let lab = Lab {
             config: dir.path().join("agent.toml"),
             token_file,
             emu,
             dir,
+            pat,
         };
-        lab.write_config(count, labels);
-        lab.fresh_token();
+        match &lab.pat {
+            Some(pat) => {
+                let file = lab.dir.path().join("github-pat");
+                std::fs::write(&file, pat).unwrap();
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+            }
+            None => {
+                lab.fresh_token();
+            }
+        }
+        lab.write_config(runners, labels);
         lab
     }
 
-    fn write_config(&self, count: u32, labels: &[&str]) {
+    fn write_config(&self, runners: &str, labels: &[&str]) {
         let root = self.dir.path();
         let labels: Vec<String> = labels.iter().map(|l| format!("\"{l}\"")).collect();
         let text = format!(
@@ -99,7 +126,7 @@ state_dir = "{root}/state"
 
 [github]
 url = "{url}"
-registration_token_file = "registration-token"
+{auth}
 
 [host]
 kvm = false
@@ -111,10 +138,12 @@ version = "{VERSION}"
 service = "process"
 labels = [{labels}]
 
-[[runner]]
-name_template = "{{hostname}}-{{index}}"
-count = {count}
-"#,
+{runners}"#,
+            auth = if self.pat.is_some() {
+                "pat_file = \"github-pat\""
+            } else {
+                "registration_token_file = \"registration-token\""
+            },
             root = root.display(),
             url = self.emu.web_url_for(REPO),
             labels = labels.join(", "),
@@ -132,11 +161,16 @@ count = {count}
     }
 
     fn agentctl(&self, args: &[&str]) -> Output {
+        self.agentctl_as(HOST, args)
+    }
+
+    /// `agentctl` on a host called `host`.
+    fn agentctl_as(&self, host: &str, args: &[&str]) -> Output {
         Command::new(agentctl())
             .arg("--config")
             .arg(&self.config)
             .args(args)
-            .env("RUNNER_AGENT_HOSTNAME", HOST)
+            .env("RUNNER_AGENT_HOSTNAME", host)
             .env_remove("CREDENTIALS_DIRECTORY")
             .output()
             .unwrap()
@@ -473,4 +507,176 @@ async fn a_persistent_5xx_leaves_nothing_registered() {
     let dir = lab.runner_dir(&format!("{HOST}-1"));
     assert!(!dir.join(".runner").exists());
     assert!(!dir.join(".credentials").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_pat_labels_change_in_place_remove_deregisters_and_purge_leaves_nothing() {
+    let lab = Lab::with_pat(PatSpec::classic(&["repo"]), &counted(2), &["lab"]).await;
+    let pat = lab.pat.clone().unwrap();
+    let out = lab.agentctl(&["register"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!text(&out).contains(&pat));
+    let names = lab.names(2);
+    let mut ids = Vec::new();
+    for name in &names {
+        let view = lab
+            .wait_runner(name, "online", |r| r.status == "online")
+            .await;
+        ids.push(view.id);
+    }
+
+    // status --json joins both views.
+    let out = lab.agentctl(&["status", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (entry, id) in status["runners"].as_array().unwrap().iter().zip(&ids) {
+        assert_eq!(entry["local"]["id"], *id);
+        assert_eq!(entry["local"]["service"]["state"], "active");
+        assert_eq!(entry["github"]["id"], *id);
+        assert_eq!(entry["github"]["status"], "online");
+        assert_eq!(entry["github"]["busy"], false);
+        let mut labels: Vec<String> = entry["github"]["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap().to_owned())
+            .collect();
+        labels.sort();
+        assert_eq!(labels, ["Linux", "X64", "host-labhost", "lab", "self-hosted"]);
+        assert!(entry.get("github_note").is_none());
+    }
+    let human = lab.agentctl(&["status"]);
+    let human = String::from_utf8_lossy(&human.stdout).into_owned();
+    assert!(
+        human.contains(&format!("  github: id {} online  labels ", ids[0])),
+        "{human}"
+    );
+
+    // A label change is applied in place: same ids, new labels, no new registration.
+    lab.write_config(&counted(2), &["lab", "fast"]);
+    let out = lab.agentctl(&["register"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!(
+            "{}: already registered (id {}), labels set to lab,fast,host-labhost",
+            names[0], ids[0]
+        )),
+        "{}",
+        text(&out)
+    );
+    for (name, id) in names.iter().zip(&ids) {
+        let view = lab
+            .wait_runner(name, "relabelled", |r| r.labels.iter().any(|l| l == "fast"))
+            .await;
+        assert_eq!(view.id, *id);
+    }
+    let out = lab.agentctl(&["register"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&format!("{}: already registered (id {})\n", names[0], ids[0])),
+        "{}",
+        text(&out)
+    );
+
+    // remove deregisters on GitHub and deletes the directory.
+    let out = lab.agentctl(&["remove", "-y", &names[0]]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!lab.runner_dir(&names[0]).exists());
+    let left: Vec<String> = lab
+        .emu
+        .runners(Some(REPO))
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(left, [names[1].clone()]);
+
+    // A runner GitHub forgot is removed locally all the same.
+    lab.emu.delete_runner(ids[1]);
+    let out = lab.agentctl(&["remove", "-y", &names[1]]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!lab.runner_dir(&names[1]).exists());
+
+    // Register again, leave an orphan of this host on GitHub, then purge: nothing left.
+    let out = lab.agentctl(&["register"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    lab.write_config(&counted(1), &["lab"]);
+    let out = lab.agentctl(&["purge", "-y"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(lab.emu.runners(Some(REPO)).is_empty());
+    for name in &names {
+        assert!(!lab.runner_dir(name).exists(), "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_hosts_runner_of_the_same_name_is_never_replaced() {
+    let runners = "[[runner]]\nname = \"shared-1\"\n";
+    let lab = Lab::with_pat(PatSpec::classic(&["repo"]), runners, &[]).await;
+    let out = lab.agentctl_as("otherhost", &["register"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let theirs = lab.wait_runner("shared-1", "online", |r| r.status == "online").await;
+    // This host's directory is the same path in the test; make it look like a fresh host.
+    let out = lab.agentctl_as("otherhost", &["stop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    std::fs::remove_dir_all(lab.runner_dir("shared-1")).unwrap();
+
+    let out = lab.agentctl(&["register"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!(
+            "a runner named `shared-1` is already registered on GitHub (id {}) and is not this host's: it lacks the label `host-labhost`",
+            theirs.id
+        )),
+        "{}",
+        text(&out)
+    );
+    let after = lab.emu.runners(Some(REPO));
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].id, theirs.id);
+    assert!(after[0].labels.iter().any(|l| l == "host-otherhost"));
+
+    // Purge on this host leaves the other host's runner alone.
+    let out = lab.agentctl(&["purge", "-y"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(lab.emu.runners(Some(REPO)).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pat_without_the_scope_or_revoked_is_a_clear_error() {
+    let lab = Lab::with_pat(PatSpec::classic(&["read:org"]), &counted(1), &[]).await;
+    let out = lab.agentctl(&["register"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(stderr.contains("cannot register runner `labhost-1`"), "{stderr}");
+    assert!(stderr.contains("`repo`"), "{stderr}");
+    assert!(lab.emu.runners(Some(REPO)).is_empty());
+
+    let lab = Lab::with_pat(PatSpec::classic(&["repo"]), &counted(1), &[]).await;
+    lab.emu.revoke_token(lab.pat.as_deref().unwrap());
+    let out = lab.agentctl(&["register"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(stderr.contains("401"), "{stderr}");
+    assert!(stderr.contains("hint: "), "{stderr}");
+    assert!(lab.emu.runners(Some(REPO)).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_pat_a_failed_configure_leaves_no_registration_on_github() {
+    let lab = Lab::with_pat(PatSpec::classic(&["repo"]), &counted(1), &[]).await;
+    // Registered on the service, then the credential check fails every time.
+    lab.emu.inject(Fault::Status {
+        status: 500,
+        count: 100,
+        path_prefix: Some("/_services/pipelines/_apis/oauth2/".to_owned()),
+    });
+    let out = lab.agentctl(&["register"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("configuring runner `labhost-1` failed after 3 attempt(s)"),
+        "{}",
+        text(&out)
+    );
+    assert!(lab.emu.runners(Some(REPO)).is_empty());
+    assert!(!lab.runner_dir("labhost-1").join(".runner").exists());
 }
