@@ -155,8 +155,7 @@ labels = [{labels}]
     fn fresh_token(&self) -> String {
         let token = self.emu.registration_token(REPO).unwrap();
         std::fs::write(&self.token_file, &token).unwrap();
-        std::fs::set_permissions(&self.token_file, std::fs::Permissions::from_mode(0o600))
-            .unwrap();
+        std::fs::set_permissions(&self.token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
         token
     }
 
@@ -290,8 +289,7 @@ async fn three_runners_register_run_jobs_show_status_and_purge() {
     let names = lab.names(3);
     for name in &names {
         assert!(
-            String::from_utf8_lossy(&out.stdout)
-                .contains(&format!("{name}: registered (id ")),
+            String::from_utf8_lossy(&out.stdout).contains(&format!("{name}: registered (id ")),
             "{}",
             text(&out)
         );
@@ -371,8 +369,7 @@ async fn three_runners_register_run_jobs_show_status_and_purge() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     for name in &names {
         assert!(
-            String::from_utf8_lossy(&out.stdout)
-                .contains(&format!("{name}: already registered")),
+            String::from_utf8_lossy(&out.stdout).contains(&format!("{name}: already registered")),
             "{}",
             text(&out)
         );
@@ -399,14 +396,18 @@ async fn three_runners_register_run_jobs_show_status_and_purge() {
         .await;
     let out = lab.agentctl(&["status", "--json", &names[0]]);
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(status["runners"][0]["local"]["service"]["state"], "inactive");
+    assert_eq!(
+        status["runners"][0]["local"]["service"]["state"],
+        "inactive"
+    );
     let out = lab.agentctl(&["start", &names[0]]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     lab.wait_runner(&names[0], "back online", |r| r.session_open)
         .await;
 
     // No token in any log line or file the runners and the agent wrote.
-    let written = files_text(&lab.dir.path().join("runners")) + &files_text(&lab.dir.path().join("state"));
+    let written =
+        files_text(&lab.dir.path().join("runners")) + &files_text(&lab.dir.path().join("state"));
     assert!(!written.contains(token.trim()));
 
     // Purge: processes stopped, directories gone, state gone.
@@ -452,7 +453,7 @@ async fn an_expired_raw_registration_token_names_its_expiry_and_suggests_a_pat()
     let expected_file = lab.token_file.display().to_string();
     assert!(
         stderr.contains(&format!(
-            "GitHub refused the registration token in `{expected_file}` (expired at "
+            "the registration token in `{expected_file}` is refused: it expired at "
         )),
         "{stderr}"
     );
@@ -461,8 +462,31 @@ async fn an_expired_raw_registration_token_names_its_expiry_and_suggests_a_pat()
         "{stderr}"
     );
     // Nothing half-registered: no local registration, nothing on GitHub.
-    assert!(!lab.runner_dir(&format!("{HOST}-1")).join(".runner").exists());
+    assert!(!lab
+        .runner_dir(&format!("{HOST}-1"))
+        .join(".runner")
+        .exists());
     assert!(lab.emu.runners(Some(REPO)).is_empty());
+
+    // A token file written over an hour ago is refused before GitHub is asked, naming when.
+    let file = std::fs::File::options()
+        .write(true)
+        .open(&lab.token_file)
+        .unwrap();
+    let written = std::time::SystemTime::now() - Duration::from_secs(2 * 3600);
+    file.set_modified(written).unwrap();
+    let expiry = time::OffsetDateTime::from(written + Duration::from_secs(3600))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let out = lab.agentctl(&["register"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!(
+            "the registration token in `{expected_file}` is refused: it expired at {expiry}, or was revoked"
+        )),
+        "{}",
+        text(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -542,7 +566,10 @@ async fn with_a_pat_labels_change_in_place_remove_deregisters_and_purge_leaves_n
             .map(|l| l.as_str().unwrap().to_owned())
             .collect();
         labels.sort();
-        assert_eq!(labels, ["Linux", "X64", "host-labhost", "lab", "self-hosted"]);
+        assert_eq!(
+            labels,
+            ["Linux", "X64", "host-labhost", "lab", "self-hosted"]
+        );
         assert!(entry.get("github_note").is_none());
     }
     let human = lab.agentctl(&["status"]);
@@ -572,8 +599,10 @@ async fn with_a_pat_labels_change_in_place_remove_deregisters_and_purge_leaves_n
     }
     let out = lab.agentctl(&["register"]);
     assert!(
-        String::from_utf8_lossy(&out.stdout)
-            .contains(&format!("{}: already registered (id {})\n", names[0], ids[0])),
+        String::from_utf8_lossy(&out.stdout).contains(&format!(
+            "{}: already registered (id {})\n",
+            names[0], ids[0]
+        )),
         "{}",
         text(&out)
     );
@@ -614,7 +643,9 @@ async fn another_hosts_runner_of_the_same_name_is_never_replaced() {
     let lab = Lab::with_pat(PatSpec::classic(&["repo"]), runners, &[]).await;
     let out = lab.agentctl_as("otherhost", &["register"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let theirs = lab.wait_runner("shared-1", "online", |r| r.status == "online").await;
+    let theirs = lab
+        .wait_runner("shared-1", "online", |r| r.status == "online")
+        .await;
     // This host's directory is the same path in the test; make it look like a fresh host.
     let out = lab.agentctl_as("otherhost", &["stop"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -647,7 +678,10 @@ async fn a_pat_without_the_scope_or_revoked_is_a_clear_error() {
     let out = lab.agentctl(&["register"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(stderr.contains("cannot register runner `labhost-1`"), "{stderr}");
+    assert!(
+        stderr.contains("cannot register runner `labhost-1`"),
+        "{stderr}"
+    );
     assert!(stderr.contains("`repo`"), "{stderr}");
     assert!(lab.emu.runners(Some(REPO)).is_empty());
 

@@ -141,7 +141,11 @@ pub fn run(config_path: &Path, command: RunnerCommand) -> anyhow::Result<Status>
                     }
                 }
             }
-            Ok(if failed { Status::Error } else { Status::Success })
+            Ok(if failed {
+                Status::Error
+            } else {
+                Status::Success
+            })
         }
         RunnerCommand::Start(names) => each(&lifecycle, &names, "start", |r| lifecycle.start(r)),
         RunnerCommand::Stop(names) => each(&lifecycle, &names, "stop", |r| lifecycle.stop(r)),
@@ -172,10 +176,7 @@ pub fn run(config_path: &Path, command: RunnerCommand) -> anyhow::Result<Status>
             let runners = lifecycle.select(&args.names.names)?;
             let list: Vec<&str> = runners.iter().map(|r| r.name.as_str()).collect();
             if !confirm(
-                &format!(
-                    "deregister and delete runner(s) {}",
-                    list.join(", ")
-                ),
+                &format!("deregister and delete runner(s) {}", list.join(", ")),
                 args.confirm.yes,
             )? {
                 return Ok(Status::Failure);
@@ -193,7 +194,11 @@ pub fn run(config_path: &Path, command: RunnerCommand) -> anyhow::Result<Status>
                     }
                 }
             }
-            Ok(if failed { Status::Error } else { Status::Success })
+            Ok(if failed {
+                Status::Error
+            } else {
+                Status::Success
+            })
         }
         RunnerCommand::Purge(args) => {
             if !confirm(
@@ -225,12 +230,17 @@ fn each(
             Err(err) => {
                 failed = true;
                 crate::cli::report(
-                    &anyhow::Error::new(err).context(format!("cannot {verb} runner `{}`", runner.name)),
+                    &anyhow::Error::new(err)
+                        .context(format!("cannot {verb} runner `{}`", runner.name)),
                 );
             }
         }
     }
-    Ok(if failed { Status::Error } else { Status::Success })
+    Ok(if failed {
+        Status::Error
+    } else {
+        Status::Success
+    })
 }
 
 fn logs(

@@ -291,7 +291,13 @@ impl Client {
     async fn get_public<T: DeserializeOwned>(&self, path: &str) -> Result<T, GithubError> {
         let url = self.endpoint(path)?;
         let reply = self
-            .call(reqwest::Method::GET, url, None, None, transport::Purpose::Public)
+            .call(
+                reqwest::Method::GET,
+                url,
+                None,
+                None,
+                transport::Purpose::Public,
+            )
             .await?;
         reply.json()
     }

@@ -318,12 +318,11 @@ mod tests {
         let link = r#"<https://api.github.com/repositories/1/actions/runners?per_page=100&page=1>; rel="prev", <https://api.github.com/repositories/1/actions/runners?per_page=100&page=3>; rel="next", <https://api.github.com/repositories/1/actions/runners?per_page=100&page=5>; rel="last""#;
         assert_eq!(
             next_link(link).map(|u| u.to_string()),
-            Some("https://api.github.com/repositories/1/actions/runners?per_page=100&page=3".into())
+            Some(
+                "https://api.github.com/repositories/1/actions/runners?per_page=100&page=3".into()
+            )
         );
-        assert_eq!(
-            next_link(r#"<https://x/a?page=1>; rel="first""#),
-            None
-        );
+        assert_eq!(next_link(r#"<https://x/a?page=1>; rel="first""#), None);
     }
 
     #[test]

@@ -75,7 +75,8 @@ impl Client {
             }
             return Ok(Token { token, expires_at });
         }
-        self.mint(scope, "/actions/runners/registration-token").await
+        self.mint(scope, "/actions/runners/registration-token")
+            .await
     }
 
     /// A remove token for `config.sh remove` on `scope`.

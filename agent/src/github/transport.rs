@@ -136,7 +136,11 @@ impl Failure {
                 .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok());
             return Some(reset.unwrap_or(now + time::Duration::minutes(1)));
         }
-        if self.message.to_ascii_lowercase().contains("secondary rate limit") {
+        if self
+            .message
+            .to_ascii_lowercase()
+            .contains("secondary rate limit")
+        {
             return Some(now + time::Duration::minutes(1));
         }
         None
@@ -177,7 +181,9 @@ pub(crate) fn needed_permission(flavor: TokenFlavor, scope: &Scope, access: Acce
         (TokenFlavor::Classic | TokenFlavor::None, Scope::Org { .. }) => {
             "the `admin:org` scope and owner rights on the organization".to_owned()
         }
-        (_, Scope::Enterprise { .. }) => "a classic PAT with `manage_runners:enterprise`".to_owned(),
+        (_, Scope::Enterprise { .. }) => {
+            "a classic PAT with `manage_runners:enterprise`".to_owned()
+        }
         (TokenFlavor::FineGrained | TokenFlavor::App, Scope::Repo { .. }) => {
             format!("the repository permission \"Administration: {level}\"")
         }

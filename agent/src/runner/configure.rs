@@ -100,7 +100,10 @@ pub async fn configure(dir: &Path, run_as: &RunAs, inputs: &Inputs<'_>) -> Resul
         ),
     ];
     if !inputs.labels.is_empty() {
-        env.push(("ACTIONS_RUNNER_INPUT_LABELS".into(), inputs.labels.join(",")));
+        env.push((
+            "ACTIONS_RUNNER_INPUT_LABELS".into(),
+            inputs.labels.join(","),
+        ));
     }
     if let Some(group) = inputs.group {
         env.push(("ACTIONS_RUNNER_INPUT_RUNNERGROUP".into(), group.into()));

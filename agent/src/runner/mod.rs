@@ -70,7 +70,7 @@ pub enum RunnerError {
         #[source]
         source: Box<crate::config::ConfigError>,
     },
-    #[error("GitHub refused the registration token in `{file}` (expired at {expiry}, or revoked)\n\nhint: a raw registration token expires one hour after it is minted; configure `pat_file` or `app` so that the agent mints a fresh one whenever it registers")]
+    #[error("the registration token in `{file}` is refused: it expired at {expiry}, or was revoked\n\nhint: a raw registration token expires one hour after it is minted; configure `pat_file` or `app` so that the agent mints a fresh one whenever it registers")]
     TokenExpired { file: PathBuf, expiry: String },
     #[error("GitHub refused the registration token for runner `{runner}`: {output}")]
     TokenRefused { runner: String, output: String },
@@ -432,8 +432,7 @@ impl<'a> Lifecycle<'a> {
             ),
         ] {
             fs::write(path, text).map_err(io_err(path))?;
-            fs::set_permissions(path, fs::Permissions::from_mode(0o755))
-                .map_err(io_err(path))?;
+            fs::set_permissions(path, fs::Permissions::from_mode(0o755)).map_err(io_err(path))?;
         }
         env.extend(crate::boards::hooks::hook_env(&started, &completed));
         let path = self.env_path(&runner.name);
@@ -450,8 +449,8 @@ impl<'a> Lifecycle<'a> {
         let env = self.board_env(runner)?;
         let env_file = (!env.is_empty()).then(|| self.env_path(&runner.name));
         let mut extra_groups = Vec::new();
-        let kvm = kvm_usable(&run_as, &self.options.kvm_node)
-            || (self.config.host.kvm == Some(true));
+        let kvm =
+            kvm_usable(&run_as, &self.options.kvm_node) || (self.config.host.kvm == Some(true));
         if kvm && self.config.host.kvm != Some(false) {
             extra_groups.push("kvm");
         }
@@ -908,21 +907,21 @@ impl<'a> Lifecycle<'a> {
         let mut out = Vec::new();
         for runner in runners {
             let local = LocalRegistration::read(&runner.dir);
-            let service = match self.unit(runner) {
-                Ok(unit) => self
-                    .backend(runner)?
-                    .status(&unit)
-                    .map_err(|source| RunnerError::Service {
-                        runner: runner.name.clone(),
-                        source,
+            let service =
+                match self.unit(runner) {
+                    Ok(unit) => self.backend(runner)?.status(&unit).map_err(|source| {
+                        RunnerError::Service {
+                            runner: runner.name.clone(),
+                            source,
+                        }
                     })?,
-                Err(_) => ServiceStatus {
-                    backend: runner.service.as_str(),
-                    state: "unknown".to_owned(),
-                    pid: None,
-                    unit: None,
-                },
-            };
+                    Err(_) => ServiceStatus {
+                        backend: runner.service.as_str(),
+                        state: "unknown".to_owned(),
+                        pid: None,
+                        unit: None,
+                    },
+                };
             let (github, github_note) = match &remote_list {
                 None => (None, self.remote.no_rest_reason()),
                 Some(list) => {
@@ -960,8 +959,7 @@ impl<'a> Lifecycle<'a> {
 
 fn same_labels(a: &[String], b: &[String]) -> bool {
     a.len() == b.len()
-        && a
-            .iter()
+        && a.iter()
             .all(|x| b.iter().any(|y| y.eq_ignore_ascii_case(x)))
 }
 
@@ -992,6 +990,74 @@ mod tests {
                 pool: "Default".to_owned(),
             })
         );
+    }
+
+    fn config(dir: &Path, host_kvm: &str) -> Config {
+        let token = dir.join("token");
+        fs::write(&token, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAA").unwrap();
+        fs::set_permissions(&token, fs::Permissions::from_mode(0o600)).unwrap();
+        let path = dir.join("agent.toml");
+        fs::write(
+            &path,
+            format!(
+                "version = 1\n[github]\nurl = \"https://github.com/o/r\"\nregistration_token_file = \"token\"\n\
+                 [host]\n{host_kvm}\n[defaults]\nlabels = [\"lab\", \"KVM\"]\n\
+                 [[runner]]\nname = \"plain\"\n\
+                 [[runner]]\nname = \"board-runner\"\nboard = \"roc-1\"\n\
+                 [[board]]\nname = \"roc-1\"\nlabels = [\"rk3568\", \"lab\"]\n"
+            ),
+        )
+        .unwrap();
+        crate::config::load_with(&path, &crate::config::LoadOptions::default()).unwrap()
+    }
+
+    #[test]
+    fn labels_are_configured_then_derived_then_the_marker_without_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), "");
+        let plain = config.runner("plain").unwrap();
+        let board = config.runner("board-runner").unwrap();
+        assert_eq!(
+            desired_labels(&config, plain, "Lab1", true),
+            ["lab", "KVM", "host-lab1"]
+        );
+        assert_eq!(
+            desired_labels(&config, board, "lab1", false),
+            ["lab", "KVM", "roc-1", "rk3568", "host-lab1"]
+        );
+        let config = crate::runner::tests::config(dir.path(), "kvm = false");
+        let plain = config.runner("plain").unwrap();
+        // `kvm` comes from the configuration here, never derived on a host that says no.
+        assert_eq!(
+            desired_labels(&config, plain, "lab1", true),
+            ["lab", "KVM", "host-lab1"]
+        );
+    }
+
+    #[test]
+    fn kvm_is_usable_by_owner_group_or_others_bits() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = dir.path().join("kvm");
+        fs::write(&node, "").unwrap();
+        let me = RunAs {
+            user: "u".to_owned(),
+            uid: 4000,
+            gid: 4000,
+            groups: vec![4000, 0],
+            home: PathBuf::from("/"),
+        };
+        // root:root (the test runs as root), 0660: usable through group 0.
+        fs::set_permissions(&node, fs::Permissions::from_mode(0o660)).unwrap();
+        assert!(kvm_usable(&me, &node));
+        fs::set_permissions(&node, fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(!kvm_usable(&me, &node));
+        fs::set_permissions(&node, fs::Permissions::from_mode(0o666)).unwrap();
+        let stranger = RunAs {
+            groups: vec![4000],
+            ..me
+        };
+        assert!(kvm_usable(&stranger, &node));
+        assert!(!kvm_usable(&stranger, &dir.path().join("missing")));
     }
 
     #[test]

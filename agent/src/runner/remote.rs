@@ -107,9 +107,18 @@ impl Remote {
                 let value = file.read().map_err(|source| RunnerError::Secret {
                     source: Box::new(source),
                 })?;
+                // Written more than an hour ago: GitHub will refuse it, say so before trying.
+                if let Some((expiry, text)) = raw_token_expiry(file) {
+                    if expiry < SystemTime::now() {
+                        return Err(RunnerError::TokenExpired {
+                            file: file.resolved.clone(),
+                            expiry: text,
+                        });
+                    }
+                }
                 Ok(Token {
                     value,
-                    expires_at: raw_token_expiry(file),
+                    expires_at: raw_token_expiry(file).map(|(_, text)| text),
                 })
             }
             Remote::Rest { client, scope } => {
@@ -194,11 +203,9 @@ fn rfc3339(at: time::OffsetDateTime) -> Option<String> {
 
 /// A raw registration token expires one hour after it was minted; the file's modification time
 /// is the best guess of when that was.
-fn raw_token_expiry(file: &SecretFile) -> Option<String> {
+fn raw_token_expiry(file: &SecretFile) -> Option<(SystemTime, String)> {
     let modified = std::fs::metadata(&file.resolved).ok()?.modified().ok()?;
     let expiry = modified + std::time::Duration::from_secs(3600);
-    let since = expiry.duration_since(SystemTime::UNIX_EPOCH).ok()?;
-    let at = time::OffsetDateTime::from_unix_timestamp(since.as_secs() as i64).ok()?;
-    at.format(&time::format_description::well_known::Rfc3339)
-        .ok()
+    let at = time::OffsetDateTime::from(expiry);
+    Some((expiry, rfc3339(at)?))
 }

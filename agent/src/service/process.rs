@@ -92,7 +92,10 @@ impl Process {
 pub fn user_env(run_as: &RunAs) -> Vec<(String, String)> {
     let mut env = vec![
         ("PATH".to_owned(), RUNNER_PATH.to_owned()),
-        ("HOME".to_owned(), run_as.home.to_string_lossy().into_owned()),
+        (
+            "HOME".to_owned(),
+            run_as.home.to_string_lossy().into_owned(),
+        ),
         ("USER".to_owned(), run_as.user.clone()),
         ("LOGNAME".to_owned(), run_as.user.clone()),
         ("LANG".to_owned(), "C.UTF-8".to_owned()),

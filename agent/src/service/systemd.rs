@@ -203,11 +203,8 @@ impl Backend for Systemd {
             }
         }
         // stop, disable, delete the unit, remove `.service`, daemon-reload.
-        self.commands.run(
-            &unit.dir.join("svc.sh"),
-            &["uninstall"],
-            Some(&unit.dir),
-        )?;
+        self.commands
+            .run(&unit.dir.join("svc.sh"), &["uninstall"], Some(&unit.dir))?;
         Ok(())
     }
 
@@ -252,6 +249,135 @@ impl Backend for Systemd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::service::RunAs;
+    use std::collections::BTreeMap;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    fn script(path: &Path, body: &str) {
+        fs::write(path, format!("#!/bin/sh\n{body}")).unwrap();
+        fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// A runner directory whose `svc.sh` and a `systemctl` record what they are asked, in order.
+    fn fixture(dir: &Path) -> (Systemd, Unit, PathBuf) {
+        let log = dir.join("calls.log");
+        let runner = dir.join("runner");
+        fs::create_dir(&runner).unwrap();
+        script(
+            &runner.join("svc.sh"),
+            &format!(
+                "echo \"svc.sh $* (cwd $(pwd))\" >> {log}\n\
+                 case $1 in\n\
+                 install) echo actions.runner._services.r1.service > .service ;;\n\
+                 uninstall) rm -f .service ;;\n\
+                 esac\n",
+                log = log.display()
+            ),
+        );
+        let systemctl = dir.join("systemctl");
+        script(
+            &systemctl,
+            &format!(
+                "echo \"systemctl $*\" >> {log}\n\
+                 if [ \"$1\" = show ]; then printf 'active\\n4242\\n'; fi\n",
+                log = log.display()
+            ),
+        );
+        let systemd = Systemd {
+            unit_dir: dir.join("units"),
+            commands: Commands { systemctl },
+        };
+        let unit = Unit {
+            name: "r1".to_owned(),
+            dir: runner,
+            run_as: RunAs {
+                user: "ra-runner".to_owned(),
+                uid: 1000,
+                gid: 1000,
+                groups: vec![1000],
+                home: PathBuf::from("/home/ra-runner"),
+            },
+            env: BTreeMap::new(),
+            env_file: Some(PathBuf::from("/var/lib/runner-agent/runners/r1.env")),
+            extra_groups: vec!["kvm".to_owned()],
+        };
+        (systemd, unit, log)
+    }
+
+    #[test]
+    fn install_start_status_uninstall_run_svc_sh_and_systemctl_in_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (systemd, unit, log) = fixture(tmp.path());
+        systemd.install(&unit).unwrap();
+        systemd.start(&unit).unwrap();
+        // A second install keeps the unit svc.sh made (svc.sh refuses an existing one).
+        systemd.install(&unit).unwrap();
+        let status = systemd.status(&unit).unwrap();
+        assert_eq!(
+            status,
+            ServiceStatus {
+                backend: "systemd",
+                state: "active".to_owned(),
+                pid: Some(4242),
+                unit: Some("actions.runner._services.r1.service".to_owned()),
+            }
+        );
+        let drop_in = tmp
+            .path()
+            .join("units/actions.runner._services.r1.service.d/50-runner-agent.conf");
+        assert_eq!(
+            fs::read_to_string(&drop_in).unwrap(),
+            render_drop_in(&DropIn {
+                supplementary_groups: vec!["kvm".to_owned()],
+                restart_sec: RESTART_SEC,
+                environment_file: Some(PathBuf::from("/var/lib/runner-agent/runners/r1.env")),
+            })
+        );
+        assert_eq!(
+            systemd.log_source(&unit),
+            LogSource::Journal {
+                unit: "actions.runner._services.r1.service".to_owned()
+            }
+        );
+        systemd.stop(&unit).unwrap();
+        systemd.uninstall(&unit).unwrap();
+        assert!(!drop_in.exists());
+        assert!(!drop_in.parent().unwrap().exists());
+        let calls = fs::read_to_string(&log).unwrap();
+        let dir = unit.dir.display();
+        assert_eq!(
+            calls,
+            format!(
+                "svc.sh install ra-runner (cwd {dir})\n\
+                 systemctl daemon-reload\n\
+                 systemctl enable actions.runner._services.r1.service\n\
+                 systemctl start actions.runner._services.r1.service\n\
+                 systemctl daemon-reload\n\
+                 systemctl enable actions.runner._services.r1.service\n\
+                 systemctl show --property=ActiveState,MainPID --value actions.runner._services.r1.service\n\
+                 systemctl stop actions.runner._services.r1.service\n\
+                 svc.sh uninstall (cwd {dir})\n"
+            )
+        );
+        // Without a unit, status says so and nothing is called.
+        assert_eq!(systemd.status(&unit).unwrap().state, "not-installed");
+    }
+
+    #[test]
+    fn a_failing_svc_sh_is_an_error_with_its_output() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (systemd, unit, _) = fixture(tmp.path());
+        script(
+            &unit.dir.join("svc.sh"),
+            "echo 'Must run as sudo'\nexit 1\n",
+        );
+        let err = systemd.install(&unit).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("svc.sh install ra-runner` failed (exit status: 1): Must run as sudo"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn drop_in_for_a_board_runner_on_a_kvm_host() {
