@@ -36,7 +36,7 @@ pub enum Remote {
     /// `registration_token_file`: a token minted by someone else, valid for one hour.
     RawToken { file: SecretFile },
     /// A PAT or a GitHub App: the REST API mints tokens and manages runners.
-    Rest { client: Client, scope: Scope },
+    Rest { client: Box<Client>, scope: Scope },
 }
 
 fn github(what: impl Into<String>) -> impl FnOnce(GithubError) -> RunnerError {
@@ -75,7 +75,7 @@ impl Remote {
                 let client = Client::new(config.github.api_url.clone(), credentials)
                     .map_err(github("build the client"))?;
                 Ok(Remote::Rest {
-                    client,
+                    client: Box::new(client),
                     scope: config.github.scope.clone(),
                 })
             }
