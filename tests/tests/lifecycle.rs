@@ -714,3 +714,66 @@ async fn with_a_pat_a_failed_configure_leaves_no_registration_on_github() {
     assert!(lab.emu.runners(Some(REPO)).is_empty());
     assert!(!lab.runner_dir("labhost-1").join(".runner").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_board_runner_gets_the_board_label_environment_and_hooks() {
+    let runners = "[[runner]]\nname = \"board-1\"\nboard = \"sim-1\"\n\n\
+                   [[board]]\nname = \"sim-1\"\nlabels = [\"simboard\"]\nenv = { BOARD_DTB = \"sim.dtb\" }\n";
+    let lab = Lab::with(None, runners, &["lab"]).await;
+    let out = lab.agentctl(&["register"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let view = lab
+        .wait_runner("board-1", "online", |r| r.status == "online")
+        .await;
+    let mut labels = view.labels.clone();
+    labels.sort();
+    assert_eq!(
+        labels,
+        [
+            "Linux",
+            "X64",
+            "host-labhost",
+            "lab",
+            "self-hosted",
+            "sim-1",
+            "simboard"
+        ]
+    );
+    // The listener runs with the board's job environment and the job hooks that take and give
+    // back the board.
+    let hooks = lab.dir.path().join("state/runners/board-1.hooks");
+    let env = std::fs::read_to_string(lab.dir.path().join("state/runners/board-1.env")).unwrap();
+    assert!(env.contains("BOARD_DTB=sim.dtb\n"), "{env}");
+    assert!(env.contains("RUNNER_AGENT_BOARD=sim-1\n"), "{env}");
+    assert!(
+        env.contains(&format!(
+            "ACTIONS_RUNNER_HOOK_JOB_STARTED={}\n",
+            hooks.join("job-started.sh").display()
+        )),
+        "{env}"
+    );
+    let started = std::fs::read_to_string(hooks.join("job-started.sh")).unwrap();
+    assert!(started.contains("board acquire 'sim-1'"), "{started}");
+    // A job runs both hooks as the runner user. (The fake runner gives hooks no
+    // `GITHUB_RUN_ID`, which the real one does, so `board acquire` refuses here and fails the
+    // job, as a failing started hook must.)
+    let job = lab
+        .emu
+        .queue_job(REPO, &["self-hosted", "sim-1"], "echo never")
+        .unwrap();
+    let done = lab.emu.wait_job(job, WAIT).await.unwrap();
+    let output = done.output.unwrap_or_default();
+    assert!(
+        output.contains(&format!("Run '{}'", hooks.join("job-started.sh").display())),
+        "{output}"
+    );
+    assert!(
+        output.contains(&format!(
+            "Run '{}'",
+            hooks.join("job-completed.sh").display()
+        )),
+        "{output}"
+    );
+    let out = lab.agentctl(&["stop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
