@@ -313,14 +313,35 @@ async fn three_runners_register_run_jobs_show_status_and_purge() {
         assert_eq!(meta.uid(), ra.uid.as_raw());
     }
 
-    // A job each.
+    // A job each: every job waits for a gate, so a runner busy with one cannot take another.
+    let gate = lab.dir.path().join("gate");
+    let script = format!(
+        "id -un\nwhile [ ! -e {} ]; do sleep 0.05; done\n",
+        gate.display()
+    );
     let jobs: Vec<u64> = (0..3)
         .map(|_| {
             lab.emu
-                .queue_job(REPO, &["self-hosted", "lab"], "id -un; sleep 0.5")
+                .queue_job(REPO, &["self-hosted", "lab"], &script)
                 .unwrap()
         })
         .collect();
+    let deadline = Instant::now() + WAIT;
+    while lab
+        .emu
+        .runners(Some(REPO))
+        .iter()
+        .filter(|r| r.busy)
+        .count()
+        < 3
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the three runners never all got a job"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::write(&gate, "").unwrap();
     let mut ran_on = Vec::new();
     for job in jobs {
         let done = lab.emu.wait_job(job, WAIT).await.unwrap();
@@ -329,8 +350,7 @@ async fn three_runners_register_run_jobs_show_status_and_purge() {
         ran_on.push(done.runner_name.unwrap());
     }
     ran_on.sort();
-    ran_on.dedup();
-    assert!(!ran_on.is_empty());
+    assert_eq!(ran_on, names);
 
     // status --json: both views (raw token: the GitHub view is explained, not faked).
     let out = lab.agentctl(&["status", "--json"]);
@@ -508,6 +528,19 @@ async fn a_5xx_while_configuring_is_retried() {
     let runners = lab.emu.runners(Some(REPO));
     assert_eq!(runners.len(), 1, "{runners:?}");
     lab.wait_runner(&format!("{HOST}-1"), "online", |r| r.status == "online")
+        .await;
+    // restart: a new listener process, online again.
+    let pid = |lab: &Lab| {
+        let out = lab.agentctl(&["status", "--json"]);
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        status["runners"][0]["local"]["service"]["pid"].as_u64()
+    };
+    let before = pid(&lab).unwrap();
+    let out = lab.agentctl(&["restart"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let after = pid(&lab).unwrap();
+    assert_ne!(before, after);
+    lab.wait_runner(&format!("{HOST}-1"), "online again", |r| r.session_open)
         .await;
     let out = lab.agentctl(&["stop"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
