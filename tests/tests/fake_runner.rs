@@ -325,8 +325,11 @@ fn remove_local_deletes_only_local_state_and_remove_refuses_with_a_service() {
     assert_eq!(text(&out).1, "Uninstall service first\n");
     assert_eq!(out.status.code(), Some(1));
     assert!(u.root.join(".runner").exists());
+    std::fs::write(u.root.join(".env"), "LANG=kept\n").unwrap();
     let out = as_runner("./config.sh", &u.root)
         .args(["REMOVE", "--local"])
+        .env("LANG", "C.UTF-8")
+        .env("JAVA_HOME", "/opt/jdk")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
@@ -334,12 +337,15 @@ fn remove_local_deletes_only_local_state_and_remove_refuses_with_a_service() {
         assert!(!u.root.join(gone).exists(), "{gone}");
     }
     assert!(u.root.join(".service").exists());
-    // env.sh ran: .path and .env exist.
+    // env.sh ran: .path is the PATH; .env gains listed variables it does not have yet.
     assert_eq!(
         std::fs::read_to_string(u.root.join(".path")).unwrap(),
         "/usr/local/bin:/usr/bin:/bin\n"
     );
-    assert!(u.root.join(".env").exists());
+    assert_eq!(
+        std::fs::read_to_string(u.root.join(".env")).unwrap(),
+        "LANG=kept\nJAVA_HOME=/opt/jdk\n"
+    );
 }
 
 #[test]
@@ -622,6 +628,14 @@ fn svc_sh_install_writes_the_unit_and_dot_service_and_uninstall_removes_them() {
     let unit = PathBuf::from("/etc/systemd/system").join(&unit_name);
     std::fs::create_dir_all("/etc/systemd/system").unwrap();
     let out = Command::new("./svc.sh")
+        .arg("status")
+        .current_dir(&u.root)
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{:?}", text(&out));
+    assert_eq!(text(&out).0, "\nnot installed\n\n");
+    let out = Command::new("./svc.sh")
         .arg("install")
         .arg("ra-runner")
         .current_dir(&u.root)
@@ -652,6 +666,17 @@ fn svc_sh_install_writes_the_unit_and_dot_service_and_uninstall_removes_them() {
         std::fs::read_to_string(&log).unwrap(),
         format!("daemon-reload\nenable {unit_name}\n")
     );
+    let out = Command::new("./svc.sh")
+        .arg("status")
+        .current_dir(&u.root)
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    assert_eq!(text(&out).0, format!("\n{}\n", unit.display()));
+    assert!(std::fs::read_to_string(&log)
+        .unwrap()
+        .ends_with(&format!("--no-pager status {unit_name}\n")));
     let out = Command::new("./svc.sh")
         .arg("uninstall")
         .current_dir(&u.root)

@@ -233,6 +233,16 @@ async fn wait_runner(
     }
 }
 
+/// A directory next to the install that jobs (as `ra-runner`) may write to.
+fn shared_dir(inst: &Install) -> PathBuf {
+    let dir = inst.dir.path().join("shared");
+    if !dir.exists() {
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    dir
+}
+
 async fn wait_file(path: &Path) {
     let deadline = Instant::now() + WAIT;
     while !path.exists() {
@@ -546,11 +556,15 @@ async fn a_cancelled_job_is_killed_and_reported_cancelled() {
     assert_eq!(configure(&emu, root, "cx", &[]).status.code(), Some(0));
     let mut run = Running::start(listener(root));
     run.wait_for("Listening for Jobs");
-    let job = emu
-        .queue_job(REPO, &["self-hosted"], "echo begin\nsleep 300\necho never")
-        .unwrap();
+    let marker = shared_dir(&inst).join("started");
+    let script = format!(
+        "echo begin\ntouch {}\nsleep 300\necho never",
+        marker.display()
+    );
+    let job = emu.queue_job(REPO, &["self-hosted"], &script).unwrap();
     run.wait_for(&format!("Running job: job {job}"));
     wait_runner(&emu, "cx", "busy", |r| r.busy).await;
+    wait_file(&marker).await;
     emu.cancel_job(job).unwrap();
     let done = emu.wait_job(job, WAIT).await.unwrap();
     assert_eq!(done.result.as_deref(), Some("cancelled"));
@@ -811,11 +825,14 @@ async fn poll_errors_are_retried_and_an_expired_session_is_replaced() {
         run.seen
     );
     // GitHub forgets a session that was not polled for 90 s: the listener opens a new one.
+    let sessions = "POST /_services/pipelines/_apis/distributedtask/pools/{poolId}/sessions";
+    assert_eq!(emu.request_count(sessions), 1);
     emu.advance_clock(120);
     wait_runner(&emu, "flaky", "online again", |r| {
         r.status == "online" && r.session_open
     })
     .await;
+    assert_eq!(emu.request_count(sessions), 2);
     let job = emu
         .queue_job(REPO, &["self-hosted"], "echo still-here")
         .unwrap();
@@ -987,11 +1004,12 @@ async fn sigterm_cancels_the_running_job_and_exits_0() {
     assert_eq!(configure(&emu, root, "term", &[]).status.code(), Some(0));
     let mut run = Running::start(listener(root));
     run.wait_for("Listening for Jobs");
-    let job = emu
-        .queue_job(REPO, &["self-hosted"], "echo working\nsleep 300")
-        .unwrap();
+    let marker = shared_dir(&inst).join("started");
+    let script = format!("echo working\ntouch {}\nsleep 300", marker.display());
+    let job = emu.queue_job(REPO, &["self-hosted"], &script).unwrap();
     run.wait_for(&format!("Running job: job {job}"));
     wait_runner(&emu, "term", "busy", |r| r.busy).await;
+    wait_file(&marker).await;
     // setpriv execs the listener, so the child's pid is the listener's.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(run.child.id() as i32),
@@ -1006,4 +1024,77 @@ async fn sigterm_cancels_the_running_job_and_exits_0() {
     assert_eq!(done.output.as_deref(), Some("working\n"));
     // Its session is closed: the runner is offline at once.
     wait_runner(&emu, "term", "without a session", |r| !r.session_open).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_pass_or_fail_and_exits_0() {
+    let emu = emulator().await;
+    let inst = install("2.336.0");
+    let root = &inst.root;
+    let pat = emu.add_pat(runner_agent_tests::emulator::PatSpec::classic(&["repo"]));
+    for (token, verdict) in [(pat.as_str(), "P A S S"), ("ghp_notatoken", "F A I L")] {
+        let out = as_runner("./run.sh", root)
+            .args(["--check", "--url", &emu.web_url_for(REPO)])
+            .env("ACTIONS_RUNNER_INPUT_PAT", token)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("**  Check:               GitHub connection"),
+            "{stdout}"
+        );
+        assert!(stdout.contains(verdict), "{verdict}: {stdout}");
+        assert!(!text(&out).contains("Unrecognized"), "{}", text(&out));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disableupdate_is_stored_and_keeps_the_old_version_running() {
+    let emu = emulator().await;
+    let inst = install("2.336.0");
+    let root = &inst.root;
+    let newer = release("2.341.0", &inst.dir.path().join("new"));
+    emu.publish_release(
+        "2.341.0",
+        vec![(
+            "linux-x64".to_string(),
+            runner_agent_tests::emulator::AssetSource::Path(newer.path.clone()),
+        )],
+        runner_agent_tests::emulator::ReleaseOptions::default(),
+    )
+    .await
+    .unwrap();
+    let out = configure(&emu, root, "pinned", &["--disableupdate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let bytes = std::fs::read(root.join(".runner")).unwrap();
+    let settings: serde_json::Value = serde_json::from_slice(&bytes[3..]).unwrap();
+    assert_eq!(settings["disableUpdate"], true);
+    let mut run = Running::start(listener(root));
+    run.wait_for("Listening for Jobs");
+    let view = wait_runner(&emu, "pinned", "online", |r| r.status == "online").await;
+    assert!(view.disable_update);
+    let job = emu
+        .queue_job(REPO, &["self-hosted"], "echo pinned")
+        .unwrap();
+    assert_eq!(
+        emu.wait_job(job, WAIT).await.unwrap().output.as_deref(),
+        Some("pinned\n")
+    );
+    assert!(
+        run.seen
+            .iter()
+            .all(|l| !l.contains("Runner update in progress")),
+        "{:?}",
+        run.seen
+    );
+    assert!(root.join("bin").is_dir() && !root.join("bin").is_symlink());
+    assert_eq!(
+        emu.runners(Some(REPO))
+            .into_iter()
+            .find(|r| r.name == "pinned")
+            .unwrap()
+            .version,
+        "2.336.0"
+    );
 }

@@ -16,3 +16,23 @@ pub(crate) fn missing_permission(
         "GitHub refused access to the runners of `{scope}`: {message}\n\nhint: the credentials need {needed}{have}"
     )
 }
+
+impl super::GithubError {
+    /// When a rate-limited request may be tried again, if this is a rate limit.
+    pub fn retry_at(&self) -> Option<time::OffsetDateTime> {
+        match self {
+            super::GithubError::RateLimited { reset_at, .. } => Some(*reset_at),
+            _ => None,
+        }
+    }
+
+    /// Whether the credentials themselves were refused (revoked, expired, wrong App key): retrying
+    /// will not help until the secret is replaced.
+    pub fn is_bad_credentials(&self) -> bool {
+        matches!(
+            self,
+            super::GithubError::BadCredentials { .. }
+                | super::GithubError::RegistrationTokenExpired { .. }
+        )
+    }
+}

@@ -95,8 +95,13 @@ pub enum GithubError {
         message: String,
         hint: String,
     },
-    #[error("`{url}` answered 404: {message}")]
-    NotFound { url: String, message: String },
+    #[error("`{url}` answered 404: {message}\n\nhint: runner {id} is not registered in `{scope}` (any more), or these credentials cannot see it")]
+    RunnerNotFound {
+        url: String,
+        scope: String,
+        id: u64,
+        message: String,
+    },
     #[error("a runner named `{name}` is already registered: {message}\n\nhint: another host may use the same runner name; give each host's runners unique names, or delete the old registration")]
     NameTaken {
         url: String,
@@ -148,7 +153,7 @@ impl GithubError {
             | GithubError::BadCredentials { status, .. }
             | GithubError::MissingPermission { status, .. }
             | GithubError::RateLimited { status, .. } => Some(*status),
-            GithubError::ScopeNotFound { .. } | GithubError::NotFound { .. } => Some(404),
+            GithubError::ScopeNotFound { .. } | GithubError::RunnerNotFound { .. } => Some(404),
             GithubError::NameTaken { .. } => Some(409),
             _ => None,
         }

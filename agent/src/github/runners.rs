@@ -45,7 +45,7 @@ impl Runner {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Label {
     #[serde(default)]
-    pub id: Option<u64>,
+    pub id: u64,
     pub name: String,
     #[serde(rename = "type", default)]
     pub kind: LabelKind,
@@ -118,6 +118,24 @@ pub(crate) fn next_link(link: &str) -> Option<Url> {
     })
 }
 
+/// A `404` on a runner's own endpoint means the runner (or label) is not there.
+fn runner_404(id: u64) -> impl FnOnce(GithubError) -> GithubError {
+    move |err| match err {
+        GithubError::ScopeNotFound {
+            url,
+            scope,
+            message,
+            ..
+        } => GithubError::RunnerNotFound {
+            url,
+            scope,
+            id,
+            message,
+        },
+        other => other,
+    }
+}
+
 /// Percent-encodes one path segment (label names may hold any character).
 fn segment(value: &str) -> String {
     url::form_urlencoded::byte_serialize(value.as_bytes())
@@ -168,11 +186,14 @@ impl Client {
         if reply.status == StatusCode::NOT_MODIFIED {
             return Ok(Cached::NotModified);
         }
-        if let Some(etag) = reply.header("etag") {
-            self.etags.put(&first, etag.to_owned());
-        }
         let mut runners = reply.json::<RunnerPage>()?.runners;
         let mut next = reply.header("link").and_then(next_link);
+        // A 304 on the first page says nothing about the others: only a one-page list is
+        // asked conditionally next time.
+        match (reply.header("etag"), &next) {
+            (Some(etag), None) => self.etags.put(&first, etag.to_owned()),
+            _ => self.etags.remove(&first),
+        }
         let mut pages = 1;
         while let Some(url) = next {
             pages += 1;
@@ -186,6 +207,29 @@ impl Client {
         Ok(Cached::Modified(runners))
     }
 
+    /// The runner of `scope` named `name` (GitHub compares names case-insensitively), if any:
+    /// how a host sees that a name it is about to register is taken, by itself or another host.
+    pub async fn runner_named(
+        &self,
+        scope: &Scope,
+        name: &str,
+    ) -> Result<Option<Runner>, GithubError> {
+        let mut url = self.endpoint(&format!("{}/actions/runners", scope.api_prefix()))?;
+        url.query_pairs_mut()
+            .append_pair("name", name)
+            .append_pair("per_page", "100");
+        let purpose = Purpose::Scoped {
+            scope,
+            access: Access::Read,
+        };
+        let reply = self.call(Method::GET, url, None, None, purpose).await?;
+        Ok(reply
+            .json::<RunnerPage>()?
+            .runners
+            .into_iter()
+            .find(|r| r.name.eq_ignore_ascii_case(name)))
+    }
+
     /// One runner of `scope`.
     pub async fn get_runner(&self, scope: &Scope, id: u64) -> Result<Runner, GithubError> {
         self.scoped_json(
@@ -196,6 +240,7 @@ impl Client {
             None,
         )
         .await
+        .map_err(runner_404(id))
     }
 
     /// Force-removes a runner registration (`DELETE`, 204).
@@ -207,7 +252,8 @@ impl Client {
             &format!("/actions/runners/{id}"),
             None,
         )
-        .await?;
+        .await
+        .map_err(runner_404(id))?;
         Ok(())
     }
 
@@ -221,7 +267,8 @@ impl Client {
                 &format!("/actions/runners/{id}/labels"),
                 None,
             )
-            .await?;
+            .await
+            .map_err(runner_404(id))?;
         Ok(list.labels)
     }
 
@@ -267,7 +314,8 @@ impl Client {
                 &format!("/actions/runners/{id}/labels/{}", segment(label)),
                 None,
             )
-            .await?;
+            .await
+            .map_err(runner_404(id))?;
         Ok(list.labels)
     }
 
@@ -287,7 +335,8 @@ impl Client {
                 &format!("/actions/runners/{id}/labels"),
                 body,
             )
-            .await?;
+            .await
+            .map_err(runner_404(id))?;
         Ok(list.labels)
     }
 

@@ -79,6 +79,13 @@ impl EtagCache {
             .cloned()
     }
 
+    pub(crate) fn remove(&self, url: &Url) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(url.as_str());
+    }
+
     pub(crate) fn put(&self, url: &Url, etag: String) {
         self.0
             .lock()
@@ -134,7 +141,10 @@ impl Failure {
             let reset = header(&self.headers, "x-ratelimit-reset")
                 .and_then(|v| v.parse::<i64>().ok())
                 .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok());
-            return Some(reset.unwrap_or(now + time::Duration::minutes(1)));
+            // `x-ratelimit-reset` is in whole seconds: retry one second after it.
+            return Some(reset.map_or(now + time::Duration::minutes(1), |r| {
+                r + time::Duration::seconds(1)
+            }));
         }
         if self
             .message
@@ -180,6 +190,9 @@ pub(crate) fn needed_permission(flavor: TokenFlavor, scope: &Scope, access: Acce
         }
         (TokenFlavor::Classic | TokenFlavor::None, Scope::Org { .. }) => {
             "the `admin:org` scope and owner rights on the organization".to_owned()
+        }
+        (TokenFlavor::Classic | TokenFlavor::None, Scope::Enterprise { .. }) => {
+            "the `manage_runners:enterprise` scope and enterprise owner rights".to_owned()
         }
         (_, Scope::Enterprise { .. }) => {
             "a classic PAT with `manage_runners:enterprise`".to_owned()

@@ -286,7 +286,9 @@ pub async fn fetch_and_install(
     target: &Path,
     owner: Option<(Uid, Gid)>,
 ) -> Result<CachedRelease, ReleaseError> {
+    let started = std::time::Instant::now();
     let resolved = Resolver::new(request)?.resolve().await?;
+    log::debug!("resolved in {} ms", started.elapsed().as_millis());
     let cache = Cache::new(&request.cache_dir);
     let lock = cache.lock(resolved.version)?;
     let cached = CachedRelease::new(&resolved, &cache);
@@ -350,7 +352,16 @@ pub async fn fetch_and_install(
             }
         }
     };
+    log::debug!(
+        "verified tarball and tree after {} ms",
+        started.elapsed().as_millis()
+    );
     tree::install(&tree_dir, &manifest, target, owner)?;
+    log::debug!(
+        "installed `{}` after {} ms",
+        target.display(),
+        started.elapsed().as_millis()
+    );
     drop(lock);
     prune(&cache, resolved.version);
     Ok(cached)

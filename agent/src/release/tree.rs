@@ -4,16 +4,19 @@
 //! owned by root, every write bit removed, with a manifest of what the archive held (kinds, modes,
 //! sizes, inode numbers and mtimes at sealing time). A runner directory is then built beside its
 //! target and renamed into place:
-//! - files under `bin/` and `externals/` (~460 MB, ~3,000 files) are **hard links** to the sealed
-//!   tree. The runner never writes inside them (its self-update creates new `bin.<ver>` and
-//!   `externals.<ver>` directories and deletes old ones, which only needs write access to the
-//!   directories, which are the runner's own). A runner user cannot change a shared file: it is
-//!   root's, mode `0444`/`0555`, and neither the runner nor `svc.sh` chowns inside `bin/`. So one
-//!   runner cannot change another's files, and a second runner costs a few thousand `link(2)`
-//!   calls instead of 460 MB of writes. Across file systems (`EXDEV`) the file is copied instead
-//!   (`copy_file_range`, which reflinks where the file system can).
-//! - everything else (`config.sh`, `run.sh`, `env.sh`, … which the runner's self-update replaces
-//!   in place) is copied and owned by the runner user, as are all directories.
+//! - every **directory** is created afresh and owned by the runner user, so the runner can add,
+//!   delete and rename anything in its own tree;
+//! - every **file** the package ships (`bin/` and `externals/`, ~460 MB in ~3,000 files, and the
+//!   root scripts) is a **hard link** to the sealed tree: root's, mode `0444`/`0555`. The runner
+//!   never writes into shipped files: its self-update creates new `bin.<ver>`/`externals.<ver>`
+//!   directories, deletes the old ones and replaces the root scripts by delete-then-copy, all of
+//!   which only need write access to the directories, which are its own. What it creates
+//!   (`.runner`, `.credentials`, `.env`, `_diag/`, `_work/`, `runsvc.sh`, ...) is its own too.
+//!   A runner user cannot write to, chmod or chown a shared file (not its owner, no write bit),
+//!   so one runner cannot change another's files, and a second runner costs a few thousand
+//!   `link(2)` calls and no data writes instead of 460 MB. Across file systems (`EXDEV`) a file
+//!   is copied instead (`copy_file_range`, which reflinks where the file system can) and owned by
+//!   the runner.
 //!
 //! Before reuse, the tree is checked against its manifest (every entry present with the same
 //! kind, mode, size, inode and mtime, owned by root); a tree that fails is removed and extracted
@@ -23,8 +26,8 @@
 //! exist): a crash at any point leaves the old tree or the new one at `target`, never a mix.
 //! Durability: the sealed tree's data is flushed (`syncfs`) once, before it is published; a
 //! runner directory adds only directories and links (journaled metadata, committed in order
-//! before the rename) and a few copied files, each `fsync`ed. Leftovers of an interrupted
-//! install (`.<name>.new-*`) are removed next time.
+//! before the rename; copies made across file systems are `fsync`ed), so it needs no flush of
+//! its own. Leftovers of an interrupted install (`.<name>.new-*`) are removed next time.
 
 use std::fs;
 use std::io;
@@ -40,9 +43,6 @@ use super::ReleaseError;
 
 /// The manifest's file name inside a sealed tree.
 pub const MANIFEST: &str = ".runner-agent-manifest.json";
-
-/// Top-level directories whose files are shared by hard link.
-const SHARED: [&str; 2] = ["bin", "externals"];
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Manifest {
@@ -201,6 +201,7 @@ fn build(
         Ok(())
     };
     chown(staging)?;
+    let mut copied = Vec::new();
     for sealed in &manifest.entries {
         let entry = &sealed.entry;
         let from = tree.join(&entry.path);
@@ -213,28 +214,28 @@ fn build(
                     .map_err(io_err(&to))?;
                 chown(&to)?;
             }
-            Kind::File { .. } if is_shared(&entry.path) => match fs::hard_link(&from, &to) {
+            Kind::File { .. } => match fs::hard_link(&from, &to) {
                 Ok(()) => {}
                 Err(err) if err.raw_os_error() == Some(nix::libc::EXDEV) => {
+                    // Another file system: a copy of its own (a reflink where the file system
+                    // can), which the runner may own.
                     fs::copy(&from, &to).map_err(io_err(&to))?;
+                    chown(&to)?;
+                    copied.push(to.clone());
                 }
                 Err(err) => return Err(io_err(&to)(err)),
             },
-            Kind::File { .. } => {
-                fs::copy(&from, &to).map_err(io_err(&to))?;
-                fs::File::open(&to)
-                    .and_then(|file| file.sync_all())
-                    .map_err(io_err(&to))?;
-                // The runner's self-update rewrites these: they are the runner's own.
-                let mode = entry.mode | 0o200;
-                fs::set_permissions(&to, fs::Permissions::from_mode(mode)).map_err(io_err(&to))?;
-                chown(&to)?;
-            }
             Kind::Symlink { target } => {
                 std::os::unix::fs::symlink(target, &to).map_err(io_err(&to))?;
                 chown(&to)?;
             }
         }
+    }
+    // All at the end: the first commits the journal for all of them.
+    for path in &copied {
+        fs::File::open(path)
+            .and_then(|file| file.sync_all())
+            .map_err(io_err(path))?;
     }
     // Directory modes as the archive has them, plus the owner's write bit (self-update needs it).
     for sealed in manifest.entries.iter().rev() {
@@ -245,11 +246,6 @@ fn build(
         }
     }
     Ok(())
-}
-
-fn is_shared(path: &str) -> bool {
-    let top = path.split('/').next().unwrap_or_default();
-    SHARED.contains(&top) && path.contains('/')
 }
 
 /// Make `staging` the content of `target`: exchange atomically when `target` exists, rename
@@ -279,12 +275,16 @@ pub(super) fn swap_into_place(
                 source: io::Error::from(errno),
             })?;
             // `staging` now holds the old tree.
-            sync_parent(target);
+            if sync_data {
+                sync_parent(target);
+            }
             remove_tree(staging)
         }
         Err(err) if err.kind() == io::ErrorKind::NotFound => {
             fs::rename(staging, target).map_err(io_err(target))?;
-            sync_parent(target);
+            if sync_data {
+                sync_parent(target);
+            }
             Ok(())
         }
         Err(err) => Err(io_err(target)(err)),
@@ -387,9 +387,14 @@ mod tests {
         );
         assert_eq!(shared.ino(), meta(&tree.join("bin/Runner.Listener")).ino());
         assert_eq!((shared.uid(), shared.mode() & 0o777), (0, 0o555));
-        let own = meta(&one.join("config.sh"));
-        assert_ne!(own.ino(), meta(&two.join("config.sh")).ino(), "copied");
-        assert_eq!((own.uid(), own.mode() & 0o777), (owner.0.as_raw(), 0o755));
+        let script = meta(&one.join("config.sh"));
+        assert_eq!(
+            script.ino(),
+            meta(&two.join("config.sh")).ino(),
+            "hard-linked"
+        );
+        assert_eq!((script.uid(), script.mode() & 0o777), (0, 0o555));
+        assert_eq!(meta(&one).uid(), owner.0.as_raw());
         assert_eq!(meta(&one.join("bin")).uid(), owner.0.as_raw());
         assert_eq!(
             fs::read_link(one.join("externals/node20/bin/nodejs")).unwrap(),
@@ -410,10 +415,17 @@ mod tests {
             fs::read(two.join("bin/Runner.Listener")).unwrap(),
             b"listener v2"
         );
+        // The runner's own files, and what its self-update does to the root scripts.
+        assert!(as_runner(&format!("echo x > {}/.runner", one.display())));
         assert!(as_runner(&format!(
-            "echo mine >> {}/config.sh",
+            "cd {} && rm -f config.sh && echo new > config.sh",
             one.display()
         )));
+        assert_eq!(fs::read(one.join("config.sh")).unwrap(), b"new\n");
+        assert_eq!(
+            fs::read(two.join("config.sh")).unwrap(),
+            b"#!/bin/sh\necho config\n"
+        );
         // What the runner's self-update does: new versioned dirs, old ones deleted.
         assert!(as_runner(&format!(
             "cd {} && cp -r bin bin.2.999.0 && rm -rf bin && mv bin.2.999.0 bin",

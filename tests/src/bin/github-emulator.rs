@@ -41,6 +41,10 @@ struct Args {
     /// Primary rate limit per token per hour.
     #[arg(long, default_value_t = 5000)]
     rate_limit: u64,
+    /// Enforce GitHub's secondary limit: REST points per token per minute (GET 1, others 5;
+    /// GitHub uses 900). Off unless given.
+    #[arg(long, value_name = "POINTS")]
+    secondary_points_per_minute: Option<u64>,
 }
 
 /// `actions-runner-linux-x64-2.336.0.tar.gz` → (`linux-x64`, `2.336.0`).
@@ -61,6 +65,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         port: args.port,
         long_poll: Duration::from_secs(args.long_poll_secs),
         rate_limit: args.rate_limit,
+        secondary_points_per_minute: args.secondary_points_per_minute,
         ..EmulatorOptions::default()
     })
     .await

@@ -376,6 +376,30 @@ pub(crate) fn authorize(
     }
 }
 
+/// Whether `principal` can see `scope` at all (GitHub answers `404` otherwise).
+pub(crate) fn can_see(st: &State, principal: &Principal, scope: &Scope) -> bool {
+    if !st.scope_exists(scope) {
+        return false;
+    }
+    let private = st.repo_private(scope);
+    match principal {
+        Principal::Anonymous => !private,
+        Principal::Classic { scopes, .. } => !private || scopes.iter().any(|s| s == "repo"),
+        Principal::FineGrained { resources, .. } => match resources {
+            None => true,
+            Some(list) => list.iter().any(|r| {
+                r == scope
+                    || matches!((r, scope), (Scope::Org(o), Scope::Repo { owner, .. }) if o == owner)
+            }),
+        },
+        Principal::Installation { account, .. } => match scope {
+            Scope::Repo { owner, .. } => owner == account,
+            Scope::Org(o) => o == account,
+            Scope::Enterprise(_) => false,
+        },
+    }
+}
+
 /// The state of one rate-limit bucket after a request, for the `x-ratelimit-*` headers.
 #[derive(Debug, Clone)]
 pub(crate) struct RateView {

@@ -136,9 +136,15 @@ pub(crate) fn take(faults: &mut Vec<FaultEntry>, path: &str) -> FaultPlan {
                 plan.latency_ms += ms;
                 true
             }
+            // Without a prefix a drop fault waits for a response with a body: the asset
+            // redirect has none.
             Fault::DropAfterBytes {
                 bytes, path_prefix, ..
-            } if plan.drop_after.is_none() && matches(path_prefix) => {
+            } if plan.drop_after.is_none()
+                && matches(path_prefix)
+                && (path_prefix.is_some()
+                    || !path.starts_with("/actions/runner/releases/download/")) =>
+            {
                 plan.drop_after = Some(*bytes);
                 true
             }
@@ -161,8 +167,14 @@ pub(crate) fn take(faults: &mut Vec<FaultEntry>, path: &str) -> FaultPlan {
     plan
 }
 
-/// A body that sends `limit` bytes and then breaks the connection.
+/// A body that sends `limit` bytes and then breaks the connection; with `0` the connection
+/// closes before the status line reaches the client.
 pub(crate) fn truncate_body(body: Body, limit: u64) -> Body {
+    if limit == 0 {
+        return Body::from_stream(futures_util::stream::once(async {
+            Err::<Bytes, io::Error>(io::Error::other("emulator fault: connection dropped"))
+        }));
+    }
     let stream = body.into_data_stream();
     let stream = futures_util::stream::unfold(
         (stream, limit, false),

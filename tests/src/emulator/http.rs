@@ -76,6 +76,8 @@ pub(crate) struct Ctx {
     pub method: Method,
     pub path: String,
     pub query: HashMap<String, String>,
+    /// The query string as sent (pagination links keep its order).
+    pub raw_query: String,
     pub headers: HeaderMap,
     pub body: Bytes,
     /// `METHOD /route/{template}` for request counting; set by the handler that routes.
@@ -176,6 +178,7 @@ pub(crate) async fn dispatch(State(shared): State<Arc<Shared>>, req: Request) ->
                 .collect()
         })
         .unwrap_or_default();
+    let raw_query = req.uri().query().unwrap_or_default().to_string();
     let (parts, body) = req.into_parts();
     let body = match to_bytes(body, 64 * 1024 * 1024).await {
         Ok(b) => b,
@@ -186,6 +189,7 @@ pub(crate) async fn dispatch(State(shared): State<Arc<Shared>>, req: Request) ->
         method: parts.method,
         path: path.clone(),
         query,
+        raw_query,
         headers: parts.headers,
         body,
         template: String::new(),
@@ -215,6 +219,11 @@ pub(crate) async fn dispatch(State(shared): State<Arc<Shared>>, req: Request) ->
         } else {
             ctx.template.clone()
         };
+        log::debug!(
+            "github emulator: {} {path} ({template}) -> {}",
+            ctx.method,
+            resp.status().as_u16()
+        );
         let count = st.counts.entry(template).or_default();
         count.count += 1;
         if resp.status() == StatusCode::NOT_MODIFIED {

@@ -36,6 +36,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 
 pub use faults::{Fault, FaultRequest, RateLimitKind};
+pub use keys::{app_jwt, generate_app_key, AppKey};
 pub use state::{JobStatus, RequestCount, Scope};
 
 use state::{State, TokenEntry, TokenKind};
@@ -74,6 +75,11 @@ pub enum EmulatorError {
     JobTimeout { id: u64, timeout: Duration },
     #[error("cannot generate an RSA key")]
     KeyGeneration,
+    #[error("cannot start a runtime for the background emulator")]
+    Runtime {
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// How the emulator behaves; the defaults are GitHub's.
@@ -89,6 +95,9 @@ pub struct EmulatorOptions {
     pub unauthenticated_rate_limit: u64,
     /// A runner is online while it polled within this many seconds; a session dies after it.
     pub session_timeout_secs: i64,
+    /// GitHub's secondary limit on REST points per token per minute (GET 1, other methods 5;
+    /// GitHub: 900). `None` (the default) leaves it to injected faults.
+    pub secondary_points_per_minute: Option<u64>,
 }
 
 impl Default for EmulatorOptions {
@@ -99,6 +108,7 @@ impl Default for EmulatorOptions {
             rate_limit: 5000,
             unauthenticated_rate_limit: 60,
             session_timeout_secs: 90,
+            secondary_points_per_minute: None,
         }
     }
 }
@@ -235,6 +245,8 @@ pub(crate) struct Shared {
     pub(crate) changed: Notify,
     pub(crate) options: EmulatorOptions,
     pub(crate) base_url: String,
+    /// Message long polls waiting right now.
+    pub(crate) polls_waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -285,6 +297,7 @@ impl Emulator {
             changed: Notify::new(),
             options,
             base_url: format!("http://{local}"),
+            polls_waiting: std::sync::atomic::AtomicUsize::new(0),
         });
         let app = axum::Router::new()
             .fallback(http::dispatch)
@@ -319,6 +332,59 @@ impl Emulator {
         if let Some(task) = self.task.take() {
             task.abort();
             let _ = task.await;
+        }
+    }
+}
+
+/// An emulator on its own runtime threads, for synchronous tests (for example ones that run
+/// `agentctl` with `std::process::Command`, which would block a single-threaded test runtime
+/// and with it an in-process emulator). Derefs to [`Control`]; async operations go through
+/// [`BackgroundEmulator::block_on`].
+pub struct BackgroundEmulator {
+    emulator: Emulator,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl BackgroundEmulator {
+    /// Starts an emulator on a new two-thread runtime. Call it outside any async context.
+    pub fn start(options: EmulatorOptions) -> Result<BackgroundEmulator, EmulatorError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("github-emulator")
+            .enable_all()
+            .build()
+            .map_err(|source| EmulatorError::Runtime { source })?;
+        let emulator = runtime.block_on(Emulator::start(options))?;
+        Ok(BackgroundEmulator {
+            emulator,
+            runtime: Some(runtime),
+        })
+    }
+
+    /// Runs a future (e.g. `publish_release`, `wait_job`) on the emulator's runtime.
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> Option<F::Output> {
+        self.runtime.as_ref().map(|rt| rt.block_on(future))
+    }
+
+    pub fn emulator(&self) -> &Emulator {
+        &self.emulator
+    }
+}
+
+impl std::ops::Deref for BackgroundEmulator {
+    type Target = Control;
+    fn deref(&self) -> &Control {
+        &self.emulator.control
+    }
+}
+
+impl Drop for BackgroundEmulator {
+    fn drop(&mut self) {
+        if let Some(task) = self.emulator.task.take() {
+            task.abort();
+        }
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
         }
     }
 }
@@ -614,6 +680,7 @@ impl Control {
         script: &str,
     ) -> Result<u64, EmulatorError> {
         let scope = Self::parse_scope(scope)?;
+        let now = self.shared.clock.now();
         let mut st = self.shared.state();
         if !st.scope_exists(&scope) {
             return Err(EmulatorError::UnknownScope {
@@ -637,6 +704,10 @@ impl Control {
                 exit_code: None,
                 output: None,
                 cancel_requested: false,
+                queued_at: now,
+                message_id: None,
+                acked: false,
+                assigned_at: None,
             },
         );
         drop(st);
@@ -662,6 +733,30 @@ impl Control {
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Err(EmulatorError::JobTimeout { id, timeout });
+            }
+        }
+    }
+
+    /// How many runner message long polls are waiting right now.
+    pub fn polls_waiting(&self) -> usize {
+        self.shared
+            .polls_waiting
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until at least `n` long polls are waiting (so a test can act while a runner
+    /// listens, without sleeping); `false` on timeout.
+    pub async fn wait_for_polls(&self, n: usize, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.shared.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.polls_waiting() >= n {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.polls_waiting() >= n;
             }
         }
     }

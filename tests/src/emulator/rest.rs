@@ -31,6 +31,7 @@ enum Op {
     RemoveLabel(u64, String),
     ListGroups,
     GetGroup(u64),
+    GroupRunners(u64),
 }
 
 impl Op {
@@ -41,7 +42,8 @@ impl Op {
             | Op::Downloads
             | Op::ListLabels(_)
             | Op::ListGroups
-            | Op::GetGroup(_) => Access::Read,
+            | Op::GetGroup(_)
+            | Op::GroupRunners(_) => Access::Read,
             _ => Access::Write,
         }
     }
@@ -62,6 +64,10 @@ enum PublicOp {
     ReleaseByTag(String),
     ListReleases,
     User,
+    Repo(Scope),
+    Org(Scope),
+    Root,
+    Meta,
 }
 
 enum AppOp {
@@ -121,6 +127,12 @@ fn scoped_op(method: &Method, rest: &[&str], scope: &Scope) -> Option<(Op, &'sta
             Op::GetGroup(parse_id(id)?),
             "/actions/runner-groups/{runner_group_id}",
         ),
+        (Method::GET, ["runner-groups", id, "runners"]) if !matches!(scope, Scope::Repo { .. }) => {
+            (
+                Op::GroupRunners(parse_id(id)?),
+                "/actions/runner-groups/{runner_group_id}/runners",
+            )
+        }
         _ => return None,
     })
 }
@@ -154,6 +166,28 @@ fn route(ctx: &mut Ctx, st: &State) -> Route {
         (Method::GET, ["user"]) => {
             ctx.route("/api/v3/user");
             Route::Public(PublicOp::User)
+        }
+        (Method::GET, ["repos", owner, repo]) => {
+            ctx.route("/api/v3/repos/{owner}/{repo}");
+            match Scope::parse(&format!("{owner}/{repo}")) {
+                Some(scope) => Route::Public(PublicOp::Repo(scope)),
+                None => Route::NotFound,
+            }
+        }
+        (Method::GET, ["orgs", org]) => {
+            ctx.route("/api/v3/orgs/{org}");
+            match Scope::parse(org) {
+                Some(scope @ Scope::Org(_)) => Route::Public(PublicOp::Org(scope)),
+                _ => Route::NotFound,
+            }
+        }
+        (Method::GET, []) => {
+            ctx.route("/api/v3");
+            Route::Public(PublicOp::Root)
+        }
+        (Method::GET, ["meta"]) => {
+            ctx.route("/api/v3/meta");
+            Route::Public(PublicOp::Meta)
         }
         (Method::GET, ["rate_limit"]) => {
             ctx.route("/api/v3/rate_limit");
@@ -245,7 +279,11 @@ fn random_request_id() -> String {
     format!("{}:{}:{}:{}:{}", h(4), h(4), h(6), h(6), h(8))
 }
 
+/// The GitHub Enterprise Server version the emulator claims to be.
+pub(crate) const GHES_VERSION: &str = "3.17.0";
+
 fn common_headers(resp: &mut Response) {
+    set_header(resp, "x-github-enterprise-version", GHES_VERSION);
     set_header(resp, "x-github-api-version-selected", "2022-11-28");
     set_header(resp, "x-github-media-type", "github.v3; format=json");
     set_header(resp, "x-github-request-id", &random_request_id());
@@ -277,7 +315,6 @@ fn handle_inner(ctx: &mut Ctx) -> Response {
         return resp;
     }
     match route {
-        Route::NotFound => return ApiError::not_found().into_response(),
         Route::RunnerRegistration => {
             drop(st);
             return runner_service::token_exchange(ctx);
@@ -313,6 +350,19 @@ fn handle_inner(ctx: &mut Ctx) -> Response {
     if let Principal::Classic { scopes, .. } = &principal {
         extra.push(("x-oauth-scopes", scopes.join(", ")));
     }
+    if matches!(
+        principal,
+        Principal::Classic { .. } | Principal::FineGrained { .. }
+    ) {
+        if let Some(expires) = st.tokens.get(&key).and_then(|t| t.expires_at) {
+            let f = time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute]:[second] UTC"
+            );
+            if let Ok(text) = expires.format(&f) {
+                extra.push(("github-authentication-token-expiration", text));
+            }
+        }
+    }
     let finish = |mut resp: Response, view: &auth::RateView, extra: &ExtraHeaders| {
         rate_headers(&mut resp, view);
         for (name, value) in extra {
@@ -330,7 +380,21 @@ fn handle_inner(ctx: &mut Ctx) -> Response {
         let resp = ApiError::new(403, &message).docs(DOCS_RATE).into_response();
         return finish(resp, &view, &extra);
     }
-    if let Some((status, retry_after)) = ctx.secondary {
+    let mut secondary = ctx.secondary;
+    if let Some(max) = options.secondary_points_per_minute {
+        let cost = if ctx.method == Method::GET { 1 } else { 5 };
+        let window = st.points.entry(key.clone()).or_insert((now, 0));
+        if now - window.0 >= time::Duration::minutes(1) {
+            *window = (now, 0);
+        }
+        if window.1 + cost > max {
+            let left = 60 - (now - window.0).whole_seconds();
+            secondary = Some((403, left.clamp(1, 60) as u64));
+        } else {
+            window.1 += cost;
+        }
+    }
+    if let Some((status, retry_after)) = secondary {
         let view = auth::spend(&mut st, now, &key, limit);
         let mut err = ApiError::new(
             status,
@@ -423,6 +487,74 @@ fn public_op(
             .map(|v| json(200, &v))
             .ok_or_else(ApiError::not_found),
         PublicOp::ListReleases => Ok(json(200, &releases::list(st, base))),
+        PublicOp::Repo(scope) => {
+            if !auth::can_see(st, principal, &scope) {
+                return Err(ApiError::not_found());
+            }
+            let Scope::Repo { owner, repo } = &scope else {
+                return Err(ApiError::not_found());
+            };
+            let entry = st
+                .repos
+                .get(&(owner.clone(), repo.clone()))
+                .ok_or_else(ApiError::not_found)?;
+            let admin = match principal {
+                Principal::Classic { admin, .. } => *admin,
+                Principal::FineGrained { permissions, .. }
+                | Principal::Installation { permissions, .. } => permissions
+                    .get("administration")
+                    .is_some_and(|l| l == "write"),
+                Principal::Anonymous => false,
+            };
+            let mut v = json!({
+                "id": entry.id,
+                "node_id": format!("R_{}", entry.id),
+                "name": repo,
+                "full_name": format!("{owner}/{repo}"),
+                "private": entry.private,
+                "visibility": if entry.private { "private" } else { "public" },
+                "owner": {"login": owner, "type": if st.orgs.contains_key(owner) { "Organization" } else { "User" }},
+                "html_url": format!("{base}/{owner}/{repo}"),
+                "url": format!("{base}/api/v3/repos/{owner}/{repo}"),
+            });
+            if !matches!(principal, Principal::Anonymous) {
+                v["permissions"] = json!({"admin": admin, "maintain": admin, "push": true, "triage": true, "pull": true});
+            }
+            Ok(json(200, &v))
+        }
+        PublicOp::Root => Ok(json(
+            200,
+            &json!({
+                "current_user_url": format!("{base}/api/v3/user"),
+                "organization_url": format!("{base}/api/v3/orgs/{{org}}"),
+                "repository_url": format!("{base}/api/v3/repos/{{owner}}/{{repo}}"),
+                "rate_limit_url": format!("{base}/api/v3/rate_limit"),
+            }),
+        )),
+        PublicOp::Meta => Ok(json(
+            200,
+            &json!({
+                "verifiable_password_authentication": false,
+                "installed_version": GHES_VERSION,
+            }),
+        )),
+        PublicOp::Org(scope) => {
+            let Scope::Org(org) = &scope else {
+                return Err(ApiError::not_found());
+            };
+            let entry = st.orgs.get(org).ok_or_else(ApiError::not_found)?;
+            Ok(json(
+                200,
+                &json!({
+                    "login": org,
+                    "id": entry.id,
+                    "node_id": format!("O_{}", entry.id),
+                    "url": format!("{base}/api/v3/orgs/{org}"),
+                    "html_url": format!("{base}/{org}"),
+                    "type": "Organization",
+                }),
+            ))
+        }
         PublicOp::User => match principal {
             Principal::Anonymous => Err(ApiError::new(401, "Requires authentication")),
             Principal::Installation { .. } => {
@@ -639,13 +771,25 @@ fn scoped(
                     }
                     Scope::Enterprise(e) => format!("/enterprises/{e}"),
                 };
+                // GitHub keeps the request's parameters in their order and sets `page`.
+                let sent: Vec<(String, String)> =
+                    url::form_urlencoded::parse(ctx.raw_query.as_bytes())
+                        .into_owned()
+                        .collect();
                 let link = |p: usize| {
                     let mut q = url::form_urlencoded::Serializer::new(String::new());
-                    if let Some(n) = name {
-                        q.append_pair("name", n);
+                    let mut has_page = false;
+                    for (k, v) in &sent {
+                        if k == "page" {
+                            has_page = true;
+                            q.append_pair("page", &p.to_string());
+                        } else {
+                            q.append_pair(k, v);
+                        }
                     }
-                    q.append_pair("per_page", &per_page.to_string());
-                    q.append_pair("page", &p.to_string());
+                    if !has_page {
+                        q.append_pair("page", &p.to_string());
+                    }
                     format!("<{base}/api/v3{prefix}/actions/runners?{}>", q.finish())
                 };
                 let mut rels = Vec::new();
@@ -752,6 +896,21 @@ fn scoped(
             Ok(json(
                 200,
                 &json!({"total_count": groups.len(), "runner_groups": groups}),
+            ))
+        }
+        Op::GroupRunners(id) => {
+            if !st.groups(scope).iter().any(|g| g.id == id) {
+                return Err(ApiError::not_found());
+            }
+            let runners: Vec<Value> = st
+                .runners
+                .values()
+                .filter(|r| &r.scope == scope && r.group_id == id)
+                .map(|r| runner_json(r, now, options))
+                .collect();
+            Ok(json(
+                200,
+                &json!({"total_count": runners.len(), "runners": runners}),
             ))
         }
         Op::GetGroup(id) => st

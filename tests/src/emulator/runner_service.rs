@@ -59,12 +59,69 @@ pub(crate) fn online(r: &RunnerEntry, now: OffsetDateTime, options: &EmulatorOpt
         .is_some_and(|s| (now - s.last_poll).whole_seconds() <= options.session_timeout_secs)
 }
 
-/// Expires silent sessions and deletes registrations GitHub's cleanup would delete (14 days
+/// How long a busy runner may stay silent before GitHub fails its job.
+const LOST_COMMUNICATION: Duration = Duration::minutes(10);
+
+/// Expires silent sessions, fails jobs whose runner went silent (10 minutes) and jobs nobody
+/// took within 24 hours, and deletes registrations GitHub's cleanup would delete (14 days
 /// without connecting, 1 day for ephemeral runners).
 pub(crate) fn sweep(st: &mut State, now: OffsetDateTime, options: &EmulatorOptions) {
+    let mut lost = Vec::new();
     for r in st.runners.values_mut() {
         if !online(r, now, options) {
             r.session = None;
+            if let Some(job) = r.busy_job {
+                if now - r.last_seen > LOST_COMMUNICATION {
+                    r.busy_job = None;
+                    lost.push((job, r.name.clone()));
+                }
+            }
+        }
+    }
+    for (job, name) in lost {
+        if let Some(j) = st.jobs.get_mut(&job) {
+            j.status = JobStatus::Completed;
+            j.result = Some("failed".to_string());
+            j.output = Some(format!(
+                "The self-hosted runner: {name} lost communication with the server. Verify the machine is running and has a healthy network connection. Anything in your workflow that terminates the runner process, starves it for CPU/Memory, or blocks its network access can cause this error."
+            ));
+        }
+    }
+    // A delivered job whose message the runner never acknowledged goes back to the queue
+    // after 60 s, as GitHub re-queues a job an assigned runner did not pick up.
+    let unclaimed: Vec<(u64, Option<u64>)> = st
+        .jobs
+        .values()
+        .filter(|j| {
+            j.status == JobStatus::InProgress
+                && !j.acked
+                && j.assigned_at
+                    .is_some_and(|t| now - t > Duration::seconds(60))
+        })
+        .map(|j| (j.id, j.runner_id))
+        .collect();
+    for (job, runner) in unclaimed {
+        if let Some(r) = runner.and_then(|r| st.runners.get_mut(&r)) {
+            if r.busy_job == Some(job) {
+                r.busy_job = None;
+            }
+        }
+        if let Some(j) = st.jobs.get_mut(&job) {
+            j.status = JobStatus::Queued;
+            j.runner_id = None;
+            j.runner_name = None;
+            j.message_id = None;
+            j.assigned_at = None;
+        }
+    }
+    for j in st.jobs.values_mut() {
+        if j.status == JobStatus::Queued && now - j.queued_at > Duration::hours(24) {
+            j.status = JobStatus::Completed;
+            j.result = Some("failed".to_string());
+            j.output = Some(
+                "The job was not started because no runner with the requested labels picked it up within 24 hours."
+                    .to_string(),
+            );
         }
     }
     let stale: Vec<u64> = st
@@ -203,9 +260,9 @@ pub(crate) async fn handle(ctx: &mut Ctx) -> Response {
             ctx.route(&format!("{p}/pools/{{poolId}}/messages"));
             Route::Poll
         }
-        (Method::DELETE, ["distributedtask", "pools", _, "messages", _]) => {
+        (Method::DELETE, ["distributedtask", "pools", _, "messages", id]) => {
             ctx.route(&format!("{p}/pools/{{poolId}}/messages/{{messageId}}"));
-            Route::Ack
+            Route::Ack(id.parse().unwrap_or(0))
         }
         (Method::POST, ["distributedtask", "jobs", id, "complete"]) => {
             ctx.route(&format!("{p}/jobs/{{jobId}}/complete"));
@@ -243,7 +300,7 @@ enum Route {
     CreateSession,
     DeleteSession(String),
     Poll,
-    Ack,
+    Ack(u64),
     Complete(u64),
     NotFound,
 }
@@ -442,8 +499,17 @@ fn sync_route(ctx: &Ctx, st: &mut State, now: OffsetDateTime, route: Route) -> R
             }
             empty(204)
         }
-        Route::Ack => match access(ctx, st, now) {
-            Ok(_) => empty(204),
+        Route::Ack(message_id) => match access(ctx, st, now) {
+            Ok(id) => {
+                if let Some(job) = st
+                    .jobs
+                    .values_mut()
+                    .find(|j| j.message_id == Some(message_id) && j.runner_id == Some(id))
+                {
+                    job.acked = true;
+                }
+                empty(204)
+            }
             Err(r) => r,
         },
         Route::Complete(job_id) => {
@@ -591,6 +657,7 @@ async fn poll(ctx: &Ctx) -> Response {
     let session_id = ctx.query.get("sessionId").cloned().unwrap_or_default();
     let reported_version = ctx.query.get("runnerVersion").cloned();
     let disable_update = is_true(ctx.query.get("disableUpdate"));
+    let mut waiting: Option<PollGuard<'_>> = None;
     loop {
         let notified = shared.changed.notified();
         tokio::pin!(notified);
@@ -646,7 +713,7 @@ async fn poll(ctx: &Ctx) -> Response {
                     );
                 }
             }
-            if let Some(msg) = next_message(&mut st, &shared.base_url, id, disable_update) {
+            if let Some(msg) = next_message(&mut st, now, &shared.base_url, id, disable_update) {
                 drop(st);
                 shared.changed.notify_waiters();
                 return json(
@@ -659,9 +726,34 @@ async fn poll(ctx: &Ctx) -> Response {
                 );
             }
         }
+        if waiting.is_none() {
+            // Its own wake-up makes this loop check once more; later rounds do not notify.
+            waiting = Some(PollGuard::new(&shared));
+        }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
             return empty(202);
         }
+    }
+}
+
+/// Counts a waiting long poll (also when the client goes away mid-wait).
+struct PollGuard<'a>(&'a super::Shared);
+
+impl<'a> PollGuard<'a> {
+    fn new(shared: &'a super::Shared) -> PollGuard<'a> {
+        shared
+            .polls_waiting
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        shared.changed.notify_waiters();
+        PollGuard(shared)
+    }
+}
+
+impl Drop for PollGuard<'_> {
+    fn drop(&mut self) {
+        self.0
+            .polls_waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -699,6 +791,7 @@ fn eligible(st: &State, job: &JobEntry, r: &RunnerEntry) -> bool {
 
 fn next_message(
     st: &mut State,
+    now: OffsetDateTime,
     base: &str,
     runner_id: u64,
     disable_update: Option<bool>,
@@ -753,6 +846,9 @@ fn next_message(
     let message_id = st.id();
     let job = st.jobs.get_mut(&job_id)?;
     job.status = JobStatus::InProgress;
+    job.message_id = Some(message_id);
+    job.acked = false;
+    job.assigned_at = Some(now);
     job.runner_id = Some(runner_id);
     job.runner_name = Some(r.name.clone());
     let body = json!({

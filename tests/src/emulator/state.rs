@@ -219,6 +219,11 @@ pub(crate) struct JobEntry {
     pub exit_code: Option<i64>,
     pub output: Option<String>,
     pub cancel_requested: bool,
+    pub queued_at: OffsetDateTime,
+    /// The `PipelineAgentJobRequest` message that delivered it, and whether it was acked.
+    pub message_id: Option<u64>,
+    pub acked: bool,
+    pub assigned_at: Option<OffsetDateTime>,
 }
 
 #[derive(Debug, Clone)]
@@ -279,6 +284,8 @@ pub(crate) struct State {
     pub deprecated_below: Option<String>,
     pub faults: Vec<FaultEntry>,
     pub rate: HashMap<String, RateBucket>,
+    /// Secondary-limit points per token: (window start, points spent).
+    pub points: HashMap<String, (OffsetDateTime, u64)>,
     pub counts: BTreeMap<String, RequestCount>,
 }
 

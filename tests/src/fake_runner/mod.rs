@@ -20,6 +20,27 @@
 //! - `FAKE_RUNNER_RETRY_DELAY_SECONDS` (5): the relaunch pause of `run-helper.sh` (exit 2) and
 //!   of `runsvc.sh`.
 
+//!
+//! Using it from a test (see `tests/tests/fake_runner_e2e.rs` for the whole loop):
+//!
+//! ```no_run
+//! use runner_agent_tests::fake_runner::{build_release, listener_binary, ReleaseSpec};
+//! let out = tempfile::tempdir()?;
+//! let built = build_release(
+//!     &ReleaseSpec {
+//!         version: "2.336.0".into(),
+//!         arch: "x64".into(),
+//!         listener: listener_binary(),
+//!         pad_bytes: 0,
+//!         pad_files: 0,
+//!     },
+//!     out.path(),
+//! )?;
+//! // built.path = …/actions-runner-linux-x64-2.336.0.tar.gz; publish it on the emulator, or
+//! // unpack it and run `config.sh --unattended --url <web url>` with ACTIONS_RUNNER_INPUT_TOKEN.
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
 pub mod builder;
 pub mod listener;
 

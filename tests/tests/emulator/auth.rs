@@ -197,12 +197,20 @@ async fn unknown_revoked_rotated_and_expired_tokens_are_bad_credentials() {
         expires_in: Some(60),
         ..PatSpec::classic(&["repo"])
     });
-    assert_eq!(
-        api(&emu, Method::GET, path, Some(&short), None)
-            .await
-            .status,
-        200
-    );
+    let r = api(&emu, Method::GET, path, Some(&short), None).await;
+    assert_eq!(r.status, 200);
+    let expiry = r.header("github-authentication-token-expiration").unwrap();
+    let expected = emu.now() + time::Duration::seconds(60);
+    let parsed = time::PrimitiveDateTime::parse(
+        &expiry,
+        time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second] UTC"),
+    )
+    .unwrap()
+    .assume_utc();
+    assert!((parsed - expected).whole_seconds().abs() <= 2, "{expiry}");
+    let forever = emu.add_pat(PatSpec::classic(&["repo"]));
+    let r = api(&emu, Method::GET, path, Some(&forever), None).await;
+    assert!(r.header("github-authentication-token-expiration").is_none());
     emu.advance_clock(61);
     assert_github_error(
         &api(&emu, Method::GET, path, Some(&short), None).await,
@@ -567,4 +575,75 @@ async fn github_app_jwt_mints_one_hour_installation_tokens() {
     )
     .await;
     assert_eq!(r.status, 201, "{}", r.text);
+}
+
+#[tokio::test]
+async fn repositories_and_orgs_are_visible_only_to_tokens_that_may_see_them() {
+    let emu = start().await;
+    emu.create_org("octo").unwrap();
+    emu.create_repo("octo/private", true).unwrap();
+    emu.create_repo("octo/public", false).unwrap();
+    let repo = emu.add_pat(PatSpec::classic(&["repo"]));
+    let weak = emu.add_pat(PatSpec::classic(&["read:user"]));
+    let r = api(&emu, Method::GET, "/repos/octo/private", Some(&repo), None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["full_name"], "octo/private");
+    assert_eq!(r.body["private"], true);
+    assert_eq!(r.body["owner"]["type"], "Organization");
+    assert_eq!(r.body["permissions"]["admin"], true);
+    assert_github_error(
+        &api(&emu, Method::GET, "/repos/octo/private", Some(&weak), None).await,
+        404,
+        "Not Found",
+    );
+    assert_github_error(
+        &api(&emu, Method::GET, "/repos/octo/private", None, None).await,
+        404,
+        "Not Found",
+    );
+    let r = api(&emu, Method::GET, "/repos/octo/public", None, None).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.get("permissions").is_none());
+    let r = api(&emu, Method::GET, "/orgs/octo", Some(&weak), None).await;
+    assert_eq!(r.body["login"], "octo");
+    assert_github_error(
+        &api(&emu, Method::GET, "/orgs/nope", Some(&weak), None).await,
+        404,
+        "Not Found",
+    );
+    let r = api(&emu, Method::GET, "/user", Some(&weak), None).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body["login"].is_string());
+}
+
+#[tokio::test]
+async fn the_api_root_and_meta_say_github_enterprise_server() {
+    let emu = start().await;
+    let r = api(&emu, Method::GET, "", None, None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.body["current_user_url"],
+        format!("{}/user", emu.api_url())
+    );
+    let r = api(&emu, Method::GET, "/meta", None, None).await;
+    let version = r.body["installed_version"].as_str().unwrap().to_string();
+    assert_eq!(r.header("x-github-enterprise-version").unwrap(), version);
+}
+
+#[tokio::test]
+async fn unknown_api_routes_are_404_with_rate_limit_headers() {
+    let emu = start().await;
+    let pat = repo_with_pat(&emu, "octo/repo");
+    let r = api(&emu, Method::GET, "/no/such/route", Some(&pat), None).await;
+    assert_github_error(&r, 404, "Not Found");
+    assert_eq!(r.header("x-ratelimit-used").unwrap(), "1");
+    let r = api(
+        &emu,
+        Method::PATCH,
+        "/repos/octo/repo/actions/runners",
+        Some(&pat),
+        None,
+    )
+    .await;
+    assert_github_error(&r, 404, "Not Found");
 }

@@ -152,3 +152,48 @@ async fn a_matching_if_none_match_gets_304_without_spending_the_budget() {
     assert_ne!(third.header("etag").unwrap(), etag);
     assert_eq!(third.body["total_count"], 1);
 }
+
+#[tokio::test]
+async fn the_secondary_point_budget_refuses_bursts_of_mutating_requests() {
+    let emu = start_with(EmulatorOptions {
+        secondary_points_per_minute: Some(11),
+        ..EmulatorOptions::default()
+    })
+    .await;
+    let pat = repo_with_pat(&emu, "octo/repo");
+    let post = "/repos/octo/repo/actions/runners/registration-token";
+    // Two POSTs (5 points each) and one GET (1 point) fit; the next POST does not.
+    assert_eq!(
+        api(&emu, Method::POST, post, Some(&pat), None).await.status,
+        201
+    );
+    assert_eq!(
+        api(&emu, Method::POST, post, Some(&pat), None).await.status,
+        201
+    );
+    assert_eq!(
+        api(
+            &emu,
+            Method::GET,
+            "/repos/octo/repo/actions/runners",
+            Some(&pat),
+            None
+        )
+        .await
+        .status,
+        200
+    );
+    let r = api(&emu, Method::POST, post, Some(&pat), None).await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry));
+    assert!(r.body["message"]
+        .as_str()
+        .unwrap()
+        .contains("secondary rate limit"));
+    emu.advance_clock(60);
+    assert_eq!(
+        api(&emu, Method::POST, post, Some(&pat), None).await.status,
+        201
+    );
+}

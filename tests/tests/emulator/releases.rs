@@ -276,6 +276,33 @@ async fn a_dropped_connection_cuts_the_body_and_the_next_download_works() {
     assert!(resp.bytes().await.is_err(), "a body cut short is an error");
     let again = reqwest::get(&url).await.unwrap().bytes().await.unwrap();
     assert_eq!(again.as_ref(), x64.as_slice());
+    // Without a prefix the fault skips the bodiless redirect and cuts the download itself.
+    emu.inject(Fault::DropAfterBytes {
+        bytes: 10,
+        count: 1,
+        path_prefix: None,
+    });
+    assert!(reqwest::get(&url).await.unwrap().bytes().await.is_err());
+    assert_eq!(
+        reqwest::get(&url)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .len(),
+        x64.len()
+    );
+    // `0` drops the connection before any answer.
+    emu.inject(Fault::DropAfterBytes {
+        bytes: 0,
+        count: 1,
+        path_prefix: Some("/api/".into()),
+    });
+    let latest = format!("{}/repos/actions/runner/releases/latest", emu.api_url());
+    let err = reqwest::get(&latest).await;
+    assert!(err.is_err(), "no status line: {err:?}");
+    assert_eq!(reqwest::get(&latest).await.unwrap().status(), 200);
 }
 
 #[tokio::test]

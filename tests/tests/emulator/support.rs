@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 pub async fn start() -> Emulator {
     start_with(EmulatorOptions {
-        long_poll: Duration::from_secs(2),
+        long_poll: Duration::from_secs(1),
         ..EmulatorOptions::default()
     })
     .await
@@ -267,7 +267,28 @@ impl Listener {
         .await
     }
 
+    /// Polls and, like the real listener, acknowledges a message at once.
     pub async fn poll_with(&self, emu: &Emulator, version: &str, disable_update: bool) -> Reply {
+        let reply = self.poll_no_ack(emu, version, disable_update).await;
+        if reply.status == 200 {
+            let id = reply.body["messageId"].as_u64().expect("messageId");
+            let ack = service(
+                emu,
+                Method::DELETE,
+                &format!(
+                    "distributedtask/pools/{}/messages/{id}?sessionId={}",
+                    self.pool, self.session
+                ),
+                &self.access,
+                None,
+            )
+            .await;
+            assert_eq!(ack.status, 204, "{}", ack.text);
+        }
+        reply
+    }
+
+    pub async fn poll_no_ack(&self, emu: &Emulator, version: &str, disable_update: bool) -> Reply {
         service(
             emu,
             Method::GET,

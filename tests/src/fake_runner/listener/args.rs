@@ -96,8 +96,8 @@ impl Settings {
             }
         }
         for key in taken {
-            // SAFETY-free: `remove_var` is safe in edition 2021; the listener calls this from
-            // `main` before its runtime starts any thread.
+            // Changing the environment is only sound while no other thread reads it: the
+            // listener calls this first thing in `main`, before its runtime exists.
             std::env::remove_var(key);
         }
     }

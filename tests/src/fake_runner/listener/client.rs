@@ -32,6 +32,15 @@ impl HttpFailure {
             .unwrap_or_default()
     }
 
+    /// The server's message, else the HTTP line.
+    pub fn describe(&self) -> String {
+        if self.message().is_empty() {
+            self.http_line()
+        } else {
+            self.message().to_string()
+        }
+    }
+
     /// The line the real runner prints for an HTTP failure without a typed error:
     /// `Http response code: NotFound from 'POST https://…'`.
     pub fn http_line(&self) -> String {
@@ -124,22 +133,16 @@ pub struct Message {
 
 /// The outcome of one HTTP call: transport failures and HTTP failures are kept apart so the
 /// listener can apply the real retry rules.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    Transport { url: String, source: reqwest::Error },
+    #[error("error sending request for url ({url}): {source}")]
+    Transport {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{}", .0.describe())]
     Http(HttpFailure),
-}
-
-impl std::fmt::Display for CallError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CallError::Transport { url, source } => {
-                write!(f, "error sending request for url ({url}): {source}")
-            }
-            CallError::Http(h) if !h.message().is_empty() => f.write_str(h.message()),
-            CallError::Http(h) => f.write_str(&h.http_line()),
-        }
-    }
 }
 
 impl From<CallError> for ListenerError {
@@ -268,6 +271,19 @@ impl Client {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string())
+    }
+
+    /// `GET {api}/user` with a PAT: the reachability check of `--check`.
+    pub async fn check_user(&self, api: &str, pat: &str) -> Result<(), CallError> {
+        let url = format!("{api}/user");
+        let req = self
+            .http
+            .get(&url)
+            .header("Authorization", format!("token {pat}"))
+            .header("Accept", "application/vnd.github+json");
+        self.send(reqwest::Method::GET, &url, req, Duration::from_secs(100))
+            .await
+            .map(|_| ())
     }
 
     pub async fn pools(&self, tenant: &str, token: &str) -> Result<Vec<Pool>, CallError> {

@@ -244,7 +244,7 @@ pub async fn configure(root: &Root, settings: &Settings) -> Result<(), ListenerE
         arg_or_prompt(
             settings,
             "labels",
-            "This runner will have the following labels: 'self-hosted', 'Linux', 'X64' \nEnter any additional labels (ex. label-1,label-2):",
+            &format!("This runner will have the following labels: 'self-hosted', 'Linux', '{}' \nEnter any additional labels (ex. label-1,label-2):", arch_label(root)),
             Some(""),
             &|_| true,
         )?
@@ -432,6 +432,52 @@ pub async fn remove(root: &Root, settings: &Settings) -> Result<(), ListenerErro
             say(format!("√ Removed {removed}"));
         }
     }
+    say("");
+    Ok(())
+}
+
+/// `--check --url <url> --pat <pat>`: the real network check's framing with one check (the
+/// GitHub API answers `GET /user` with the PAT). Always exits with success, like the real one.
+pub async fn check(root: &Root, settings: &Settings) -> Result<(), ListenerError> {
+    let url_text = arg_or_prompt(
+        settings,
+        "url",
+        "What is the URL of your repository?",
+        None,
+        &valid_url,
+    )?;
+    let pat = arg_or_prompt(
+        settings,
+        "pat",
+        "What is your GitHub personal access token?",
+        None,
+        &non_empty,
+    )?;
+    let github_url = url::Url::parse(&url_text)
+        .map_err(|_| ListenerError::config("Invalid configuration provided for url."))?;
+    let api = api_base(&github_url);
+    let client = Client::new()?;
+    let passed = client.check_user(&api, &pat).await;
+    let stars = "*".repeat(118);
+    let blank = format!("**{}**", " ".repeat(114));
+    let verdict = |word: &str| format!("**{:^114}**", word);
+    say(&stars);
+    say("**  Check:               GitHub connection");
+    say("**  Description:         Check if the Actions runner has access to the GitHub endpoint.");
+    say(&stars);
+    say(&blank);
+    say(verdict(if passed.is_ok() { "P A S S" } else { "F A I L" }));
+    say(&blank);
+    say(&stars);
+    let log = root.path("_diag").join("InternetCheck.log");
+    let _ = std::fs::create_dir_all(root.path("_diag"));
+    let detail = match &passed {
+        Ok(()) => format!("GET {api}/user succeeded\n"),
+        Err(e) => format!("GET {api}/user failed: {e}\n"),
+    };
+    let _ = std::fs::write(&log, detail);
+    say(format!("** Log: {}", log.display()));
+    say(&stars);
     say("");
     Ok(())
 }

@@ -195,6 +195,12 @@ pub fn main() -> i32 {
             return code::TERMINATED_ERROR;
         }
     };
+    if settings.flag("check") {
+        if let Err(e) = runtime.block_on(configure::check(&root, &settings)) {
+            say_error(e.to_string());
+        }
+        return code::SUCCESS;
+    }
     if settings.is_command("configure") {
         return match runtime.block_on(configure::configure(&root, &settings)) {
             Ok(()) => code::SUCCESS,
