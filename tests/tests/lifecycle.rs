@@ -715,7 +715,10 @@ async fn a_pat_without_the_scope_or_revoked_is_a_clear_error() {
         stderr.contains("cannot register runner `labhost-1`"),
         "{stderr}"
     );
-    assert!(stderr.contains("`repo`"), "{stderr}");
+    assert!(
+        stderr.contains("hint: the credentials need the `repo` scope and admin rights on the repository; the token has the scopes `read:org`"),
+        "{stderr}"
+    );
     assert!(lab.emu.runners(Some(REPO)).is_empty());
 
     let lab = Lab::with_pat(PatSpec::classic(&["repo"]), &counted(1), &[]).await;
@@ -723,8 +726,14 @@ async fn a_pat_without_the_scope_or_revoked_is_a_clear_error() {
     let out = lab.agentctl(&["register"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(stderr.contains("401"), "{stderr}");
-    assert!(stderr.contains("hint: "), "{stderr}");
+    assert!(stderr.contains("answered 401: Bad credentials"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "hint: the token was revoked or expired: replace `{}`",
+            lab.dir.path().join("github-pat").display()
+        )),
+        "{stderr}"
+    );
     assert!(lab.emu.runners(Some(REPO)).is_empty());
 }
 
