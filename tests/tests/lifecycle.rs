@@ -547,6 +547,24 @@ async fn a_5xx_while_configuring_is_retried() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_before_register_says_what_to_do() {
+    let lab = Lab::new(1, &[]).await;
+    let out = lab.agentctl(&["start"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: cannot start runner `labhost-1`: runner `labhost-1` is not registered\n\nhint: `agentctl register labhost-1`\n"
+    );
+    let out = lab.agentctl(&["status"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("labhost-1  not installed  process inactive  runner -\n  github: `registration_token_file` gives no access"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_persistent_5xx_leaves_nothing_registered() {
     let lab = Lab::new(1, &[]).await;
     lab.emu.inject(Fault::Status {

@@ -86,6 +86,8 @@ pub enum RunnerError {
         id: u64,
         marker: String,
     },
+    #[error("runner `{runner}` is not registered\n\nhint: `agentctl register {runner}`")]
+    NotRegistered { runner: String },
     #[error("cannot {what}: no access to GitHub's REST API\n\nhint: configure `pat_file` or `app` instead of `registration_token_file`")]
     NoRest { what: String },
     #[error("GitHub API: {what}")]
@@ -753,6 +755,11 @@ impl<'a> Lifecycle<'a> {
     }
 
     pub fn start(&self, runner: &Runner) -> Result<(), RunnerError> {
+        if LocalRegistration::read(&runner.dir).is_none() {
+            return Err(RunnerError::NotRegistered {
+                runner: runner.name.clone(),
+            });
+        }
         let unit = self.unit(runner)?;
         self.backend(runner)?
             .start(&unit)
