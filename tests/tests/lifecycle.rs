@@ -670,8 +670,22 @@ async fn with_a_pat_labels_change_in_place_remove_deregisters_and_purge_leaves_n
         .collect();
     assert_eq!(left, [names[1].clone()]);
 
-    // A runner GitHub forgot is removed locally all the same.
+    // A runner GitHub forgot is registered again by `register`.
     lab.emu.delete_runner(ids[1]);
+    let out = lab.agentctl(&["register", &names[1]]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("{}: registered (id ", names[1])),
+        "{}",
+        text(&out)
+    );
+    let again = lab
+        .wait_runner(&names[1], "online again", |r| r.status == "online")
+        .await;
+    assert_ne!(again.id, ids[1]);
+
+    // A runner GitHub forgot is removed locally all the same.
+    lab.emu.delete_runner(again.id);
     let out = lab.agentctl(&["remove", "-y", &names[1]]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(!lab.runner_dir(&names[1]).exists());

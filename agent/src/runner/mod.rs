@@ -516,6 +516,9 @@ impl<'a> Lifecycle<'a> {
                 });
             }
         }
+        // A listener still running from the old registration would find it deleted and wipe the
+        // new one's files: stop it first (`install_and_start` starts the new one).
+        self.stop(runner)?;
         let version = self.lay_out(runner, &run_as).await?;
         self.configure(runner, &run_as, &labels).await?;
         let id = LocalRegistration::read(&runner.dir)
