@@ -10,6 +10,8 @@
 //! - [`doctor`]: `agentctl doctor`, hardware and GitHub checks run as the runner user.
 //! - [`github`]: a small typed client of GitHub's REST API.
 //! - [`release`]: runner releases: resolve, download, verify, cache, unpack, install.
+//! - [`runner`]: register, start, stop, remove and purge runners; their status.
+//! - [`service`]: how a runner is run: the runner's systemd unit with our drop-in, or a process.
 //! - [`cli`]: the `agentctl` subcommands, thin wrappers over the modules above.
 
 pub mod boards;
@@ -21,3 +23,5 @@ pub mod github;
 pub mod logging;
 pub mod redact;
 pub mod release;
+pub mod runner;
+pub mod service;

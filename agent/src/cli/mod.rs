@@ -6,6 +6,7 @@ mod config;
 mod docs;
 mod doctor;
 mod release;
+mod runners;
 mod token;
 
 use std::path::PathBuf;
@@ -51,6 +52,8 @@ pub enum Command {
     Doctor(doctor::DoctorArgs),
     /// Runner releases: download, verify, cache, install.
     Release(Box<release::ReleaseArgs>),
+    #[command(flatten)]
+    Runners(runners::RunnerCommand),
     /// Print a fresh registration or remove token for the configured scope.
     Token(token::TokenArgs),
 }
@@ -77,6 +80,7 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Man => docs::man(),
         Command::Doctor(args) => doctor::doctor(&cli.config, &args),
         Command::Release(args) => release::run(*args, &cli.config),
+        Command::Runners(command) => runners::run(&cli.config, command),
         Command::Token(args) => token::run(&cli.config, &args),
     }
 }

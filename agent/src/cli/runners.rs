@@ -1,0 +1,319 @@
+//! `agentctl register|start|stop|restart|status|logs|remove|purge [NAME…]`: the runner
+//! lifecycle (`runner`, `service`) for the configured runners; no name means all of them.
+
+use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::path::Path;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+
+use crate::config;
+use crate::exit::Status;
+use crate::runner::{Lifecycle, Registered, Remote, RunnerStatus};
+use crate::service::LogSource;
+
+#[derive(Debug, Subcommand)]
+pub enum RunnerCommand {
+    /// Register runners (lay out, configure, install and start the service); a no-op for
+    /// registered ones, whose changed labels are applied in place.
+    Register(Names),
+    /// Start runners.
+    Start(Names),
+    /// Stop runners (a running job is cancelled).
+    Stop(Names),
+    /// Stop, then start runners.
+    Restart(Names),
+    /// Local state (directory, service, pid, version) and GitHub's (id, online, busy, labels).
+    Status(StatusArgs),
+    /// Show a runner's log.
+    Logs(LogsArgs),
+    /// Deregister runners, uninstall their service and delete their directory.
+    Remove(Destructive),
+    /// Remove every runner of this host: configured ones, recorded ones no longer configured,
+    /// and GitHub registrations carrying this host's label.
+    Purge(Confirm),
+}
+
+#[derive(Debug, Args)]
+pub struct Names {
+    /// Runner names (default: every configured runner).
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub names: Names,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The runner.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Lines from the end.
+    #[arg(short = 'n', long, default_value_t = 200)]
+    pub lines: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct Confirm {
+    /// Do not ask for confirmation.
+    #[arg(short = 'y', long = "yes")]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct Destructive {
+    #[command(flatten)]
+    pub names: Names,
+    #[command(flatten)]
+    pub confirm: Confirm,
+}
+
+/// The JSON schema `status --json` prints.
+pub const STATUS_SCHEMA: &str = "runner-agent.status/1";
+
+fn hostname() -> String {
+    config::LoadOptions::from_env()
+        .hostname
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn confirm(what: &str, yes: bool) -> anyhow::Result<bool> {
+    if yes {
+        return Ok(true);
+    }
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!("{what} needs confirmation\n\nhint: pass `-y` to confirm without a terminal");
+    }
+    eprint!("{what}? [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes"))
+}
+
+pub fn run(config_path: &Path, command: RunnerCommand) -> anyhow::Result<Status> {
+    let config = match config::load(config_path) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("{}", crate::redact::redact(&err.to_string()));
+            return Ok(Status::Config);
+        }
+    };
+    let remote = Remote::from_config(&config)?;
+    let lifecycle = Lifecycle::new(&config, hostname(), remote);
+    let runtime = runtime()?;
+    match command {
+        RunnerCommand::Register(names) => {
+            let mut failed = false;
+            for runner in lifecycle.select(&names.names)? {
+                match runtime.block_on(lifecycle.register(runner)) {
+                    Ok(Registered::Registered { id, version }) => {
+                        println!("{}: registered (id {id}, runner {version})", runner.name)
+                    }
+                    Ok(Registered::Unchanged { id }) => {
+                        println!("{}: already registered (id {id})", runner.name)
+                    }
+                    Ok(Registered::LabelsUpdated { id, labels }) => println!(
+                        "{}: already registered (id {id}), labels set to {}",
+                        runner.name,
+                        labels.join(",")
+                    ),
+                    Err(err) => {
+                        failed = true;
+                        crate::cli::report(
+                            &anyhow::Error::new(err)
+                                .context(format!("cannot register runner `{}`", runner.name)),
+                        );
+                    }
+                }
+            }
+            Ok(if failed {
+                Status::Error
+            } else {
+                Status::Success
+            })
+        }
+        RunnerCommand::Start(names) => each(&lifecycle, &names, "start", |r| lifecycle.start(r)),
+        RunnerCommand::Stop(names) => each(&lifecycle, &names, "stop", |r| lifecycle.stop(r)),
+        RunnerCommand::Restart(names) => each(&lifecycle, &names, "restart", |r| {
+            lifecycle.stop(r)?;
+            lifecycle.start(r)
+        }),
+        RunnerCommand::Status(args) => {
+            let runners = lifecycle.select(&args.names.names)?;
+            let statuses = runtime.block_on(lifecycle.status(&runners))?;
+            if args.json {
+                let value = serde_json::json!({
+                    "schema": STATUS_SCHEMA,
+                    "host_label": lifecycle.marker(),
+                    "runners": statuses,
+                });
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                print!("{}", render_status(&statuses));
+            }
+            Ok(Status::Success)
+        }
+        RunnerCommand::Logs(args) => {
+            let runner = lifecycle.select(std::slice::from_ref(&args.name))?[0];
+            logs(&lifecycle, runner, args.lines)
+        }
+        RunnerCommand::Remove(args) => {
+            let runners = lifecycle.select(&args.names.names)?;
+            let list: Vec<&str> = runners.iter().map(|r| r.name.as_str()).collect();
+            if !confirm(
+                &format!("deregister and delete runner(s) {}", list.join(", ")),
+                args.confirm.yes,
+            )? {
+                return Ok(Status::Failure);
+            }
+            let mut failed = false;
+            for runner in runners {
+                match runtime.block_on(lifecycle.remove(runner)) {
+                    Ok(()) => println!("{}: removed", runner.name),
+                    Err(err) => {
+                        failed = true;
+                        crate::cli::report(
+                            &anyhow::Error::new(err)
+                                .context(format!("cannot remove runner `{}`", runner.name)),
+                        );
+                    }
+                }
+            }
+            Ok(if failed {
+                Status::Error
+            } else {
+                Status::Success
+            })
+        }
+        RunnerCommand::Purge(args) => {
+            if !confirm(
+                &format!(
+                    "deregister and delete every runner of this host (label `{}`)",
+                    lifecycle.marker()
+                ),
+                args.yes,
+            )? {
+                return Ok(Status::Failure);
+            }
+            runtime.block_on(lifecycle.purge())?;
+            println!("purged every runner of this host");
+            Ok(Status::Success)
+        }
+    }
+}
+
+fn each(
+    lifecycle: &Lifecycle<'_>,
+    names: &Names,
+    verb: &str,
+    action: impl Fn(&crate::config::Runner) -> Result<(), crate::runner::RunnerError>,
+) -> anyhow::Result<Status> {
+    let mut failed = false;
+    for runner in lifecycle.select(&names.names)? {
+        match action(runner) {
+            Ok(()) => println!("{}: {verb} done", runner.name),
+            Err(err) => {
+                failed = true;
+                crate::cli::report(
+                    &anyhow::Error::new(err)
+                        .context(format!("cannot {verb} runner `{}`", runner.name)),
+                );
+            }
+        }
+    }
+    Ok(if failed {
+        Status::Error
+    } else {
+        Status::Success
+    })
+}
+
+fn logs(
+    lifecycle: &Lifecycle<'_>,
+    runner: &crate::config::Runner,
+    lines: usize,
+) -> anyhow::Result<Status> {
+    match lifecycle.log_source(runner)? {
+        LogSource::File(path) => {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read `{}`", path.display()))?;
+            let all: Vec<&str> = text.lines().collect();
+            for line in &all[all.len().saturating_sub(lines)..] {
+                println!("{}", crate::redact::redact(line));
+            }
+            Ok(Status::Success)
+        }
+        LogSource::Journal { unit } => {
+            let status = std::process::Command::new("journalctl")
+                .args(["--no-pager", "-n", &lines.to_string(), "-u", &unit])
+                .status()
+                .context("cannot run `journalctl`")?;
+            Ok(if status.success() {
+                Status::Success
+            } else {
+                Status::Error
+            })
+        }
+        LogSource::None => {
+            anyhow::bail!(
+                "runner `{}` has no service installed\n\nhint: `agentctl register {}`",
+                runner.name,
+                runner.name
+            )
+        }
+    }
+}
+
+/// The human form of `status`.
+pub fn render_status(statuses: &[RunnerStatus]) -> String {
+    let mut out = String::new();
+    for status in statuses {
+        let local = &status.local;
+        let registration = match local.id {
+            Some(id) => format!("registered (id {id})"),
+            None if local.exists => "not registered".to_owned(),
+            None => "not installed".to_owned(),
+        };
+        out.push_str(&format!(
+            "{}  {}  {} {}{}  runner {}\n",
+            status.name,
+            registration,
+            local.service.backend,
+            local.service.state,
+            local
+                .service
+                .pid
+                .map(|pid| format!(" (pid {pid})"))
+                .unwrap_or_default(),
+            local.version.as_deref().unwrap_or("-"),
+        ));
+        match (&status.github, &status.github_note) {
+            (Some(github), _) => out.push_str(&format!(
+                "  github: id {} {}{}  labels {}\n",
+                github.id,
+                github.status,
+                if github.busy { " busy" } else { "" },
+                github.labels.join(",")
+            )),
+            (None, Some(note)) => out.push_str(&format!("  github: {note}\n")),
+            (None, None) => {}
+        }
+        out.push_str(&format!("  dir: {}\n", local.dir.display()));
+    }
+    out
+}

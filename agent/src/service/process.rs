@@ -1,0 +1,270 @@
+//! The `process` backend: `run.sh` as a detached child under the runner user.
+
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::{Gid, Pid, Uid};
+
+use super::{Backend, LogSource, RunAs, ServiceError, ServiceStatus, Unit};
+
+/// The search path runners get (the runner's own `env.sh` records it in `.path`).
+pub const RUNNER_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// How long `stop` waits after `SIGINT` before `SIGKILL` (the listener itself gives a cancelled
+/// job 30 s).
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// The `process` backend.
+#[derive(Debug, Clone)]
+pub struct Process {
+    /// `<state_dir>/runners`: pid files.
+    pub pid_dir: PathBuf,
+    pub stop_timeout: Duration,
+}
+
+/// A recorded child: pid and its start time (clock ticks since boot, `/proc/PID/stat` field 22),
+/// so that a recycled pid is never taken for the runner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProcessState {
+    pub pid: u32,
+    pub start_time: u64,
+}
+
+impl Process {
+    pub fn new(state_dir: &Path) -> Process {
+        Process {
+            pid_dir: state_dir.join("runners"),
+            stop_timeout: STOP_TIMEOUT,
+        }
+    }
+
+    fn pid_file(&self, name: &str) -> PathBuf {
+        self.pid_dir.join(format!("{name}.pid"))
+    }
+
+    /// The log file of a runner started by this backend.
+    pub fn log_file(dir: &Path) -> PathBuf {
+        dir.join("_diag").join("agent-run.log")
+    }
+
+    /// The command that runs the runner (`<dir>/run.sh`) as its user, in a new session, with a
+    /// clean environment: what `start` spawns, and what a supervising daemon can spawn itself.
+    pub fn command(unit: &Unit) -> Command {
+        let mut command = Command::new(unit.dir.join("run.sh"));
+        command.current_dir(&unit.dir);
+        command.env_clear();
+        for (key, value) in user_env(&unit.run_as) {
+            command.env(key, value);
+        }
+        for (key, value) in &unit.env {
+            command.env(key, value);
+        }
+        as_user(&mut command, &unit.run_as, true);
+        command
+    }
+
+    /// The recorded child of `name`, if it is still running.
+    pub fn running(&self, name: &str) -> Option<ProcessState> {
+        let text = fs::read_to_string(self.pid_file(name)).ok()?;
+        let state: ProcessState = serde_json::from_str(&text).ok()?;
+        (start_time(state.pid) == Some(state.start_time)).then_some(state)
+    }
+
+    fn write_state(&self, name: &str, state: ProcessState) -> Result<(), ServiceError> {
+        let path = self.pid_file(name);
+        let io = |source| ServiceError::Io {
+            path: path.clone(),
+            source,
+        };
+        fs::create_dir_all(&self.pid_dir).map_err(io)?;
+        let text = serde_json::to_string(&state).map_err(|err| io(std::io::Error::other(err)))?;
+        fs::write(&path, text).map_err(io)
+    }
+}
+
+/// The environment a runner process starts with.
+pub fn user_env(run_as: &RunAs) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("PATH".to_owned(), RUNNER_PATH.to_owned()),
+        (
+            "HOME".to_owned(),
+            run_as.home.to_string_lossy().into_owned(),
+        ),
+        ("USER".to_owned(), run_as.user.clone()),
+        ("LOGNAME".to_owned(), run_as.user.clone()),
+        ("LANG".to_owned(), "C.UTF-8".to_owned()),
+    ];
+    // The runner reaches GitHub through the same proxy as the agent.
+    for key in [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ] {
+        if let Ok(value) = std::env::var(key) {
+            env.push((key.to_owned(), value));
+        }
+    }
+    env
+}
+
+/// Make `command` run with `run_as`'s uid, gid and supplementary groups (and, with `session`, in
+/// a new session, detached from any terminal).
+pub fn as_user(command: &mut Command, run_as: &RunAs, session: bool) {
+    let uid = Uid::from_raw(run_as.uid);
+    let gid = Gid::from_raw(run_as.gid);
+    let groups: Vec<Gid> = run_as.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+    // SAFETY: the closure runs between fork and exec and only makes system calls on data
+    // prepared before the fork (no allocation, no locks).
+    unsafe {
+        command.pre_exec(move || {
+            if session {
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+            }
+            nix::unistd::setgroups(&groups).map_err(std::io::Error::from)?;
+            nix::unistd::setgid(gid).map_err(std::io::Error::from)?;
+            nix::unistd::setuid(uid).map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+}
+
+/// Field 22 of `/proc/PID/stat`: the start time in clock ticks since boot.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: split after the last `)`.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+impl Backend for Process {
+    fn install(&self, _unit: &Unit) -> Result<(), ServiceError> {
+        Ok(())
+    }
+
+    fn start(&self, unit: &Unit) -> Result<(), ServiceError> {
+        if let Some(state) = self.running(&unit.name) {
+            log::info!("runner `{}` already runs (pid {})", unit.name, state.pid);
+            return Ok(());
+        }
+        let log_path = Process::log_file(&unit.dir);
+        let io = |source| ServiceError::Io {
+            path: log_path.clone(),
+            source,
+        };
+        if let Some(diag) = log_path.parent() {
+            fs::create_dir_all(diag).map_err(io)?;
+            std::os::unix::fs::chown(diag, Some(unit.run_as.uid), Some(unit.run_as.gid))
+                .map_err(io)?;
+        }
+        let mut log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o640)
+            .open(&log_path)
+            .map_err(io)?;
+        std::os::unix::fs::chown(&log_path, Some(unit.run_as.uid), Some(unit.run_as.gid))
+            .map_err(io)?;
+        let _ = writeln!(
+            log,
+            "--- runner-agent: starting `{}` ---",
+            unit.dir.join("run.sh").display()
+        );
+        let err = log.try_clone().map_err(io)?;
+        let mut command = Process::command(unit);
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(err));
+        let child = command.spawn().map_err(|source| ServiceError::Spawn {
+            command: unit.dir.join("run.sh").display().to_string(),
+            source,
+        })?;
+        let pid = child.id();
+        // The child lives on in its own session; nobody waits for it here (the daemon will),
+        // so a zombie only lasts as long as this short-lived `agentctl`.
+        drop(child);
+        let start = start_time(pid).unwrap_or_default();
+        self.write_state(
+            &unit.name,
+            ProcessState {
+                pid,
+                start_time: start,
+            },
+        )?;
+        log::info!("started runner `{}` (pid {pid})", unit.name);
+        Ok(())
+    }
+
+    fn stop(&self, unit: &Unit) -> Result<(), ServiceError> {
+        let Some(state) = self.running(&unit.name) else {
+            let _ = fs::remove_file(self.pid_file(&unit.name));
+            return Ok(());
+        };
+        let group = Pid::from_raw(state.pid as i32);
+        // run.sh, run-helper.sh and the listener share the session and process group: SIGINT
+        // to all, as runsvc.sh forwards it; the listener cancels its job and exits.
+        let _ = killpg(group, Signal::SIGINT);
+        let deadline = Instant::now() + self.stop_timeout;
+        let mut killed = false;
+        while start_time(state.pid) == Some(state.start_time) && !is_zombie(state.pid) {
+            if Instant::now() >= deadline {
+                let _ = killpg(group, Signal::SIGKILL);
+                killed = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Reap it if it is our own child (a daemon that started it, or a test).
+        let _ = nix::sys::wait::waitpid(group, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+        let _ = fs::remove_file(self.pid_file(&unit.name));
+        if killed {
+            return Err(ServiceError::Killed {
+                runner: unit.name.clone(),
+                secs: self.stop_timeout.as_secs(),
+            });
+        }
+        log::info!("stopped runner `{}`", unit.name);
+        Ok(())
+    }
+
+    fn uninstall(&self, unit: &Unit) -> Result<(), ServiceError> {
+        self.stop(unit)
+    }
+
+    fn status(&self, unit: &Unit) -> Result<ServiceStatus, ServiceError> {
+        let running = self.running(&unit.name);
+        Ok(ServiceStatus {
+            backend: "process",
+            state: if running.is_some() {
+                "active".to_owned()
+            } else {
+                "inactive".to_owned()
+            },
+            pid: running.map(|state| state.pid),
+            unit: None,
+        })
+    }
+
+    fn log_source(&self, unit: &Unit) -> LogSource {
+        LogSource::File(Process::log_file(&unit.dir))
+    }
+}
+
+fn is_zombie(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let rest = stat[stat.rfind(')')? + 1..].to_owned();
+            rest.split_whitespace().next().map(|s| s == "Z")
+        })
+        .unwrap_or(false)
+}

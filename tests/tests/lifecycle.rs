@@ -1,0 +1,853 @@
+//! The runner lifecycle (`agentctl register|start|stop|status|logs|remove|purge`) against the
+//! GitHub emulator with the fake runner release, process backend, runners as `ra-runner`.
+
+// Test helpers outside `#[test]` functions may unwrap too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use runner_agent_tests::emulator::{
+    AssetSource, Emulator, EmulatorOptions, Fault, PatSpec, ReleaseOptions, RunnerView,
+};
+use runner_agent_tests::fake_runner::{build_release, listener_binary, ReleaseSpec};
+
+const REPO: &str = "octo/hello";
+const VERSION: &str = "2.336.0";
+const HOST: &str = "labhost";
+const WAIT: Duration = Duration::from_secs(60);
+
+/// `agentctl`, built next to this test binary.
+fn agentctl() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir.join("agentctl");
+    assert!(
+        path.exists(),
+        "`{}` is missing: build it first (`cargo build -p runner-agent --bin agentctl`)",
+        path.display()
+    );
+    path
+}
+
+/// An emulator with the fake release published, a configuration for `count` process runners
+/// authenticated with a raw registration token.
+struct Lab {
+    emu: Emulator,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    token_file: PathBuf,
+    /// The PAT, when the configuration uses `pat_file`.
+    pat: Option<String>,
+}
+
+/// The `[[runner]]` table of `count` runners named `{hostname}-{index}`.
+fn counted(count: u32) -> String {
+    format!("[[runner]]\nname_template = \"{{hostname}}-{{index}}\"\ncount = {count}\n")
+}
+
+impl Lab {
+    async fn new(count: u32, labels: &[&str]) -> Lab {
+        Lab::with(None, &counted(count), labels).await
+    }
+
+    /// A lab whose configuration authenticates with a PAT of `spec`.
+    async fn with_pat(spec: PatSpec, runners: &str, labels: &[&str]) -> Lab {
+        Lab::with(Some(spec), runners, labels).await
+    }
+
+    async fn with(pat: Option<PatSpec>, runners: &str, labels: &[&str]) -> Lab {
+        let emu = Emulator::start(EmulatorOptions {
+            long_poll: Duration::from_secs(1),
+            ..EmulatorOptions::default()
+        })
+        .await
+        .unwrap();
+        emu.create_repo(REPO, false).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let built = build_release(
+            &ReleaseSpec {
+                version: VERSION.into(),
+                arch: "x64".into(),
+                listener: listener_binary(),
+                pad_bytes: 0,
+                pad_files: 0,
+            },
+            &dir.path().join("release"),
+        )
+        .unwrap();
+        emu.publish_release(
+            VERSION,
+            vec![("linux-x64".to_owned(), AssetSource::Path(built.path))],
+            ReleaseOptions {
+                digest: true,
+                body_markers: true,
+            },
+        )
+        .await
+        .unwrap();
+        let token_file = dir.path().join("registration-token");
+        let pat = pat.map(|spec| emu.add_pat(spec));
+        let lab = Lab {
+            config: dir.path().join("agent.toml"),
+            token_file,
+            emu,
+            dir,
+            pat,
+        };
+        match &lab.pat {
+            Some(pat) => {
+                let file = lab.dir.path().join("github-pat");
+                std::fs::write(&file, pat).unwrap();
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+            }
+            None => {
+                lab.fresh_token();
+            }
+        }
+        lab.write_config(runners, labels);
+        lab
+    }
+
+    fn write_config(&self, runners: &str, labels: &[&str]) {
+        let root = self.dir.path();
+        let labels: Vec<String> = labels.iter().map(|l| format!("\"{l}\"")).collect();
+        let text = format!(
+            r#"version = 1
+
+[agent]
+cache_dir = "{root}/cache"
+state_dir = "{root}/state"
+
+[github]
+url = "{url}"
+{auth}
+
+[host]
+kvm = false
+
+[defaults]
+user = "ra-runner"
+root = "{root}/runners"
+version = "{VERSION}"
+service = "process"
+labels = [{labels}]
+
+{runners}"#,
+            auth = if self.pat.is_some() {
+                "pat_file = \"github-pat\""
+            } else {
+                "registration_token_file = \"registration-token\""
+            },
+            root = root.display(),
+            url = self.emu.web_url_for(REPO),
+            labels = labels.join(", "),
+        );
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// Write a freshly minted registration token, mode 0600.
+    fn fresh_token(&self) -> String {
+        let token = self.emu.registration_token(REPO).unwrap();
+        std::fs::write(&self.token_file, &token).unwrap();
+        std::fs::set_permissions(&self.token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        token
+    }
+
+    fn agentctl(&self, args: &[&str]) -> Output {
+        self.agentctl_as(HOST, args)
+    }
+
+    /// `agentctl` on a host called `host`.
+    fn agentctl_as(&self, host: &str, args: &[&str]) -> Output {
+        Command::new(agentctl())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env("RUNNER_AGENT_HOSTNAME", host)
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .output()
+            .unwrap()
+    }
+
+    fn runner_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join("runners").join(name)
+    }
+
+    fn names(&self, count: u32) -> Vec<String> {
+        (1..=count).map(|i| format!("{HOST}-{i}")).collect()
+    }
+
+    async fn wait_runner(
+        &self,
+        name: &str,
+        what: &str,
+        pred: impl Fn(&RunnerView) -> bool,
+    ) -> RunnerView {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let found = self
+                .emu
+                .runners(Some(REPO))
+                .into_iter()
+                .find(|r| r.name == name);
+            if let Some(r) = &found {
+                if pred(r) {
+                    return r.clone();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "runner {name} never {what}: {found:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Every process's command line, for the token check.
+fn all_cmdlines() -> Vec<String> {
+    let mut lines = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(bytes) = std::fs::read(entry.path().join("cmdline")) {
+            lines.push(String::from_utf8_lossy(&bytes).replace('\0', " "));
+        }
+    }
+    lines
+}
+
+/// Every file under `dir`, read as text.
+fn files_text(dir: &Path) -> String {
+    let mut out = String::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_symlink() {
+                continue;
+            }
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                out.push_str(&String::from_utf8_lossy(&bytes));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_runners_register_run_jobs_show_status_and_purge() {
+    let lab = Lab::new(3, &["lab"]).await;
+    let token = std::fs::read_to_string(&lab.token_file).unwrap();
+
+    // Slow the runner service so configure takes a while, and watch every command line.
+    lab.emu.inject(Fault::Latency {
+        ms: 300,
+        count: 6,
+        path_prefix: Some("/_services/".to_owned()),
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let stop = stop.clone();
+        let token = token.clone();
+        std::thread::spawn(move || {
+            let mut scans = 0u32;
+            let mut saw_config = false;
+            while !stop.load(Ordering::SeqCst) {
+                for line in all_cmdlines() {
+                    assert!(!line.contains(&token), "token in argv: {line}");
+                    saw_config |= line.contains("Runner.Listener configure");
+                }
+                scans += 1;
+            }
+            (scans, saw_config)
+        })
+    };
+    let out = lab.agentctl(&["register"]);
+    stop.store(true, Ordering::SeqCst);
+    let (scans, saw_config) = watcher.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(scans > 10, "only {scans} scans of /proc");
+    assert!(saw_config, "never saw `Runner.Listener configure` running");
+    let names = lab.names(3);
+    for name in &names {
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(&format!("{name}: registered (id ")),
+            "{}",
+            text(&out)
+        );
+    }
+    assert!(!text(&out).contains(token.trim()), "{}", text(&out));
+
+    // Online, owned by ra-runner, labelled with the configured and marker labels.
+    for name in &names {
+        let view = lab
+            .wait_runner(name, "online", |r| r.status == "online")
+            .await;
+        let mut labels = view.labels.clone();
+        labels.sort();
+        assert_eq!(
+            labels,
+            ["Linux", "X64", "host-labhost", "lab", "self-hosted"]
+        );
+        let meta = std::fs::metadata(lab.runner_dir(name).join(".runner")).unwrap();
+        use std::os::unix::fs::MetadataExt as _;
+        let ra = nix::unistd::User::from_name("ra-runner").unwrap().unwrap();
+        assert_eq!(meta.uid(), ra.uid.as_raw());
+    }
+
+    // A job each: every job waits for a gate, so a runner busy with one cannot take another.
+    let gate = lab.dir.path().join("gate");
+    let script = format!(
+        "id -un\nwhile [ ! -e {} ]; do sleep 0.05; done\n",
+        gate.display()
+    );
+    let jobs: Vec<u64> = (0..3)
+        .map(|_| {
+            lab.emu
+                .queue_job(REPO, &["self-hosted", "lab"], &script)
+                .unwrap()
+        })
+        .collect();
+    let deadline = Instant::now() + WAIT;
+    while lab
+        .emu
+        .runners(Some(REPO))
+        .iter()
+        .filter(|r| r.busy)
+        .count()
+        < 3
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the three runners never all got a job"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::write(&gate, "").unwrap();
+    let mut ran_on = Vec::new();
+    for job in jobs {
+        let done = lab.emu.wait_job(job, WAIT).await.unwrap();
+        assert_eq!(done.result.as_deref(), Some("succeeded"), "{done:?}");
+        assert_eq!(done.output.as_deref().map(str::trim), Some("ra-runner"));
+        ran_on.push(done.runner_name.unwrap());
+    }
+    ran_on.sort();
+    assert_eq!(ran_on, names);
+
+    // status --json: both views (raw token: the GitHub view is explained, not faked).
+    let out = lab.agentctl(&["status", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["schema"], "runner-agent.status/1");
+    assert_eq!(status["host_label"], "host-labhost");
+    let runners = status["runners"].as_array().unwrap();
+    assert_eq!(runners.len(), 3);
+    for (entry, name) in runners.iter().zip(&names) {
+        assert_eq!(entry["name"], name.as_str());
+        assert_eq!(entry["local"]["registered"], true);
+        assert_eq!(entry["local"]["version"], VERSION);
+        assert_eq!(entry["local"]["service"]["backend"], "process");
+        assert_eq!(entry["local"]["service"]["state"], "active");
+        let pid = entry["local"]["service"]["pid"].as_u64().unwrap();
+        assert!(Path::new(&format!("/proc/{pid}")).exists());
+        let id = lab
+            .emu
+            .runners(Some(REPO))
+            .into_iter()
+            .find(|r| &r.name == name)
+            .unwrap()
+            .id;
+        assert_eq!(entry["local"]["id"], id);
+        assert!(entry["github"].is_null());
+        assert!(entry["github_note"]
+            .as_str()
+            .unwrap()
+            .contains("`registration_token_file` gives no access to GitHub's REST API"));
+    }
+
+    // A second register is a no-op: same ids, no new registration, still running.
+    let before = lab.emu.runners(Some(REPO));
+    let out = lab.agentctl(&["register"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for name in &names {
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(&format!("{name}: already registered")),
+            "{}",
+            text(&out)
+        );
+    }
+    let after = lab.emu.runners(Some(REPO));
+    let ids = |v: &[RunnerView]| {
+        let mut ids: Vec<u64> = v.iter().map(|r| r.id).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids(&before), ids(&after));
+
+    // logs, stop, start.
+    let out = lab.agentctl(&["logs", &names[0]]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Listening for Jobs"),
+        "{}",
+        text(&out)
+    );
+    let out = lab.agentctl(&["stop", &names[0]]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    lab.wait_runner(&names[0], "offline", |r| !r.session_open)
+        .await;
+    let out = lab.agentctl(&["status", "--json", &names[0]]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        status["runners"][0]["local"]["service"]["state"],
+        "inactive"
+    );
+    let out = lab.agentctl(&["start", &names[0]]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    lab.wait_runner(&names[0], "back online", |r| r.session_open)
+        .await;
+
+    // No token in any log line or file the runners and the agent wrote.
+    let written =
+        files_text(&lab.dir.path().join("runners")) + &files_text(&lab.dir.path().join("state"));
+    assert!(!written.contains(token.trim()));
+
+    // Purge: processes stopped, directories gone, state gone.
+    let pids: Vec<u64> = runners
+        .iter()
+        .map(|e| e["local"]["service"]["pid"].as_u64().unwrap())
+        .collect();
+    let out = lab.agentctl(&["purge"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("hint: pass `-y`"), "{}", text(&out));
+    let out = lab.agentctl(&["purge", "-y"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for name in &names {
+        assert!(!lab.runner_dir(name).exists());
+    }
+    for pid in pids.iter().skip(1) {
+        let deadline = Instant::now() + WAIT;
+        while Path::new(&format!("/proc/{pid}/cmdline")).exists()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z")
+        {
+            assert!(Instant::now() < deadline, "pid {pid} still runs");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let left: Vec<_> = std::fs::read_dir(lab.dir.path().join("state/runners"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_raw_registration_token_names_its_expiry_and_suggests_a_pat() {
+    let lab = Lab::new(1, &[]).await;
+    // The emulator's hour passes.
+    lab.emu.advance_clock(3601);
+    let out = lab.agentctl(&["register"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let expected_file = lab.token_file.display().to_string();
+    assert!(
+        stderr.contains(&format!(
+            "the registration token in `{expected_file}` is refused: it expired at "
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("hint: a raw registration token expires one hour after it is minted; configure `pat_file` or `app`"),
+        "{stderr}"
+    );
+    // Nothing half-registered: no local registration, nothing on GitHub.
+    assert!(!lab
+        .runner_dir(&format!("{HOST}-1"))
+        .join(".runner")
+        .exists());
+    assert!(lab.emu.runners(Some(REPO)).is_empty());
+
+    // A token file written over an hour ago is refused before GitHub is asked, naming when.
+    let file = std::fs::File::options()
+        .write(true)
+        .open(&lab.token_file)
+        .unwrap();
+    let written = std::time::SystemTime::now() - Duration::from_secs(2 * 3600);
+    file.set_modified(written).unwrap();
+    let expiry = time::OffsetDateTime::from(written + Duration::from_secs(3600))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let out = lab.agentctl(&["register"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!(
+            "the registration token in `{expected_file}` is refused: it expired at {expiry}, or was revoked"
+        )),
+        "{}",
+        text(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_5xx_while_configuring_is_retried() {
+    let lab = Lab::new(1, &[]).await;
+    // The first registration attempt meets a 502 from the runner service.
+    lab.emu.inject(Fault::Status {
+        status: 502,
+        count: 1,
+        path_prefix: Some("/_services/pipelines/_apis/distributedtask/pools/".to_owned()),
+    });
+    let out = lab.agentctl(&["register", "-v"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("failed (attempt 1 of 3), retrying"),
+        "{}",
+        text(&out)
+    );
+    let runners = lab.emu.runners(Some(REPO));
+    assert_eq!(runners.len(), 1, "{runners:?}");
+    lab.wait_runner(&format!("{HOST}-1"), "online", |r| r.status == "online")
+        .await;
+    // restart: a new listener process, online again.
+    let pid = |lab: &Lab| {
+        let out = lab.agentctl(&["status", "--json"]);
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        status["runners"][0]["local"]["service"]["pid"].as_u64()
+    };
+    let before = pid(&lab).unwrap();
+    let out = lab.agentctl(&["restart"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let after = pid(&lab).unwrap();
+    assert_ne!(before, after);
+    lab.wait_runner(&format!("{HOST}-1"), "online again", |r| r.session_open)
+        .await;
+    let out = lab.agentctl(&["stop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_before_register_says_what_to_do() {
+    let lab = Lab::new(1, &[]).await;
+    let out = lab.agentctl(&["start"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: cannot start runner `labhost-1`: runner `labhost-1` is not registered\n\nhint: `agentctl register labhost-1`\n"
+    );
+    let out = lab.agentctl(&["status"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("labhost-1  not installed  process inactive  runner -\n  github: `registration_token_file` gives no access"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_5xx_leaves_nothing_registered() {
+    let lab = Lab::new(1, &[]).await;
+    lab.emu.inject(Fault::Status {
+        status: 500,
+        count: 100,
+        path_prefix: Some("/_services/pipelines/_apis/oauth2/".to_owned()),
+    });
+    let out = lab.agentctl(&["register"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("configuring runner `labhost-1` failed after 3 attempt(s)"),
+        "{}",
+        text(&out)
+    );
+    let dir = lab.runner_dir(&format!("{HOST}-1"));
+    assert!(!dir.join(".runner").exists());
+    assert!(!dir.join(".credentials").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_pat_labels_change_in_place_remove_deregisters_and_purge_leaves_nothing() {
+    let lab = Lab::with_pat(PatSpec::classic(&["repo"]), &counted(2), &["lab"]).await;
+    let pat = lab.pat.clone().unwrap();
+    let out = lab.agentctl(&["register"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!text(&out).contains(&pat));
+    let names = lab.names(2);
+    let mut ids = Vec::new();
+    for name in &names {
+        let view = lab
+            .wait_runner(name, "online", |r| r.status == "online")
+            .await;
+        ids.push(view.id);
+    }
+
+    // status --json joins both views.
+    let out = lab.agentctl(&["status", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (entry, id) in status["runners"].as_array().unwrap().iter().zip(&ids) {
+        assert_eq!(entry["local"]["id"], *id);
+        assert_eq!(entry["local"]["service"]["state"], "active");
+        assert_eq!(entry["github"]["id"], *id);
+        assert_eq!(entry["github"]["status"], "online");
+        assert_eq!(entry["github"]["busy"], false);
+        let mut labels: Vec<String> = entry["github"]["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap().to_owned())
+            .collect();
+        labels.sort();
+        assert_eq!(
+            labels,
+            ["Linux", "X64", "host-labhost", "lab", "self-hosted"]
+        );
+        assert!(entry.get("github_note").is_none());
+    }
+    let human = lab.agentctl(&["status"]);
+    let human = String::from_utf8_lossy(&human.stdout).into_owned();
+    assert!(
+        human.contains(&format!("  github: id {} online  labels ", ids[0])),
+        "{human}"
+    );
+
+    // A label change is applied in place: same ids, new labels, no new registration.
+    lab.write_config(&counted(2), &["lab", "fast"]);
+    let out = lab.agentctl(&["register"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!(
+            "{}: already registered (id {}), labels set to lab,fast,host-labhost",
+            names[0], ids[0]
+        )),
+        "{}",
+        text(&out)
+    );
+    for (name, id) in names.iter().zip(&ids) {
+        let view = lab
+            .wait_runner(name, "relabelled", |r| r.labels.iter().any(|l| l == "fast"))
+            .await;
+        assert_eq!(view.id, *id);
+    }
+    let out = lab.agentctl(&["register"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!(
+            "{}: already registered (id {})\n",
+            names[0], ids[0]
+        )),
+        "{}",
+        text(&out)
+    );
+
+    // remove deregisters on GitHub and deletes the directory.
+    let out = lab.agentctl(&["remove", "-y", &names[0]]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!lab.runner_dir(&names[0]).exists());
+    let left: Vec<String> = lab
+        .emu
+        .runners(Some(REPO))
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(left, [names[1].clone()]);
+
+    // A runner GitHub forgot is registered again by `register`.
+    lab.emu.delete_runner(ids[1]);
+    let out = lab.agentctl(&["register", &names[1]]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("{}: registered (id ", names[1])),
+        "{}",
+        text(&out)
+    );
+    let again = lab
+        .wait_runner(&names[1], "online again", |r| r.status == "online")
+        .await;
+    assert_ne!(again.id, ids[1]);
+
+    // A runner GitHub forgot is removed locally all the same.
+    lab.emu.delete_runner(again.id);
+    let out = lab.agentctl(&["remove", "-y", &names[1]]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!lab.runner_dir(&names[1]).exists());
+
+    // Register again, leave an orphan of this host on GitHub, then purge: nothing left.
+    let out = lab.agentctl(&["register"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    lab.write_config(&counted(1), &["lab"]);
+    let out = lab.agentctl(&["purge", "-y"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(lab.emu.runners(Some(REPO)).is_empty());
+    for name in &names {
+        assert!(!lab.runner_dir(name).exists(), "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_hosts_runner_of_the_same_name_is_never_replaced() {
+    let runners = "[[runner]]\nname = \"shared-1\"\n";
+    let lab = Lab::with_pat(PatSpec::classic(&["repo"]), runners, &[]).await;
+    let out = lab.agentctl_as("otherhost", &["register"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let theirs = lab
+        .wait_runner("shared-1", "online", |r| r.status == "online")
+        .await;
+    // This host's directory is the same path in the test; make it look like a fresh host.
+    let out = lab.agentctl_as("otherhost", &["stop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    std::fs::remove_dir_all(lab.runner_dir("shared-1")).unwrap();
+
+    let out = lab.agentctl(&["register"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!(
+            "a runner named `shared-1` is already registered on GitHub (id {}) and is not this host's: it lacks the label `host-labhost`",
+            theirs.id
+        )),
+        "{}",
+        text(&out)
+    );
+    let after = lab.emu.runners(Some(REPO));
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].id, theirs.id);
+    assert!(after[0].labels.iter().any(|l| l == "host-otherhost"));
+
+    // Purge on this host leaves the other host's runner alone.
+    let out = lab.agentctl(&["purge", "-y"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(lab.emu.runners(Some(REPO)).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pat_without_the_scope_or_revoked_is_a_clear_error() {
+    let lab = Lab::with_pat(PatSpec::classic(&["read:org"]), &counted(1), &[]).await;
+    let out = lab.agentctl(&["register"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        stderr.contains("cannot register runner `labhost-1`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("hint: the credentials need the `repo` scope and admin rights on the repository; the token has the scopes `read:org`"),
+        "{stderr}"
+    );
+    assert!(lab.emu.runners(Some(REPO)).is_empty());
+
+    let lab = Lab::with_pat(PatSpec::classic(&["repo"]), &counted(1), &[]).await;
+    lab.emu.revoke_token(lab.pat.as_deref().unwrap());
+    let out = lab.agentctl(&["register"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(stderr.contains("answered 401: Bad credentials"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "hint: the token was revoked or expired: replace `{}`",
+            lab.dir.path().join("github-pat").display()
+        )),
+        "{stderr}"
+    );
+    assert!(lab.emu.runners(Some(REPO)).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_pat_a_failed_configure_leaves_no_registration_on_github() {
+    let lab = Lab::with_pat(PatSpec::classic(&["repo"]), &counted(1), &[]).await;
+    // Registered on the service, then the credential check fails every time.
+    lab.emu.inject(Fault::Status {
+        status: 500,
+        count: 100,
+        path_prefix: Some("/_services/pipelines/_apis/oauth2/".to_owned()),
+    });
+    let out = lab.agentctl(&["register"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("configuring runner `labhost-1` failed after 3 attempt(s)"),
+        "{}",
+        text(&out)
+    );
+    assert!(lab.emu.runners(Some(REPO)).is_empty());
+    assert!(!lab.runner_dir("labhost-1").join(".runner").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_board_runner_gets_the_board_label_environment_and_hooks() {
+    let runners = "[[runner]]\nname = \"board-1\"\nboard = \"sim-1\"\n\n\
+                   [[board]]\nname = \"sim-1\"\nlabels = [\"simboard\"]\nenv = { BOARD_DTB = \"sim.dtb\" }\n";
+    let lab = Lab::with(None, runners, &["lab"]).await;
+    let out = lab.agentctl(&["register"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let view = lab
+        .wait_runner("board-1", "online", |r| r.status == "online")
+        .await;
+    let mut labels = view.labels.clone();
+    labels.sort();
+    assert_eq!(
+        labels,
+        [
+            "Linux",
+            "X64",
+            "host-labhost",
+            "lab",
+            "self-hosted",
+            "sim-1",
+            "simboard"
+        ]
+    );
+    // The listener runs with the board's job environment and the job hooks that take and give
+    // back the board.
+    let hooks = lab.dir.path().join("state/runners/board-1.hooks");
+    let env = std::fs::read_to_string(lab.dir.path().join("state/runners/board-1.env")).unwrap();
+    assert!(env.contains("BOARD_DTB=sim.dtb\n"), "{env}");
+    assert!(env.contains("RUNNER_AGENT_BOARD=sim-1\n"), "{env}");
+    assert!(
+        env.contains(&format!(
+            "ACTIONS_RUNNER_HOOK_JOB_STARTED={}\n",
+            hooks.join("job-started.sh").display()
+        )),
+        "{env}"
+    );
+    let started = std::fs::read_to_string(hooks.join("job-started.sh")).unwrap();
+    assert!(started.contains("board acquire 'sim-1'"), "{started}");
+    // A job runs both hooks as the runner user. (The fake runner gives hooks no
+    // `GITHUB_RUN_ID`, which the real one does, so `board acquire` refuses here and fails the
+    // job, as a failing started hook must.)
+    let job = lab
+        .emu
+        .queue_job(REPO, &["self-hosted", "sim-1"], "echo never")
+        .unwrap();
+    let done = lab.emu.wait_job(job, WAIT).await.unwrap();
+    let output = done.output.unwrap_or_default();
+    assert!(
+        output.contains(&format!("Run '{}'", hooks.join("job-started.sh").display())),
+        "{output}"
+    );
+    assert!(
+        output.contains(&format!(
+            "Run '{}'",
+            hooks.join("job-completed.sh").display()
+        )),
+        "{output}"
+    );
+    let out = lab.agentctl(&["stop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
