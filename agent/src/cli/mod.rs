@@ -4,8 +4,8 @@
 mod board;
 mod config;
 mod docs;
-mod release;
 mod doctor;
+mod release;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
