@@ -791,9 +791,24 @@ async fn with_a_pat_a_failed_configure_leaves_no_registration_on_github() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_board_runner_gets_the_board_label_environment_and_hooks() {
-    let runners = "[[runner]]\nname = \"board-1\"\nboard = \"sim-1\"\n\n\
-                   [[board]]\nname = \"sim-1\"\nlabels = [\"simboard\"]\nenv = { BOARD_DTB = \"sim.dtb\" }\n";
-    let lab = Lab::with(None, runners, &["lab"]).await;
+    // The board's console: a real pty whose slave only the runner user may open, behind a
+    // stable by-id style link, as udev would publish it.
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave = nix::unistd::ttyname(&pty.slave).unwrap();
+    let ra = nix::unistd::User::from_name("ra-runner").unwrap().unwrap();
+    nix::unistd::chown(&slave, Some(ra.uid), Some(ra.gid)).unwrap();
+    std::fs::set_permissions(&slave, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let by_id = tempfile::tempdir().unwrap();
+    let link = by_id.path().join("usb-Sim_Board_0001-if00-port0");
+    std::os::unix::fs::symlink(&slave, &link).unwrap();
+
+    let runners = format!(
+        "[[runner]]\nname = \"board-1\"\nboard = \"sim-1\"\n\n\
+         [[board]]\nname = \"sim-1\"\nlabels = [\"simboard\"]\nenv = {{ BOARD_DTB = \"sim.dtb\" }}\n\
+         [board.console]\npath = \"{}\"\nbaud = 115200\n",
+        link.display()
+    );
+    let lab = Lab::with(None, &runners, &["lab"]).await;
     let out = lab.agentctl(&["register"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let view = lab
@@ -813,6 +828,14 @@ async fn a_board_runner_gets_the_board_label_environment_and_hooks() {
             "simboard"
         ]
     );
+    // The lease directory is ready for the runner user's hooks: root and the runner's group,
+    // setgid, nobody else.
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::metadata(lab.dir.path().join("state/boards")).unwrap();
+        assert_eq!(meta.mode() & 0o7777, 0o2770);
+        assert_eq!((meta.uid(), meta.gid()), (0, ra.gid.as_raw()));
+    }
     // The listener runs with the board's job environment and the job hooks that take and give
     // back the board.
     let hooks = lab.dir.path().join("state/runners/board-1.hooks");
@@ -826,28 +849,84 @@ async fn a_board_runner_gets_the_board_label_environment_and_hooks() {
         )),
         "{env}"
     );
-    let started = std::fs::read_to_string(hooks.join("job-started.sh")).unwrap();
-    assert!(started.contains("board acquire 'sim-1'"), "{started}");
-    // A job runs both hooks as the runner user. (The fake runner gives hooks no
-    // `GITHUB_RUN_ID`, which the real one does, so `board acquire` refuses here and fails the
-    // job, as a failing started hook must.)
+
+    // A job on the board: it sees the board's values, opens the console as the runner user and
+    // writes to it, and holds the board's lease until it ends.
+    let gate = lab.dir.path().join("gate");
+    let script = format!(
+        "echo \"uart=$BOARD_COMM_UART_DEV baud=$BOARD_COMM_UART_BAUD dtb=$BOARD_DTB board=$RUNNER_AGENT_BOARD\"\n\
+         exec 3<>\"$BOARD_COMM_UART_DEV\"\necho \"opened as $(id -un)\"\nprintf 'hello-board\\n' >&3\n\
+         while [ ! -e {} ]; do sleep 0.05; done\n",
+        gate.display()
+    );
     let job = lab
         .emu
-        .queue_job(REPO, &["self-hosted", "sim-1"], "echo never")
+        .queue_job(REPO, &["self-hosted", "sim-1"], &script)
         .unwrap();
-    let done = lab.emu.wait_job(job, WAIT).await.unwrap();
-    let output = done.output.unwrap_or_default();
+    let leased = |lab: &Lab| -> serde_json::Value {
+        let out = lab.agentctl(&["board", "list", "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        list[0].clone()
+    };
+    let deadline = Instant::now() + WAIT;
+    let entry = loop {
+        let entry = leased(&lab);
+        if entry["state"] == "leased" {
+            break entry;
+        }
+        let view = lab.emu.job(job).unwrap();
+        assert!(
+            view.result.is_none(),
+            "the job ended without the board: {view:?}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the job never took the board: {entry}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(entry["lease"]["runner"], "board-1", "{entry}");
     assert!(
-        output.contains(&format!("Run '{}'", hooks.join("job-started.sh").display())),
-        "{output}"
+        entry["lease"]["job"]
+            .as_str()
+            .unwrap()
+            .contains(&job.to_string()),
+        "{entry}"
     );
+    std::fs::write(&gate, "").unwrap();
+    let done = lab.emu.wait_job(job, WAIT).await.unwrap();
+    let output = done.output.clone().unwrap_or_default();
+    assert_eq!(done.result.as_deref(), Some("succeeded"), "{output}");
     assert!(
         output.contains(&format!(
-            "Run '{}'",
-            hooks.join("job-completed.sh").display()
+            "uart={} baud=115200 dtb=sim.dtb board=sim-1",
+            link.display()
         )),
         "{output}"
     );
+    assert!(output.contains("opened as ra-runner"), "{output}");
+    for hook in ["job-started.sh", "job-completed.sh"] {
+        assert!(
+            output.contains(&format!("Run '{}'", hooks.join(hook).display())),
+            "{output}"
+        );
+    }
+    // What the job wrote reached the board's side of the pty.
+    let mut buf = [0u8; 64];
+    let mut fds = [nix::poll::PollFd::new(
+        std::os::fd::AsFd::as_fd(&pty.master),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    assert_eq!(nix::poll::poll(&mut fds, 5000u16).unwrap(), 1);
+    let n = nix::unistd::read(&pty.master, &mut buf).unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).contains("hello-board"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    // The completed hook gave the board back.
+    assert_eq!(leased(&lab)["state"], "idle");
     let out = lab.agentctl(&["stop"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }

@@ -121,29 +121,46 @@ pub fn find<'a>(boards: &'a [Board], name: &str) -> Result<&'a Board, BoardError
         })
 }
 
-/// `<state_dir>/boards`: leases, locks and board states. Runner users (possibly several, one
-/// per org) take and free leases from their job hooks, so the directory is world-writable
-/// without the sticky bit (like tbot's lock directory: one user must be able to free a lease
-/// another wrote); it never holds secrets.
+/// `<state_dir>/boards`: leases, locks and board states. Runner users take and free leases from
+/// their job hooks, so the directory belongs to root and the runners' group, mode 2770: every
+/// member of that group can take a lease another member left behind (a dead job's), nobody
+/// else can touch them, and the setgid bit keeps files made inside in the group. Runners that
+/// share boards must share that group (the package's single `runner` user does). It never
+/// holds secrets.
 pub fn boards_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("boards")
 }
 
-/// Create `<state_dir>/boards` if needed.
+/// Mode of `<state_dir>/boards`: setgid, owner and group only.
+const BOARDS_DIR_MODE: u32 = 0o2770;
+
+/// Create `<state_dir>/boards` if needed (mode 2770, the creator's group).
 pub(crate) fn ensure_boards_dir(state_dir: &Path) -> Result<PathBuf, BoardError> {
     let dir = boards_dir(state_dir);
     if !dir.is_dir() {
-        fs::create_dir_all(&dir).map_err(|source| BoardError::CreateDir {
+        let create_err = |source| BoardError::CreateDir {
             path: dir.clone(),
             source,
-        })?;
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).map_err(|source| {
-            BoardError::CreateDir {
-                path: dir.clone(),
-                source,
-            }
-        })?;
+        };
+        fs::create_dir_all(&dir).map_err(create_err)?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(BOARDS_DIR_MODE))
+            .map_err(create_err)?;
     }
+    Ok(dir)
+}
+
+/// Make `<state_dir>/boards` ready for the job hooks of runners whose group is `gid`: create it
+/// if needed, owned by root and `gid`, mode 2770 (see [`boards_dir`]). Run as root when a board
+/// runner is registered, so the first job hook (run as the runner user, who cannot create
+/// directories in the state directory) finds it.
+pub fn prepare_boards_dir(state_dir: &Path, gid: u32) -> Result<PathBuf, BoardError> {
+    let dir = ensure_boards_dir(state_dir)?;
+    let create_err = |source| BoardError::CreateDir {
+        path: dir.clone(),
+        source,
+    };
+    std::os::unix::fs::chown(&dir, Some(0), Some(gid)).map_err(create_err)?;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(BOARDS_DIR_MODE)).map_err(create_err)?;
     Ok(dir)
 }
 
@@ -153,21 +170,21 @@ pub(crate) struct FileLock {
 }
 
 impl FileLock {
-    /// Take an exclusive lock on `path` (created 0666 so every runner user can lock it), waiting
+    /// Take an exclusive lock on `path` (created 0660 so every runner user of the group can lock it), waiting
     /// at most `timeout`.
     pub(crate) fn acquire(path: &Path, timeout: Duration) -> Result<FileLock, BoardError> {
         let file = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .mode(0o666)
+            .mode(0o660)
             .open(path)
             .map_err(|source| BoardError::Write {
                 path: path.to_owned(),
                 source,
             })?;
-        // The umask may have taken bits away; lock files are shared between users.
-        let _ = file.set_permissions(fs::Permissions::from_mode(0o666));
+        // The umask may have taken bits away; lock files are shared within the group.
+        let _ = file.set_permissions(fs::Permissions::from_mode(0o660));
         let deadline = Instant::now() + timeout;
         let mut file = file;
         loop {

@@ -417,6 +417,13 @@ impl<'a> Lifecycle<'a> {
             return Ok(BTreeMap::new());
         };
         let ctx = &self.options.env_context;
+        let run_as = run_as(&runner.user)?;
+        crate::boards::prepare_boards_dir(&self.config.agent.state_dir, run_as.gid).map_err(
+            |err| RunnerError::Io {
+                path: crate::boards::boards_dir(&self.config.agent.state_dir),
+                source: std::io::Error::other(err.to_string()),
+            },
+        )?;
         let mut env = crate::boards::env::job_env(board, None, ctx);
         let hooks = self.runners_dir().join(format!("{}.hooks", runner.name));
         fs::create_dir_all(&hooks).map_err(io_err(&hooks))?;

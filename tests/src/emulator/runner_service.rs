@@ -859,6 +859,9 @@ fn next_message(
         "variables": {
             "system.github.job": format!("job-{}", job.id),
             "system.github.repository": job.scope.to_string(),
+            "system.github.run_id": job.id.to_string(),
+            "system.github.run_attempt": "1",
+            "system.github.run_number": job.id.to_string(),
         },
     });
     if let Some(r) = st.runners.get_mut(&runner_id) {

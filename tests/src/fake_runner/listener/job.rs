@@ -166,6 +166,18 @@ pub fn run_job(
             env.push((k.clone(), v));
         }
     }
+    // The `github` context the real runner exports to steps and job hooks (`GITHUB_RUN_ID`, ...),
+    // from the job message's `system.github.*` variables.
+    for (k, v) in &job.variables {
+        if let (Some(name), Some(value)) = (k.strip_prefix("system.github."), v.as_str()) {
+            if is_env_name(name) {
+                env.push((
+                    format!("GITHUB_{}", name.to_ascii_uppercase()),
+                    value.to_owned(),
+                ));
+            }
+        }
+    }
     let tracking = format!("github_{}", super::guid());
     for (k, v) in [
         ("RUNNER_NAME", ctx.runner_name.clone()),
