@@ -4,8 +4,9 @@
 //! service state, GitHub's runner list when REST access is configured), plans with the pure
 //! [`plan::plan`] and applies the actions through [`Lifecycle`]. Passes are triggered by a
 //! periodic resync (with ±10 % jitter), by `SIGHUP` (reload the configuration; a bad new one is
-//! logged and the old one kept), and by a cheap liveness check every few seconds of the runners'
-//! services (for the process backend this polls the pid file; it is not an exit notification).
+//! logged and the old one kept), by `SIGCHLD` (a process-backend runner started by this daemon
+//! exited), and by a cheap liveness check every few seconds of the runners' services (the pid
+//! file for the process backend; `systemctl` state for systemd units, polled, not subscribed).
 //! `SIGTERM`/`SIGINT` end the loop and leave the runners running.
 //!
 //! Failures back off per runner (exponential with jitter, capped); a deterministic failure (bad
@@ -120,6 +121,7 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
     let mut term = sig(SignalKind::terminate(), "SIGTERM")?;
     let mut int = sig(SignalKind::interrupt(), "SIGINT")?;
     let mut hup = sig(SignalKind::hangup(), "SIGHUP")?;
+    let mut chld = sig(SignalKind::child(), "SIGCHLD")?;
     let hostname = hostname();
     let mut failures: BTreeMap<String, Failures> = BTreeMap::new();
     log::info!(
@@ -129,6 +131,7 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
     );
     let mut resync_at = Instant::now();
     loop {
+        reap();
         let now = Instant::now();
         if now >= resync_at || needs_pass(&config, &hostname, &failures) {
             reconcile(&config, &hostname, &mut failures).await;
@@ -153,11 +156,27 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
                     ),
                 }
             }
+            _ = chld.recv() => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }
     log::info!("daemon stopping; the runners keep running");
     Ok(Status::Success)
+}
+
+/// Reap exited children: process-backend runners started by this daemon are its children, and
+/// a dead one left a zombie would still look alive. Only called between passes, when no command
+/// of the lifecycle is running.
+fn reap() {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    while let Ok(status) = waitpid(nix::unistd::Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+        match status {
+            WaitStatus::StillAlive => break,
+            WaitStatus::Exited(pid, code) => log::info!("process {pid} exited ({code})"),
+            WaitStatus::Signaled(pid, signal, _) => log::info!("process {pid} killed by {signal}"),
+            _ => {}
+        }
+    }
 }
 
 /// A cheap local check: is a registered runner not running, out of backoff?
