@@ -213,7 +213,15 @@ impl Drop for Lab {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = self.command(&["stop"]).output();
+        // The runners outlive the daemon by design: end their sessions.
+        if let Ok(entries) = std::fs::read_dir(self.dir.path().join("state/runners")) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if let Some(pid) = name.strip_suffix(".pid").and_then(|n| self.pid(n)) {
+                    let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+                }
+            }
+        }
     }
 }
 
