@@ -259,6 +259,15 @@ async fn reconcile(config: &Config, hostname: &str, failures: &mut BTreeMap<Stri
                     .unwrap_or_default(),
             });
         }
+        // A runner seen running after its restart backoff ran out is healthy again.
+        let running = status.local.service.state == "active";
+        if running
+            && failures
+                .get(&runner.name)
+                .is_some_and(|f| f.circuit_until.is_none() && f.until.is_none_or(|t| t <= now))
+        {
+            failures.remove(&runner.name);
+        }
         if let Some(f) = failures.get(&runner.name) {
             if f.circuit_until.is_some_and(|t| t > now) {
                 observed.gates.insert(runner.name.clone(), Gate::Circuit);
@@ -307,6 +316,12 @@ async fn reconcile(config: &Config, hostname: &str, failures: &mut BTreeMap<Stri
             }
         };
         match outcome {
+            Ok(()) if matches!(action, Action::Start(_)) => {
+                // No restart loop for a runner that dies at once: the next start waits.
+                let entry = failures.entry(name.clone()).or_default();
+                entry.count += 1;
+                entry.until = Some(Instant::now() + backoff(entry.count));
+            }
             Ok(()) => {
                 failures.remove(&name);
             }
