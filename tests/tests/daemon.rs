@@ -298,6 +298,43 @@ async fn the_daemon_registers_restarts_dead_runners_and_re_registers_deleted_one
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_config_and_keeps_the_old_one_when_the_new_one_is_bad() {
+    let mut lab = Lab::new(1).await;
+    let good = std::fs::read_to_string(&lab.config).unwrap();
+    lab.start_daemon();
+    let names = lab.names(2);
+    lab.wait_runner(&names[0], "online", |r| r.status == "online")
+        .await;
+    let pid = Pid::from_raw(lab.daemon.as_ref().unwrap().id() as i32);
+
+    std::fs::write(&lab.config, "version = 1\n[github]\nurl = 5\n").unwrap();
+    kill(pid, Signal::SIGHUP).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while !lab
+        .log()
+        .contains("keeping the previous configuration, the new one is invalid")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no reload report:\n{}",
+            lab.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(lab.daemon.as_mut().unwrap().try_wait().unwrap().is_none());
+
+    std::fs::write(&lab.config, good.replace("count = 1", "count = 2")).unwrap();
+    kill(pid, Signal::SIGHUP).unwrap();
+    lab.wait_runner(&names[1], "online", |r| r.status == "online")
+        .await;
+    assert!(
+        lab.log().contains("configuration reloaded"),
+        "{}",
+        lab.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_daemon_and_leaves_the_runners_running() {
     let mut lab = Lab::new(1).await;
     lab.start_daemon();
