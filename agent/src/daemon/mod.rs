@@ -22,8 +22,8 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::{self, Config};
 use crate::exit::Status;
-use crate::github::GithubError;
-use crate::runner::{self, Lifecycle, Remote, RunnerError};
+use crate::github::{Cached, GithubError};
+use crate::runner::{self, Lifecycle, Remote, RemoteRunner, RunnerError};
 
 pub use plan::{plan, Action, DesiredRunner, Gate, LocalRunner, Observed};
 
@@ -124,6 +124,7 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
     let mut chld = sig(SignalKind::child(), "SIGCHLD")?;
     let hostname = hostname();
     let mut failures: BTreeMap<String, Failures> = BTreeMap::new();
+    let mut listing = Listing::new(&config);
     log::info!(
         "daemon started with {} runner(s), resync every {} s",
         config.runners.len(),
@@ -134,7 +135,7 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
         reap();
         let now = Instant::now();
         if now >= resync_at || needs_pass(&config, &hostname, &failures) {
-            reconcile(&config, &hostname, &mut failures).await;
+            reconcile(&config, &hostname, &mut failures, &mut listing).await;
             resync_at = Instant::now() + jitter(options.resync, 0.1);
         }
         let wait = options
@@ -148,6 +149,7 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
                     Ok(new) => {
                         log::info!("configuration reloaded from `{}`", config_path.display());
                         config = new;
+                        listing = Listing::new(&config);
                         failures.clear();
                         resync_at = Instant::now();
                     }
@@ -205,7 +207,49 @@ fn needs_pass(config: &Config, hostname: &str, failures: &BTreeMap<String, Failu
     })
 }
 
-async fn reconcile(config: &Config, hostname: &str, failures: &mut BTreeMap<String, Failures>) {
+/// The service state of `runner` (`active`, `inactive`, …), if it can be asked.
+fn service_state(lifecycle: &Lifecycle<'_>, runner: &config::Runner) -> Option<String> {
+    let unit = lifecycle.unit(runner).ok()?;
+    let backend = lifecycle.backends.get(runner.service.as_str())?;
+    backend.status(&unit).ok().map(|status| status.state)
+}
+
+/// GitHub's runner list, read conditionally (ETag): `304 Not Modified` reuses the last list.
+/// One client per configuration, so its ETag cache lives across passes.
+struct Listing {
+    remote: Option<Remote>,
+    last: Option<Vec<RemoteRunner>>,
+}
+
+impl Listing {
+    fn new(config: &Config) -> Listing {
+        Listing {
+            remote: Remote::from_config(config).ok(),
+            last: None,
+        }
+    }
+
+    async fn list(&mut self) -> Result<Option<Vec<RemoteRunner>>, GithubError> {
+        let Some(Remote::Rest { client, scope }) = &self.remote else {
+            return Ok(None);
+        };
+        let fresh = match self.last {
+            Some(_) => client.list_runners_cached(scope).await?,
+            None => Cached::Modified(client.list_runners(scope).await?),
+        };
+        if let Cached::Modified(list) = fresh {
+            self.last = Some(list.into_iter().map(RemoteRunner::from).collect());
+        }
+        Ok(self.last.clone())
+    }
+}
+
+async fn reconcile(
+    config: &Config,
+    hostname: &str,
+    failures: &mut BTreeMap<String, Failures>,
+    listing: &mut Listing,
+) {
     let remote = match Remote::from_config(config) {
         Ok(remote) => remote,
         Err(err) => {
@@ -217,16 +261,8 @@ async fn reconcile(config: &Config, hostname: &str, failures: &mut BTreeMap<Stri
         }
     };
     let lifecycle = Lifecycle::new(config, hostname.to_owned(), remote);
-    let runners: Vec<&config::Runner> = config.runners.iter().collect();
     let now = Instant::now();
-    let statuses = match lifecycle.status(&runners).await {
-        Ok(statuses) => statuses,
-        Err(err) => {
-            log::warn!("cannot observe the runners: {}", error_chain(&err));
-            return;
-        }
-    };
-    let remote_list = match lifecycle.remote.runners().await {
+    let remote_list = match listing.list().await {
         Ok(list) => list,
         Err(err) => {
             log::warn!("cannot list the runners on GitHub: {}", error_chain(&err));
@@ -240,7 +276,9 @@ async fn reconcile(config: &Config, hostname: &str, failures: &mut BTreeMap<Stri
         gates: BTreeMap::new(),
     };
     let mut desired = Vec::new();
-    for (runner, status) in runners.iter().zip(&statuses) {
+    for runner in &config.runners {
+        let id = runner::LocalRegistration::read(&runner.dir).map(|l| l.id);
+        let running = service_state(&lifecycle, runner).as_deref() == Some("active");
         let kvm = runner::run_as(&runner.user)
             .map(|r| runner::kvm_usable(&r, &lifecycle.options.kvm_node))
             .unwrap_or(false);
@@ -248,11 +286,11 @@ async fn reconcile(config: &Config, hostname: &str, failures: &mut BTreeMap<Stri
             name: runner.name.clone(),
             labels: runner::desired_labels(config, runner, hostname, kvm),
         });
-        if status.local.exists || status.local.registered {
+        if runner.dir.is_dir() || id.is_some() {
             observed.local.push(LocalRunner {
                 name: runner.name.clone(),
-                id: status.local.id,
-                running: status.local.service.state == "active",
+                id,
+                running,
                 labels: lifecycle
                     .record(&runner.name)
                     .map(|r| r.labels)
@@ -260,7 +298,6 @@ async fn reconcile(config: &Config, hostname: &str, failures: &mut BTreeMap<Stri
             });
         }
         // A runner seen running after its restart backoff ran out is healthy again.
-        let running = status.local.service.state == "active";
         if running
             && failures
                 .get(&runner.name)
