@@ -17,6 +17,7 @@
 pub mod boards;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod doctor;
 pub mod exit;
 pub mod github;

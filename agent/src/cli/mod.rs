@@ -3,6 +3,7 @@
 
 mod board;
 mod config;
+mod daemon;
 mod docs;
 mod doctor;
 mod release;
@@ -44,6 +45,8 @@ pub enum Command {
     Board(board::BoardArgs),
     /// Check the configuration file.
     Config(config::ConfigArgs),
+    /// Keep the configured runners registered and running (what `runner-agent.service` runs).
+    Daemon(daemon::DaemonArgs),
     /// Print shell completions for `agentctl`.
     Completions(docs::CompletionsArgs),
     /// Print the `agentctl(1)` man page (roff).
@@ -76,6 +79,7 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
     match cli.command {
         Command::Board(args) => board::run(&cli.config, args),
         Command::Config(args) => config::run(&cli.config, &args),
+        Command::Daemon(args) => daemon::run(&cli.config, &args),
         Command::Completions(args) => docs::completions(&args),
         Command::Man => docs::man(),
         Command::Doctor(args) => doctor::doctor(&cli.config, &args),

@@ -1,0 +1,36 @@
+//! `agentctl daemon`: keep the configured runners registered and running ([`crate::daemon`]).
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+
+use crate::exit::Status;
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Seconds between full resyncs with GitHub (jittered by ±10 %).
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "RUNNER_AGENT_RESYNC_SECS",
+        default_value_t = 60
+    )]
+    pub resync_secs: u64,
+    /// Seconds between liveness checks of the runners' services.
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    pub check_secs: u64,
+}
+
+pub fn run(config_path: &Path, args: &DaemonArgs) -> anyhow::Result<Status> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let options = crate::daemon::Options {
+        resync: Duration::from_secs(args.resync_secs.max(1)),
+        check: Duration::from_secs(args.check_secs.max(1)),
+    };
+    Ok(runtime.block_on(crate::daemon::run(config_path, &options))?)
+}
