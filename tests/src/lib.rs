@@ -2,3 +2,4 @@
 
 pub mod emulator;
 pub mod fake_runner;
+pub mod support;

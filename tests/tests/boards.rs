@@ -5,6 +5,7 @@
 // Test helpers outside `#[test]` functions fail loudly too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use runner_agent_tests::support::agentctl;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{symlink, PermissionsExt};
@@ -15,22 +16,6 @@ use std::time::{Duration, Instant};
 
 use runner_agent::boards::identity::{resolve, Device, Resolution, Roots, Watcher};
 use runner_agent::config::{Board, Console, SerialIdentity};
-
-/// `agentctl` as built next to this test binary (`scripts/test` builds the workspace first).
-fn agentctl() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory");
-    let path = dir.join("agentctl");
-    assert!(
-        path.exists(),
-        "`{}` is missing; build it first: cargo build -p runner-agent",
-        path.display()
-    );
-    path
-}
 
 /// Poll `check` until it returns `Some`, or fail after `secs` seconds.
 fn eventually<T>(secs: u64, what: &str, mut check: impl FnMut() -> Option<T>) -> T {

@@ -5,6 +5,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
+use runner_agent_tests::support::agentctl;
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -779,22 +780,6 @@ async fn a_runner_name_taken_by_another_host_is_a_name_collision() {
         text.contains("hint: another host may use the same runner name"),
         "{text}"
     );
-}
-
-/// `agentctl` as built next to this test binary.
-fn agentctl() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory")
-        .join("agentctl");
-    assert!(
-        path.exists(),
-        "`{}` is missing; build it first: cargo build -p runner-agent",
-        path.display()
-    );
-    path
 }
 
 #[tokio::test]

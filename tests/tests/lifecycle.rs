@@ -4,6 +4,7 @@
 // Test helpers outside `#[test]` functions may unwrap too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use runner_agent_tests::support::{agentctl, publish_fake_release};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -11,28 +12,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use runner_agent_tests::emulator::{
-    AssetSource, Emulator, EmulatorOptions, Fault, PatSpec, ReleaseOptions, RunnerView,
-};
-use runner_agent_tests::fake_runner::{build_release, listener_binary, ReleaseSpec};
+use runner_agent_tests::emulator::{Emulator, EmulatorOptions, Fault, PatSpec, RunnerView};
 
 const REPO: &str = "octo/hello";
 const VERSION: &str = "2.336.0";
 const HOST: &str = "labhost";
 const WAIT: Duration = Duration::from_secs(60);
-
-/// `agentctl`, built next to this test binary.
-fn agentctl() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let path = dir.join("agentctl");
-    assert!(
-        path.exists(),
-        "`{}` is missing: build it first (`cargo build -p runner-agent --bin agentctl`)",
-        path.display()
-    );
-    path
-}
 
 /// An emulator with the fake release published, a configuration for `count` process runners
 /// authenticated with a raw registration token.
@@ -70,27 +55,9 @@ impl Lab {
         emu.create_repo(REPO, false).unwrap();
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let built = build_release(
-            &ReleaseSpec {
-                version: VERSION.into(),
-                arch: "x64".into(),
-                listener: listener_binary(),
-                pad_bytes: 0,
-                pad_files: 0,
-            },
-            &dir.path().join("release"),
-        )
-        .unwrap();
-        emu.publish_release(
-            VERSION,
-            vec![("linux-x64".to_owned(), AssetSource::Path(built.path))],
-            ReleaseOptions {
-                digest: true,
-                body_markers: true,
-            },
-        )
-        .await
-        .unwrap();
+        publish_fake_release(&emu, VERSION, &dir.path().join("release"))
+            .await
+            .unwrap();
         let token_file = dir.path().join("registration-token");
         let pat = pat.map(|spec| emu.add_pat(spec));
         let lab = Lab {

@@ -103,23 +103,7 @@ pub fn asset_name(version: &str, arch: &str) -> String {
 /// The compiled `fake-runner-listener` of this build: next to the running executable or one
 /// directory up (a test binary lives in `target/<profile>/deps/`).
 pub fn listener_binary() -> PathBuf {
-    let name = "fake-runner-listener";
-    if let Ok(exe) = std::env::current_exe() {
-        let mut dir = exe.parent().map(Path::to_path_buf);
-        while let Some(d) = dir {
-            let candidate = d.join(name);
-            if candidate.is_file() {
-                return candidate;
-            }
-            if d.file_name().is_some_and(|n| n == "target") {
-                break;
-            }
-            dir = d.parent().map(Path::to_path_buf);
-        }
-    }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/debug")
-        .join(name)
+    crate::support::workspace_binary("fake-runner-listener")
 }
 
 /// A deterministic, fast PRNG (SplitMix64) for padding bytes.

@@ -2,8 +2,9 @@
 
 #![allow(dead_code)]
 
+pub use runner_agent_tests::support::agentctl;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use runner_agent::config::VersionReq;
@@ -177,17 +178,4 @@ pub fn tree(root: &Path) -> Vec<String> {
     }
     found.sort();
     found
-}
-
-/// `agentctl`, built next to this test binary (`scripts/test` builds every target first).
-pub fn agentctl() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let path = dir.join("agentctl");
-    assert!(
-        path.exists(),
-        "`{}` is missing: build it first (`cargo build -p runner-agent --bin agentctl`)",
-        path.display()
-    );
-    path
 }
