@@ -348,6 +348,51 @@ baud = 115200
         String::from_utf8_lossy(&buf[..n])
     );
 
+    // doctor: engine, image, and a throwaway container that opens both devices; then the KVM
+    // node without its group's access fails, with the fix.
+    let doctor = |lab: &Lab| -> (Option<i32>, serde_json::Value) {
+        let out = lab.agentctl(&["doctor", "--only", "container", "--offline", "--json"]);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|err| panic!("{err}: {}", text(&out)));
+        (out.status.code(), report)
+    };
+    let finding = |report: &serde_json::Value, id: &str| -> serde_json::Value {
+        report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {id}: {report}"))
+    };
+    let (code, report) = doctor(&lab);
+    assert_eq!(code, Some(0), "{report}");
+    for id in ["container.engine", "container.reachable", "container.image"] {
+        assert_eq!(finding(&report, id)["outcome"], "pass", "{report}");
+    }
+    let devices = finding(&report, "container.devices");
+    assert_eq!(devices["outcome"], "pass", "{report}");
+    let detail = devices["detail"].as_str().unwrap();
+    assert!(detail.contains("/dev/kvm"), "{detail}");
+    assert!(detail.contains(&link.display().to_string()), "{detail}");
+    std::fs::set_permissions(&kvm, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, report) = doctor(&lab);
+    std::fs::set_permissions(&kvm, std::fs::Permissions::from_mode(0o660)).unwrap();
+    assert_eq!(code, Some(1), "{report}");
+    let devices = finding(&report, "container.devices");
+    assert_eq!(devices["outcome"], "fail", "{report}");
+    assert!(
+        devices["detail"]
+            .as_str()
+            .unwrap()
+            .contains("cannot open /dev/kvm"),
+        "{devices}"
+    );
+    assert!(
+        devices["hint"].as_str().unwrap().contains("0660"),
+        "{devices}"
+    );
+
     // stop, status, start.
     lab.ok(&["stop"]);
     assert_eq!(lab.container_state(), "exited");

@@ -144,6 +144,53 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Like [`Engine::run`], but killed after `timeout` (a hung engine must not hang `doctor`).
+    pub fn run_for(
+        &self,
+        args: &[String],
+        timeout: std::time::Duration,
+    ) -> Result<String, ServiceError> {
+        let shown = self.shown(args);
+        let spawn_err = |source| ServiceError::Spawn {
+            command: shown.clone(),
+            source,
+        };
+        let mut child = Command::new(&self.program)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(spawn_err)?;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if child.try_wait().map_err(spawn_err)?.is_some() {
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(ServiceError::Failed {
+                    command: shown,
+                    status: format!("no answer within {} s", timeout.as_secs()),
+                    output: String::new(),
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let output = child.wait_with_output().map_err(spawn_err)?;
+        if !output.status.success() {
+            return Err(ServiceError::Failed {
+                command: shown,
+                status: output.status.to_string(),
+                output: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+}
+
 fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| (*s).to_owned()).collect()
 }
@@ -505,6 +552,63 @@ impl Container {
             workdir: unit.dir.clone(),
             command: vec![unit.dir.join("run.sh").to_string_lossy().into_owned()],
         }
+    }
+
+    /// The `<engine> run` arguments of a throwaway container that opens every device runner
+    /// `name`'s container gets, as `run_as` with the same numeric groups, printing `ok PATH` or
+    /// `fail PATH` per device (what `agentctl doctor` runs), and the devices' paths inside; `None`
+    /// when the runner gets no device.
+    pub fn probe_args(
+        &self,
+        name: &str,
+        run_as: &RunAs,
+        extra_groups: &[String],
+    ) -> Option<(Vec<String>, Vec<PathBuf>)> {
+        let (devices, binds, mut groups) = self.devices(name, run_as);
+        for group in extra_groups {
+            if let Ok(Some(found)) = nix::unistd::Group::from_name(group) {
+                groups.push(found.gid.as_raw());
+            }
+        }
+        groups.sort_unstable();
+        groups.dedup();
+        let inside: Vec<PathBuf> = devices
+            .iter()
+            .map(|(_, inside)| inside.clone())
+            .chain(binds.iter().map(|b| b.target.clone()))
+            .collect();
+        if inside.is_empty() {
+            return None;
+        }
+        let mut args = strings(&["run", "--rm", "--network", "none", "--user"]);
+        args.push(format!("{}:{}", run_as.uid, run_as.gid));
+        for group in &groups {
+            args.push("--group-add".to_owned());
+            args.push(group.to_string());
+        }
+        for (host, inside) in &devices {
+            args.push("--device".to_owned());
+            args.push(format!("{}:{}", host.display(), inside.display()));
+        }
+        for bind in &binds {
+            args.push("--mount".to_owned());
+            args.push(mount_arg(
+                "bind",
+                &bind.source.to_string_lossy(),
+                &bind.target,
+                false,
+            ));
+        }
+        args.extend(strings(&["--entrypoint", "/bin/sh"]));
+        args.push(self.image(name));
+        args.push("-c".to_owned());
+        args.push(
+            "for p in \"$@\"; do if (exec 3<>\"$p\") 2>/dev/null; then echo \"ok $p\"; else echo \"fail $p\"; fi; done"
+                .to_owned(),
+        );
+        args.push("probe".to_owned());
+        args.extend(inside.iter().map(|p| p.to_string_lossy().into_owned()));
+        Some((args, inside))
     }
 
     /// `(status, pid, spec digest)` of the container, `None` when there is none.
