@@ -28,7 +28,9 @@
 //! - a named volume `runner-agent-<name>-work` on the runner's work directory (also `HOME`), owned
 //!   by the runner user; `agentctl remove`/`purge` delete it.
 //! - `--restart <[container] restart>` (default `unless-stopped`: back after a reboot or an engine
-//!   restart, but `agentctl stop` stays stopped), `--init` with `--stop-signal SIGINT` and
+//!   restart, but `agentctl stop` stays stopped; unlike systemd's `Restart=on-failure`, it also
+//!   restarts a listener that exited 0 on a terminal error such as a deleted registration, with
+//!   the engine's growing back-off, until the agent re-registers it), `--init` with `--stop-signal SIGINT` and
 //!   `RUNNER_MANUALLY_TRAP_SIG=1`, so that `run.sh` passes the interrupt to the listener, which
 //!   cancels its job as under the other backends; `--stop-timeout 45`.
 //! - labels `runner-agent.runner=<name>`, `runner-agent.owner=host-<hostname>` (the same marker
