@@ -75,7 +75,7 @@ fn patterns() -> &'static Regex {
 /// installation and registration tokens), so that hourly tokens do not pile up.
 pub fn register(secret: &str) {
     let secret = secret.trim();
-    if secret.len() < MIN_SECRET_LEN || redact(secret) == MASK {
+    if secret.len() < MIN_SECRET_LEN || masked_by_shape(secret) {
         return;
     }
     let mut secrets = match registry().write() {
@@ -83,6 +83,13 @@ pub fn register(secret: &str) {
         Err(poisoned) => poisoned.into_inner(),
     };
     secrets.insert(secret, MAX_SECRETS);
+}
+
+/// Whether the token shapes alone mask all of `secret`.
+fn masked_by_shape(secret: &str) -> bool {
+    patterns()
+        .find(secret)
+        .is_some_and(|found| found.start() == 0 && found.end() == secret.len())
 }
 
 /// `text` with every registered secret and every token-shaped string replaced by [`MASK`].
