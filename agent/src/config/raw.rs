@@ -17,6 +17,7 @@ pub struct RawConfig {
     pub github: Option<Spanned<RawGitHub>>,
     pub host: Option<RawHost>,
     pub container: Option<RawContainer>,
+    pub daemon: Option<RawDaemon>,
     pub defaults: Option<Spanned<RawSettings>>,
     #[serde(default)]
     pub runner: Vec<Spanned<RawRunner>>,
@@ -30,6 +31,12 @@ pub struct RawAgent {
     pub cache_dir: Option<Spanned<String>>,
     pub state_dir: Option<Spanned<String>>,
     pub profiles_dir: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDaemon {
+    pub metrics_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

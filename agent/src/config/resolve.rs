@@ -123,6 +123,7 @@ pub fn config(path: &Path, options: &LoadOptions) -> Result<Config, ConfigError>
         binfmt: host.binfmt.unwrap_or_default(),
     });
     let container = container(&mut checker, &source, raw.container);
+    let daemon = daemon(&mut checker, &source, raw.daemon);
     let boards = boards(
         &mut checker,
         &source,
@@ -139,6 +140,7 @@ pub fn config(path: &Path, options: &LoadOptions) -> Result<Config, ConfigError>
             github,
             host,
             container,
+            daemon,
             runners,
             boards,
         }),
@@ -209,6 +211,22 @@ fn load_profile(checker: &mut Checker<'_>, path: &Path) -> Option<Profile> {
         power,
         env,
     })
+}
+
+fn daemon(checker: &mut Checker<'_>, source: &Source, raw: Option<RawDaemon>) -> Daemon {
+    let metrics_file = raw.and_then(|raw| raw.metrics_file).map(|value| {
+        let path = PathBuf::from(value.get_ref());
+        if !path.is_absolute() {
+            checker.say(
+                source,
+                value.span(),
+                "`metrics_file` must be an absolute path".to_owned(),
+                "for node_exporter's textfile collector, e.g. `/var/lib/node_exporter/textfile/runner_agent.prom`".to_owned(),
+            );
+        }
+        path
+    });
+    Daemon { metrics_file }
 }
 
 fn agent(
