@@ -407,6 +407,48 @@ baud = 115200
     })
     .await;
 
+    // Healing as for host runners: GitHub forgets the runner, `register` registers it again
+    // (fresh token, same container and volume) and it comes back online under a new id.
+    let old_id = lab
+        .emu
+        .runners(Some(REPO))
+        .into_iter()
+        .find(|r| r.name == name)
+        .unwrap()
+        .id;
+    assert!(lab.emu.delete_runner(old_id));
+    let out = lab.ok(&["register"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("{name}: registered (id ")),
+        "{}",
+        text(&out)
+    );
+    lab.wait_runner("came back under a new id", |r| {
+        r.is_some_and(|r| r.status == "online" && r.id != old_id)
+    })
+    .await;
+    assert_eq!(lab.container_state(), "running");
+
+    // The job's files went to the work volume, owned by the runner user; the runner directory
+    // on the host only holds its mount point.
+    let mountpoint = docker_text(&["volume", "inspect", "--format", "{{.Mountpoint}}", &volume]);
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::metadata(&mountpoint).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (ra.uid.as_raw(), ra.gid.as_raw()));
+        assert!(
+            std::fs::read_dir(&mountpoint).unwrap().next().is_some(),
+            "the work volume is empty"
+        );
+        let host_work = root_path(&lab).join("runners").join(&name).join("_work");
+        assert_eq!(
+            std::fs::read_dir(&host_work)
+                .map(|d| d.count())
+                .unwrap_or(0),
+            0
+        );
+    }
+
     // purge: no container, no volume, no registration.
     lab.ok(&["purge", "-y"]);
     let left = docker_text(&[
