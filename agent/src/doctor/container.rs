@@ -188,3 +188,86 @@ pub fn check(cfg: Option<&Config>, asked: bool) -> Vec<Finding> {
     }
     findings
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doctor::Outcome;
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::path::Path;
+
+    fn config(dir: &Path, engine: &Path) -> Config {
+        let pat = dir.join("github-pat");
+        std::fs::write(&pat, "unit-test-token-value\n").unwrap();
+        std::fs::set_permissions(&pat, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let path = dir.join("agent.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "version = 1\n[github]\nurl = \"https://github.com/o/r\"\npat_file = \"github-pat\"\n\
+                 [container]\nengine = \"{}\"\nimage = \"lab/runner:{{version}}\"\n\
+                 [[runner]]\nname = \"c1\"\nservice = \"container\"\n",
+                engine.display()
+            ),
+        )
+        .unwrap();
+        crate::config::load_with(
+            &path,
+            &crate::config::LoadOptions {
+                hostname: Some("h".to_owned()),
+                ..crate::config::LoadOptions::default()
+            },
+        )
+        .unwrap()
+    }
+
+    fn outcome(findings: &[Finding], id: &str) -> (Outcome, String, Option<String>) {
+        let f = findings.iter().find(|f| f.id == id).unwrap();
+        (f.outcome, f.detail.clone(), f.hint.clone())
+    }
+
+    #[test]
+    fn a_missing_engine_fails_with_how_to_install_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), &dir.path().join("docker"));
+        let findings = check(Some(&cfg), false);
+        let (outcome, detail, hint) = outcome(&findings, "container.engine");
+        assert_eq!(outcome, Outcome::Fail);
+        assert!(detail.contains("is not there"), "{detail}");
+        assert!(hint.unwrap().contains("docker.io"));
+        assert_eq!(findings.len(), 1);
+    }
+
+    #[test]
+    fn a_missing_image_fails_with_the_pull_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = dir.path().join("docker");
+        std::fs::write(
+            &engine,
+            "#!/bin/sh\ncase $1 in\nversion) echo 27.0.1 ;;\n\
+             image) echo \"Error: No such image: $5\" >&2; exit 1 ;;\nesac\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&engine, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let cfg = config(dir.path(), &engine);
+        let findings = check(Some(&cfg), false);
+        assert_eq!(outcome(&findings, "container.engine").0, Outcome::Pass);
+        let (reachable, detail, _) = outcome(&findings, "container.reachable");
+        assert_eq!(reachable, Outcome::Pass);
+        assert!(detail.contains("27.0.1"), "{detail}");
+        let (image, detail, hint) = outcome(&findings, "container.image");
+        assert_eq!(image, Outcome::Fail);
+        assert!(
+            detail.contains("`lab/runner:latest` is not on this host: Error: No such image"),
+            "{detail}"
+        );
+        assert!(hint.unwrap().contains("pull lab/runner:latest"));
+        assert!(!findings.iter().any(|f| f.id == "container.devices"));
+    }
+
+    #[test]
+    fn without_container_runners_there_is_nothing_to_say_unless_asked() {
+        assert!(check(None, false).is_empty());
+        assert_eq!(check(None, true)[0].outcome, Outcome::Skip);
+    }
+}
