@@ -6,12 +6,14 @@
 # a private /dev/kvm node, a fake board's pty). The GitHub emulator runs on the host's loopback,
 # so doctor's github checks reach it from the guest. ansible-playbook drives the guest through the
 # `community.docker.nsenter` connection (the container's PID 1) with the example playbook:
+#   0. --check --diff on the fresh guest: reports the package, changes nothing;
 #   1. apply: installs the .deb, writes agent.toml, the PAT and the LoadCredential drop-in, starts
 #      the service, doctor finds nothing failing;
 #   2. apply again: changed=0, the agent was not restarted;
 #   3. --check --diff with another label: shows the diff, changes nothing;
 #   4. a configuration `agentctl config check` refuses: the play fails, nothing changed;
 #   5. a doctor check that fails: the play fails with the check's id and hint;
+#   6. the new label for real: agent.toml changes, the agent reloads it (no restart);
 # and the PAT never appears in any output; ansible-lint (production profile) is clean.
 #
 # usage: bash tests/e2e/ansible.sh [DEB]   (default: the newest target/debian/runner-agent_*.deb;
@@ -135,6 +137,8 @@ fi
 mkdir -p "$W/root" "$W/devs"
 tar -C "$W/root" -xf "$TARBALL" || die "cannot unpack $TARBALL"
 systemctl --root="$W/root" mask --quiet apt-daily.timer apt-daily-upgrade.timer
+# debootstrap copied the build host's name; runner names are `{hostname}-...`.
+echo "$M" >"$W/root/etc/hostname"
 # What udev does on a real host: a kvm group owning /dev/kvm (the package then finds it).
 chroot "$W/root" groupadd --system kvm || die "cannot create the kvm group in the guest"
 KVM_GID=$(awk -F: '$1 == "kvm" { print $3 }' "$W/root/etc/group")
@@ -231,7 +235,18 @@ recap() { sed -n "s/^$HOST *: *//p" "$W/$1.log" | tr -s ' '; }
 count() { recap "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 show_log() { tail -n "${2:-25}" "$W/$1.log" | sed 's/^/        | /'; }
 main_pid() { in_guest systemctl show -p MainPID --value runner-agent.service 2>&1; }
+# reloads: how often systemd reloaded the agent (SIGHUP through ExecReload)
+reloads() { in_guest journalctl -q -u runner-agent.service 2>/dev/null | grep -c 'Reloading'; }
 toml_sum() { in_guest sha256sum /etc/runner-agent/agent.toml 2>&1; }
+
+# --- 0. check mode on a fresh host: says it would install, changes nothing -------------------------
+rc=$(play fresh-check --check --diff)
+expect "check mode on a fresh host: ansible-playbook exits 0" 0 "$rc"
+[ "$rc" = 0 ] || show_log fresh-check 40
+check "check mode on a fresh host: reports the package as a change" test "$(count fresh-check changed)" -gt 0
+check "check mode on a fresh host: the package is not installed" bash -c "! nsenter -t $LEADER -a test -e /usr/bin/agentctl"
+check "check mode on a fresh host: no package file, no /etc/runner-agent" \
+    bash -c "! nsenter -t $LEADER -a test -e /var/cache/runner-agent-packages && ! nsenter -t $LEADER -a test -e /etc/runner-agent"
 
 # --- 1. apply ----------------------------------------------------------------------------------------
 rc=$(play apply)
@@ -248,8 +263,8 @@ expect "apply: the PAT file owner and mode" "600 root:root" "$(in_guest stat -c 
 expect "apply: the PAT file holds the token" "$PAT" "$(in_guest cat /etc/runner-agent/github-pat 2>&1)"
 check "apply: the drop-in hands the PAT to the service" \
     in_guest grep -qx 'LoadCredential=github-pat:/etc/runner-agent/github-pat' /etc/systemd/system/runner-agent.service.d/50-credentials.conf
-expect "apply: the running unit has the credential" "github-pat:/etc/runner-agent/github-pat" \
-    "$(in_guest systemctl show -p LoadCredential --value runner-agent.service 2>&1 | sed 's/ /:/')"
+check "apply: the running agent has the credential (/run/credentials)" \
+    in_guest test -s /run/credentials/runner-agent.service/github-pat
 resolved=$(in_guest agentctl config check --json 2>&1)
 expect "apply: agent.toml resolves to the configured runners, scope and board" \
     "ra-e2e-ansible-kvm-1 ra-e2e-ansible-kvm-2 e2e-board|$URL/octo/lab|fake-a" \
@@ -264,6 +279,7 @@ expect "apply: doctor opened the board's console as the runner user" "pass" \
     "$(/usr/bin/python3 -c 'import json, sys; f = [x["outcome"] for x in json.load(sys.stdin)["findings"] if x["id"] == "serial.open"]; print("pass" if f and set(f) == {"pass"} else f)' <<<"$doctor" 2>&1)"
 pid1=$(main_pid)
 sum1=$(toml_sum)
+reloads1=$(reloads)
 
 # --- 2. apply again: nothing changes -----------------------------------------------------------------
 rc=$(play again)
@@ -272,6 +288,7 @@ expect "again: ansible-playbook exits 0" 0 "$rc"
 expect "again: changed=0" 0 "$(count again changed)"
 expect "again: nothing failed" 0 "$(count again failed)"
 expect "again: the agent was not restarted (same MainPID)" "$pid1" "$(main_pid)"
+expect "again: the agent was not reloaded" "$reloads1" "$(reloads)"
 
 # --- 3. check mode with another label: shows the change, makes none -----------------------------------
 rc=$(play check --check --diff -e '{"runner_agent_defaults": {"user": "runner", "labels": ["lab", "e2e", "gpu"]}}')
@@ -281,7 +298,8 @@ check "check mode: reports a change" test "$(count check changed)" -gt 0
 check "check mode: the diff shows the old labels" grep -qF -- '-labels = ["lab", "e2e"]' "$W/check.log"
 check "check mode: the diff shows the new labels" grep -qF -- '+labels = ["lab", "e2e", "gpu"]' "$W/check.log"
 expect "check mode: agent.toml is unchanged" "$sum1" "$(toml_sum)"
-expect "check mode: the agent was not restarted or reloaded (same MainPID)" "$pid1" "$(main_pid)"
+expect "check mode: the agent was not restarted (same MainPID)" "$pid1" "$(main_pid)"
+expect "check mode: the agent was not reloaded" "$reloads1" "$(reloads)"
 
 # --- 4. a configuration agentctl refuses: the template's validate stops the play ----------------------
 rc=$(play invalid -e '{"runner_agent_defaults": {"user": "runner", "labels": ["lab", "has space"]}}')
@@ -301,7 +319,16 @@ check "failing doctor check: the message names the check" grep -q 'fail kvm.open
 check "failing doctor check: the message has its hint" grep -q 'hint: .*usermod -aG kvm nobody' "$W/doctor.log"
 [ "$failed" -eq 0 ] || show_log doctor 15
 
-no_pat() { ! grep -qF -- "$PAT" "$W"/apply.log "$W"/again.log "$W"/check.log "$W"/invalid.log "$W"/doctor.log; }
+# --- 6. apply the new label: agent.toml changes, the agent reloads it (SIGHUP), no restart -------------
+rc=$(play change -e '{"runner_agent_defaults": {"user": "runner", "labels": ["lab", "e2e", "gpu"]}}')
+expect "change: ansible-playbook exits 0" 0 "$rc"
+[ "$rc" = 0 ] || show_log change 40
+check "change: agent.toml has the new label" in_guest grep -qF 'labels = ["lab", "e2e", "gpu"]' /etc/runner-agent/agent.toml
+expect "change: the agent was reloaded once" "$((reloads1 + 1))" "$(reloads)"
+expect "change: the agent was not restarted (same MainPID)" "$pid1" "$(main_pid)"
+expect "change: runner-agent.service is active" active "$(in_guest systemctl is-active runner-agent.service 2>&1)"
+
+no_pat() { ! grep -qF -- "$PAT" "$W"/fresh-check.log "$W"/apply.log "$W"/again.log "$W"/check.log "$W"/invalid.log "$W"/doctor.log "$W"/change.log; }
 check "the PAT appears in no output of ansible-playbook (no_log)" no_pat
 
 log "done"
