@@ -14,6 +14,7 @@
 #   4. a configuration `agentctl config check` refuses: the play fails, nothing changed;
 #   5. a doctor check that fails: the play fails with the check's id and hint;
 #   6. the new label for real: agent.toml changes, the agent reloads it (no restart);
+#   7. the PAT rotated on the emulator: the new one replaces the file, the agent restarts with it;
 # and the PAT never appears in any output; ansible-lint (production profile) is clean.
 #
 # usage: bash tests/e2e/ansible.sh [DEB]   (default: the newest target/debian/runner-agent_*.deb;
@@ -328,8 +329,22 @@ expect "change: the agent was reloaded once" "$((reloads1 + 1))" "$(reloads)"
 expect "change: the agent was not restarted (same MainPID)" "$pid1" "$(main_pid)"
 expect "change: runner-agent.service is active" active "$(in_guest systemctl is-active runner-agent.service 2>&1)"
 
-no_pat() { ! grep -qF -- "$PAT" "$W"/fresh-check.log "$W"/apply.log "$W"/again.log "$W"/check.log "$W"/invalid.log "$W"/doctor.log "$W"/change.log; }
-check "the PAT appears in no output of ansible-playbook (no_log)" no_pat
+# --- 7. the PAT rotated on GitHub: the new one replaces the file, the agent restarts with it -----------
+NEW_PAT=$(curl -fsS -X POST "$URL/_emulator/tokens/rotate" -d "{\"token\": \"$PAT\"}" \
+    | /usr/bin/python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])' 2>/dev/null)
+# In a file, as a vault would hand it over: never a token in argv.
+(umask 077; printf 'runner_agent_pat: %s\nrunner_agent_defaults: {user: runner, labels: [lab, e2e, gpu]}\n' "$NEW_PAT" >"$W/rotate.yml")
+rc=$(play rotate -e "@$W/rotate.yml")
+expect "rotated PAT: ansible-playbook exits 0 (doctor's github checks pass with the new token)" 0 "$rc"
+[ "$rc" = 0 ] || show_log rotate 40
+expect "rotated PAT: the file holds the new token" "$NEW_PAT" "$(in_guest cat /etc/runner-agent/github-pat 2>&1)"
+check "rotated PAT: the agent was restarted (new MainPID)" test "$(main_pid)" != "$pid1"
+expect "rotated PAT: runner-agent.service is active" active "$(in_guest systemctl is-active runner-agent.service 2>&1)"
+expect "rotated PAT: the running agent has the new token" "$NEW_PAT" \
+    "$(in_guest cat /run/credentials/runner-agent.service/github-pat 2>&1)"
+
+no_pat() { [ -n "$NEW_PAT" ] && ! grep -qF -e "$PAT" -e "$NEW_PAT" "$W"/fresh-check.log "$W"/apply.log "$W"/again.log "$W"/check.log "$W"/invalid.log "$W"/doctor.log "$W"/change.log "$W"/rotate.log; }
+check "neither PAT appears in any output of ansible-playbook (no_log)" no_pat
 
 log "done"
 echo "$passed passed, $failed failed"
