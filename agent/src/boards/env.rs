@@ -161,6 +161,7 @@ mod tests {
                 // Derived values win over configured ones.
                 ("BOARD_COMM_UART_BAUD".to_owned(), "9600".to_owned()),
             ]),
+            jobs: Default::default(),
         }
     }
 

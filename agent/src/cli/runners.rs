@@ -313,6 +313,22 @@ pub fn render_status(statuses: &[RunnerStatus]) -> String {
             (None, Some(note)) => out.push_str(&format!("  github: {note}\n")),
             (None, None) => {}
         }
+        if let Some(board) = &status.board {
+            match &board.reason {
+                Some(reason) => {
+                    let mut lines = reason.lines();
+                    out.push_str(&format!(
+                        "  board: {} offline: {}\n",
+                        board.name,
+                        lines.next().unwrap_or_default()
+                    ));
+                    for line in lines {
+                        out.push_str(&format!("    {line}\n"));
+                    }
+                }
+                None => out.push_str(&format!("  board: {} online\n", board.name)),
+            }
+        }
         out.push_str(&format!("  dir: {}\n", local.dir.display()));
     }
     out

@@ -360,3 +360,26 @@ fn skipping_secret_checks_loads_a_config_whose_secret_is_unreadable() {
     let config = load_with(&path, &skipping).unwrap();
     assert!(matches!(config.github.auth, Auth::Pat { .. }));
 }
+
+#[test]
+fn a_boards_job_routine_is_off_unless_set_and_its_keys_resolve() {
+    let (_dir, path) = write_config(&format!(
+        "{HEAD}\n[[board]]\nname = \"plain\"\n\n\
+         [[board]]\nname = \"rk\"\nboot_prompt = \"=>\"\n\
+         reset_before_job = true\nprobe_after_reset = true\nprobe_timeout_secs = 45\n\
+         power_off_after_job = true\n\
+         console = {{ path = \"/dev/serial/by-id/usb-rk\", baud = 1500000 }}\n\
+         power = {{ kind = \"command\", on = \"pdu on 1\", off = \"pdu off 1\" }}\n"
+    ));
+    let config = load_with(&path, &options()).unwrap();
+    assert_eq!(config.board("plain").unwrap().jobs, BoardJobs::default());
+    assert_eq!(
+        config.board("rk").unwrap().jobs,
+        BoardJobs {
+            reset_before_job: true,
+            probe_after_reset: true,
+            probe_timeout_secs: 45,
+            power_off_after_job: true,
+        }
+    );
+}

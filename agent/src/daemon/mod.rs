@@ -12,6 +12,7 @@
 //! Failures back off per runner (exponential with jitter, capped); a deterministic failure (bad
 //! credentials, missing permission) opens a circuit for that runner for [`CIRCUIT_OPEN`].
 
+pub mod boards;
 pub mod plan;
 
 use std::collections::BTreeMap;
@@ -125,6 +126,7 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
     let hostname = hostname();
     let mut failures: BTreeMap<String, Failures> = BTreeMap::new();
     let mut listing = Listing::new(&config);
+    let mut boards = boards::BoardWatch::new(&config, crate::boards::identity::Roots::from_env());
     log::info!(
         "daemon started with {} runner(s), resync every {} s",
         config.runners.len(),
@@ -134,8 +136,9 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
     loop {
         reap();
         let now = Instant::now();
-        if now >= resync_at || needs_pass(&config, &hostname, &failures) {
-            reconcile(&config, &hostname, &mut failures, &mut listing).await;
+        let board_changed = boards.rescan();
+        if now >= resync_at || board_changed || needs_pass(&config, &hostname, &failures, &boards) {
+            reconcile(&config, &hostname, &mut failures, &mut listing, &mut boards).await;
             resync_at = Instant::now() + jitter(options.resync, 0.1);
         }
         let wait = options
@@ -150,6 +153,7 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
                         log::info!("configuration reloaded from `{}`", config_path.display());
                         config = new;
                         listing = Listing::new(&config);
+                        boards = boards::BoardWatch::new(&config, crate::boards::identity::Roots::from_env());
                         failures.clear();
                         resync_at = Instant::now();
                     }
@@ -159,6 +163,7 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
                 }
             }
             _ = chld.recv() => {}
+            () = boards.changed() => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }
@@ -182,16 +187,22 @@ fn reap() {
 }
 
 /// A cheap local check: is a registered runner not running, out of backoff?
-fn needs_pass(config: &Config, hostname: &str, failures: &BTreeMap<String, Failures>) -> bool {
+fn needs_pass(
+    config: &Config,
+    hostname: &str,
+    failures: &BTreeMap<String, Failures>,
+    boards: &boards::BoardWatch,
+) -> bool {
     let Ok(remote) = Remote::from_config(config) else {
         return false;
     };
     let lifecycle = Lifecycle::new(config, hostname.to_owned(), remote);
     let now = Instant::now();
     config.runners.iter().any(|runner| {
-        let gated = failures.get(&runner.name).is_some_and(|f| {
-            f.until.is_some_and(|t| t > now) || f.circuit_until.is_some_and(|t| t > now)
-        });
+        let gated = boards.gated(&runner.name)
+            || failures.get(&runner.name).is_some_and(|f| {
+                f.until.is_some_and(|t| t > now) || f.circuit_until.is_some_and(|t| t > now)
+            });
         !gated
             && runner::LocalRegistration::read(&runner.dir).is_some()
             && lifecycle
@@ -249,6 +260,7 @@ async fn reconcile(
     hostname: &str,
     failures: &mut BTreeMap<String, Failures>,
     listing: &mut Listing,
+    boards: &mut boards::BoardWatch,
 ) {
     let remote = match Remote::from_config(config) {
         Ok(remote) => remote,
@@ -315,6 +327,8 @@ async fn reconcile(
             }
         }
     }
+    // A board that cannot take jobs keeps its runners offline, whatever else holds.
+    observed.gates.extend(boards.gates());
     for action in plan(&desired, &observed, now) {
         let name = match &action {
             Action::Register(n) | Action::Start(n) | Action::UpdateLabels(n) => n.clone(),
@@ -326,6 +340,12 @@ async fn reconcile(
                 log::info!("deleting ghost runner `{name}` (id {id}) of this host on GitHub");
                 if let Err(err) = lifecycle.remote.delete_runner(*id).await {
                     log::warn!("cannot delete runner `{name}`: {}", error_chain(&err));
+                }
+                continue;
+            }
+            Action::Stop(name, reason) => {
+                if let Some(runner) = config.runner(name) {
+                    boards::take_offline(&lifecycle, runner, reason);
                 }
                 continue;
             }
@@ -384,6 +404,7 @@ async fn reconcile(
             }
         }
     }
+    boards.settle(&lifecycle);
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {

@@ -282,6 +282,9 @@ pub struct Options {
     pub kvm_node: PathBuf,
     /// `agentctl` and the configuration, for board job hooks and power commands.
     pub env_context: EnvContext,
+    /// Where board devices are looked up (a board runner's job environment names the device
+    /// as it is when the runner starts).
+    pub roots: crate::boards::identity::Roots,
 }
 
 impl Options {
@@ -296,6 +299,7 @@ impl Options {
                     .unwrap_or_else(|_| PathBuf::from("/usr/bin/agentctl")),
                 config: config.path.clone(),
             },
+            roots: crate::boards::identity::Roots::from_env(),
         }
     }
 }
@@ -310,6 +314,10 @@ pub struct RunnerStatus {
     /// Why `github` is missing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub github_note: Option<String>,
+    /// A board runner's board: online, or offline with the reason (which keeps the runner
+    /// offline under the daemon).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub board: Option<crate::boards::state::BoardSummary>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -424,10 +432,13 @@ impl<'a> Lifecycle<'a> {
                 source: std::io::Error::other(err.to_string()),
             },
         )?;
-        let mut env = crate::boards::env::job_env(board, None, ctx);
+        let console = board.console.as_ref().map(|console| {
+            crate::boards::identity::resolve(&console.identity, &board.name, &self.options.roots)
+        });
+        let mut env = crate::boards::env::job_env(board, console.as_ref(), ctx);
         let hooks = self.runners_dir().join(format!("{}.hooks", runner.name));
         fs::create_dir_all(&hooks).map_err(io_err(&hooks))?;
-        let options = crate::boards::hooks::HookOptions::default();
+        let options = crate::boards::hooks::HookOptions::for_board(board);
         let started = hooks.join("job-started.sh");
         let completed = hooks.join("job-completed.sh");
         for (path, text) in [
@@ -918,6 +929,25 @@ impl<'a> Lifecycle<'a> {
         Ok(())
     }
 
+    /// A board runner's board as it is now: its devices resolved again, its last probe's health.
+    fn board_summary(&self, runner: &Runner) -> Option<crate::boards::state::BoardSummary> {
+        let board = self.config.board(runner.board.as_deref()?)?;
+        let roots = &self.options.roots;
+        let mut state = crate::boards::state::load(&self.config.agent.state_dir, &board.name)
+            .unwrap_or_else(|_| crate::boards::state::BoardState::unknown(&board.name));
+        state.console = board
+            .console
+            .as_ref()
+            .map(|console| crate::boards::identity::resolve(&console.identity, &board.name, roots));
+        state.relay = match &board.power {
+            Some(crate::config::Power::ModbusRtu { device, .. }) => {
+                Some(crate::boards::identity::resolve(device, &board.name, roots))
+            }
+            _ => None,
+        };
+        Some(crate::boards::state::BoardSummary::of(&state))
+    }
+
     /// Local and GitHub views of the runners.
     pub async fn status(&self, runners: &[&Runner]) -> Result<Vec<RunnerStatus>, RunnerError> {
         let remote_list = self.remote.runners().await?;
@@ -968,6 +998,7 @@ impl<'a> Lifecycle<'a> {
                 },
                 github,
                 github_note,
+                board: self.board_summary(runner),
             });
         }
         Ok(out)
