@@ -178,6 +178,28 @@ labels = ["lab"]
         value["runners"][0].clone()
     }
 
+    /// `agentctl status --json`'s entry for `runner`, once `pred` holds.
+    fn wait_status(
+        &self,
+        runner: &str,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let status = self.status(runner);
+            if pred(&status) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "runner {runner} never {what}: {status}\ndaemon log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// `agentctl board list --json`'s entry for `board`.
     fn board(&self, board: &str) -> serde_json::Value {
         let out = self.run(&["board", "list", "--json"]);
@@ -287,8 +309,12 @@ async fn a_board_runner_is_offline_while_its_board_is_missing_and_back_on_the_ne
         .wait_runner("board-1", "offline", |r| r.status == "offline")
         .await;
     assert_eq!(offline.id, first.id, "the registration is kept");
-    let status = lab.status("board-1");
-    assert_eq!(status["local"]["service"]["state"], "inactive", "{status}");
+    // The session ends before the listener has exited, and the daemon writes its view after
+    // the pass: wait for both.
+    let status = lab.wait_status("board-1", "stopped", |status| {
+        status["local"]["service"]["state"] == "inactive"
+            && status["daemon"]["state"] == "board-offline"
+    });
     assert_eq!(status["board"]["state"], "offline", "{status}");
     let reason = status["board"]["reason"].as_str().unwrap();
     assert!(
@@ -547,7 +573,9 @@ async fn the_job_routine_resets_and_probes_the_board_and_a_board_that_fails_is_t
         .wait_runner("bad-1", "offline", |r| r.status == "offline")
         .await;
     assert_eq!(offline.id, bad.id, "the registration is kept");
-    let status = lab.status("bad-1");
+    let status = lab.wait_status("bad-1", "stopped", |status| {
+        status["local"]["service"]["state"] == "inactive"
+    });
     let reason = status["board"]["reason"].as_str().unwrap();
     assert!(
         reason.starts_with(&format!(

@@ -211,6 +211,18 @@ impl FileLock {
     }
 }
 
+/// Write `contents` to `path` atomically unless it already holds exactly that with `mode`: the
+/// runner reads its job hooks and environment at any time, and they are rendered on every look
+/// at a board runner.
+pub fn write_if_changed(path: &Path, contents: &[u8], mode: u32) -> Result<(), BoardError> {
+    let same = fs::metadata(path).is_ok_and(|meta| meta.permissions().mode() & 0o7777 == mode)
+        && fs::read(path).is_ok_and(|old| old == contents);
+    if same {
+        return Ok(());
+    }
+    write_atomic(path, contents, mode)
+}
+
 /// Write `contents` to `path` atomically (temp file in the same directory, then rename).
 pub(crate) fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), BoardError> {
     use std::io::Write as _;
