@@ -438,6 +438,20 @@ impl Sim {
             .filter(|line| line.starts_with("POWER"))
             .collect()
     }
+
+    /// Wait until the board has seen `count` power changes (it reports them as it reads them);
+    /// return them.
+    fn wait_power(&self, count: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let power = self.power();
+            if power.len() >= count {
+                return power;
+            }
+            assert!(Instant::now() < deadline, "power changes seen: {power:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Sim {
@@ -549,7 +563,7 @@ async fn the_job_routine_resets_and_probes_the_board_and_a_board_that_fails_is_t
         "{completed}"
     );
     assert_eq!(coil_writes(&lab, 5), ["0", "1", "0"], "off, on; then off");
-    assert_eq!(good_sim.power(), ["POWER 0", "POWER 1", "POWER 0"]);
+    assert_eq!(good_sim.wait_power(3), ["POWER 0", "POWER 1", "POWER 0"]);
     assert_eq!(lab.board("good")["health"]["health"], "healthy");
 
     // A board that never shows its prompt after the reset: the job fails without running its
@@ -612,6 +626,6 @@ async fn the_job_routine_resets_and_probes_the_board_and_a_board_that_fails_is_t
     assert_eq!(done.result.as_deref(), Some("succeeded"), "{output}");
     assert!(output.contains("next job ran"), "{output}");
     assert!(fixed
-        .power()
+        .wait_power(2)
         .starts_with(&["POWER 0".to_owned(), "POWER 1".to_owned()]));
 }
