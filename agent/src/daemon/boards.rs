@@ -280,7 +280,6 @@ impl BoardWatch {
                 | AddWatchFlags::IN_MOVED_FROM
                 | AddWatchFlags::IN_MOVED_TO
                 | AddWatchFlags::IN_CLOSE_WRITE
-                | AddWatchFlags::IN_ATTRIB
                 | AddWatchFlags::IN_DELETE_SELF
                 | AddWatchFlags::IN_MOVE_SELF
                 | AddWatchFlags::IN_ONLYDIR;
