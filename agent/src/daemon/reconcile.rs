@@ -324,11 +324,15 @@ impl Daemon {
                 Ok(()) if matches!(action, Action::Start(_)) => {
                     // No restart loop for a runner that dies at once: the next start waits.
                     health.restarts += 1;
+                    health.exit_seen = false;
                     health.count += 1;
                     health.waiting = None;
                     health.until = Some(Instant::now() + backoff(health.count));
                 }
-                Ok(()) => health.succeeded(),
+                Ok(()) => {
+                    health.exit_seen = false;
+                    health.succeeded();
+                }
                 Err(err) => {
                     let text = error_chain(&err);
                     health.last_error = Some(text.clone());
