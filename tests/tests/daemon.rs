@@ -702,3 +702,82 @@ async fn drain_stops_an_idle_runner_at_once_and_a_busy_one_after_its_job() {
     assert!(lab.alive(&idle));
     assert!(!lab.alive(&busy.name));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_update_is_left_to_the_runner_scripts() {
+    let mut lab = Lab::new(1).await;
+    lab.start_daemon();
+    let name = lab.names(1)[0].clone();
+    let view = lab
+        .wait_runner(&name, "online", |r| r.status == "online")
+        .await;
+    let pid = lab.pid(&name).unwrap();
+    publish_fake_release(&lab.emu, "2.337.0", &lab.dir.path().join("release-new"))
+        .await
+        .unwrap();
+    lab.emu.set_expected_runner_version(None, "2.337.0");
+    // The listener updates itself and exits 3; run.sh waits for the update and starts the new
+    // version. The daemon neither restarts nor registers it.
+    let updated = lab
+        .wait_runner(&name, "updated", |r| {
+            r.version == "2.337.0" && r.status == "online"
+        })
+        .await;
+    assert_eq!(updated.id, view.id);
+    assert_eq!(lab.pid(&name), Some(pid), "the daemon restarted it");
+    let status = lab.status_json();
+    assert_eq!(
+        Lab::daemon_view(&status, &name)["restarts"],
+        0,
+        "{status:#}"
+    );
+    assert!(!lab.log().contains("starting runner"), "{}", lab.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_rest_a_registration_deleted_while_the_host_was_down_is_registered_again() {
+    let mut lab = Lab::new(1).await;
+    let token = lab.emu.registration_token(REPO).unwrap();
+    let file = lab.dir.path().join("registration-token");
+    std::fs::write(&file, &token).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = std::fs::read_to_string(&lab.config).unwrap();
+    std::fs::write(
+        &lab.config,
+        config.replace(
+            "pat_file = \"github-pat\"",
+            "registration_token_file = \"registration-token\"",
+        ),
+    )
+    .unwrap();
+    lab.start_daemon();
+    let name = lab.names(1)[0].clone();
+    let view = lab
+        .wait_runner(&name, "online", |r| r.status == "online")
+        .await;
+
+    // The host goes down (daemon and runner killed); GitHub deletes the registration meanwhile.
+    lab.daemon.as_mut().unwrap().kill().unwrap();
+    lab.wait_exit();
+    let pid = lab.pid(&name).unwrap();
+    kill(Pid::from_raw(-pid), Signal::SIGKILL).unwrap();
+    assert!(lab.emu.delete_runner(view.id));
+
+    // Back up: the runner starts, the listener says the registration was deleted (exit 1), and
+    // the daemon clears its local files and registers it again with the token file.
+    lab.start_daemon();
+    let back = lab
+        .wait_runner(&name, "registered again", |r| r.status == "online")
+        .await;
+    assert_ne!(back.id, view.id);
+    let status = lab
+        .wait_status("the exit read", |s| {
+            Lab::daemon_view(s, &name)["state"] == "running"
+        })
+        .await;
+    let daemon = Lab::daemon_view(&status, &name);
+    assert_eq!(daemon["last_exit_code"], 1, "{daemon}");
+    assert_eq!(daemon["last_exit"], "registration deleted on GitHub");
+    assert!(lab.log().contains("its registration was deleted on GitHub"));
+    assert!(!lab.log().contains(&token), "secret in the log");
+}
