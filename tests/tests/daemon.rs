@@ -781,3 +781,73 @@ async fn without_rest_a_registration_deleted_while_the_host_was_down_is_register
     assert!(lab.log().contains("its registration was deleted on GitHub"));
     assert!(!lab.log().contains(&token), "secret in the log");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disable_update_runner_is_upgraded_by_the_daemon_once_idle() {
+    let mut lab = Lab::with(1, "disable_update = true", "").await;
+    lab.start_daemon();
+    let name = lab.names(1)[0].clone();
+    let view = lab
+        .wait_runner(&name, "online", |r| r.status == "online")
+        .await;
+    assert!(view.disable_update);
+    // Busy with a job the test holds.
+    let go = lab.dir.path().join("go");
+    let job = lab
+        .emu
+        .queue_job(
+            REPO,
+            &["lab"],
+            &format!("while [ ! -e {} ]; do sleep 0.1; done", go.display()),
+        )
+        .unwrap();
+    lab.wait_runner(&name, "busy", |r| r.busy).await;
+
+    // A newer release, configured: not while the job runs.
+    publish_fake_release(&lab.emu, "2.337.0", &lab.dir.path().join("release-new"))
+        .await
+        .unwrap();
+    let config = std::fs::read_to_string(&lab.config).unwrap();
+    std::fs::write(
+        &lab.config,
+        config.replace(&format!("version = \"{VERSION}\""), "version = \"2.337.0\""),
+    )
+    .unwrap();
+    kill(lab.daemon_pid(), Signal::SIGHUP).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while !lab.log().contains("configuration reloaded") {
+        assert!(Instant::now() < deadline, "{}", lab.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Passes after the reload (the state is written at least every resync, 2 s), the runner
+    // still busy.
+    let reloaded = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
+    lab.wait_status("a pass after the reload", |s| {
+        s["daemon"]["updated_at"]
+            .as_str()
+            .and_then(|t| {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            })
+            .is_some_and(|t| t >= reloaded)
+    })
+    .await;
+    assert!(lab.emu.runners(Some(REPO))[0].busy);
+    assert!(!lab.log().contains("upgrading it"), "{}", lab.log());
+
+    std::fs::write(&go, "").unwrap();
+    let done = lab.emu.wait_job(job, WAIT).await.unwrap();
+    assert_eq!(done.result.as_deref(), Some("succeeded"), "{done:?}");
+    let upgraded = lab
+        .wait_runner(&name, "upgraded", |r| {
+            r.version == "2.337.0" && r.status == "online"
+        })
+        .await;
+    assert_eq!(upgraded.id, view.id, "registered again instead of upgraded");
+    let link = std::fs::read_link(lab.runner_dir(&name).join("bin")).unwrap();
+    assert_eq!(link, PathBuf::from("bin.2.337.0"));
+    let status = lab.status_json();
+    assert_eq!(
+        status["runners"][0]["local"]["version"], "2.337.0",
+        "{status:#}"
+    );
+}
