@@ -239,6 +239,14 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
             }
             path = secret_changed(&mut secrets) => {
                 log::info!("secret `{}` changed: reloading the credentials", path.display());
+                // Where a relative secret is read may have changed (a file that appeared in
+                // `$CREDENTIALS_DIRECTORY`): resolve it again, nothing else of the configuration.
+                if let Ok(new) = load(config_path) {
+                    if new.github.auth != daemon.config.github.auth {
+                        daemon.config.github.auth = new.github.auth;
+                        secrets = watch(&daemon.config);
+                    }
+                }
                 daemon.listing = Listing::new(&daemon.config);
                 daemon.github_circuit = None;
                 for health in daemon.health.values_mut() {
