@@ -415,6 +415,10 @@ async fn sigterm_stops_the_daemon_and_leaves_the_runners_running() {
     let pid = lab.daemon.as_ref().unwrap().id() as i32;
     kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
     assert_eq!(lab.wait_exit(), Some(0), "{}", lab.log());
+    // Its last word is in the state file, and `status` knows it is gone.
+    let status = lab.status_json();
+    assert_eq!(status["daemon"]["running"], false, "{status:#}");
+    assert_eq!(Lab::daemon_view(&status, name)["state"], "running");
     let runner = lab.pid(name).unwrap();
     assert!(kill(Pid::from_raw(runner), None).is_ok(), "runner died");
     let after = lab
@@ -479,6 +483,7 @@ async fn a_revoked_pat_opens_the_circuit_and_a_new_pat_file_heals_without_a_rest
             s["daemon"]["github_circuit"].is_null()
         })
         .await;
+    assert_eq!(status["daemon"]["running"], true);
     assert_eq!(Lab::daemon_view(&status, &name)["state"], "running");
 }
 

@@ -472,6 +472,7 @@ impl Daemon {
         match lifecycle.remove(&runner).await {
             Ok(()) => {
                 self.health.remove(name);
+                let _ = drain::unmark(&lifecycle.config.agent.state_dir, name);
             }
             Err(err) => {
                 let health = self.health.entry(name.to_owned()).or_default();
