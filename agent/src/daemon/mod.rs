@@ -16,7 +16,8 @@
 //! expire; a self-update (exit 3/4) is left to `run.sh`/`runsvc.sh`; a deleted registration
 //! (exit 1 with the "deleted" message, or exit 0 after the runner removed its own configuration)
 //! is registered again with a fresh token. Runners no longer configured are deregistered and
-//! removed. Drained runners ([`drain`]) stay stopped. A board runner follows its board
+//! removed. Drained runners ([`drain`]) stay stopped. Runners with `disable_update = true` are
+//! upgraded by the daemon while idle ([`upgrade`]). A board runner follows its board
 //! ([`boards`]): stopped, still registered, while the board is missing, ambiguous or unhealthy,
 //! and started again with its job environment resolved anew when the board is back.
 //!
@@ -35,6 +36,7 @@ pub mod plan;
 mod reconcile;
 pub mod secrets;
 pub mod state;
+pub mod upgrade;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -237,6 +239,7 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
                         daemon.config = new;
                         daemon.health.clear();
                         daemon.github_circuit = None;
+                        daemon.releases = None;
                         secrets = watch(&daemon.config);
                         resync_at = Instant::now();
                     }
@@ -247,6 +250,14 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
             }
             path = secret_changed(&mut secrets) => {
                 log::info!("secret `{}` changed: reloading the credentials", path.display());
+                // Where a relative secret is read may have changed (a file that appeared in
+                // `$CREDENTIALS_DIRECTORY`): resolve it again, nothing else of the configuration.
+                if let Ok(new) = load(config_path) {
+                    if new.github.auth != daemon.config.github.auth {
+                        daemon.config.github.auth = new.github.auth;
+                        secrets = watch(&daemon.config);
+                    }
+                }
                 daemon.listing = Listing::new(&daemon.config);
                 daemon.github_circuit = None;
                 for health in daemon.health.values_mut() {

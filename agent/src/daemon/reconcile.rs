@@ -9,6 +9,7 @@ use super::{
     backoff, deterministic, deterministic_github, drain, error_chain, plan, service_state, Action,
     Circuit, Daemon, DesiredRunner, Gate, LocalRunner, Observed, CIRCUIT_OPEN,
 };
+use super::{metrics, upgrade};
 use crate::config::{self, Config, Ephemeral, ServiceKind, VersionReq};
 use crate::runner::{self, Lifecycle, Record, Remote, RemoteRunner};
 
@@ -332,11 +333,15 @@ impl Daemon {
                 Ok(()) if matches!(action, Action::Start(_)) => {
                     // No restart loop for a runner that dies at once: the next start waits.
                     health.restarts += 1;
+                    health.exit_seen = false;
                     health.count += 1;
                     health.waiting = None;
                     health.until = Some(Instant::now() + backoff(health.count));
                 }
-                Ok(()) => health.succeeded(),
+                Ok(()) => {
+                    health.exit_seen = false;
+                    health.succeeded();
+                }
                 Err(err) => {
                     let text = error_chain(&err);
                     health.last_error = Some(text.clone());
@@ -356,6 +361,12 @@ impl Daemon {
                     }
                 }
             }
+        }
+
+        // `disable_update` runners: upgraded by the daemon while idle (GitHub's view says so).
+        if github_ok && remote_list.is_some() {
+            self.upgrade_idle(&lifecycle, &drained, remote_list.as_deref())
+                .await;
         }
 
         // What each runner is now, for `status`.
@@ -401,6 +412,53 @@ impl Daemon {
         self.boards.settle(&lifecycle);
     }
 
+    /// Upgrade the idle `disable_update` runners that run an older version than they should.
+    async fn upgrade_idle(
+        &mut self,
+        lifecycle: &Lifecycle<'_>,
+        drained: &[String],
+        list: Option<&[RemoteRunner]>,
+    ) {
+        let now = Instant::now();
+        let releases = self.releases.as_ref().map(|(_, r)| r.clone());
+        for runner in &lifecycle.config.runners {
+            let Some(target) = upgrade::target(runner, releases.as_deref()) else {
+                continue;
+            };
+            if drained.contains(&runner.name)
+                || self.health.get(&runner.name).is_some_and(|h| h.gated(now))
+                || runner::LocalRegistration::read(&runner.dir).is_none()
+                || busy_on_github(list, &runner.dir)
+            {
+                continue;
+            }
+            let recorded = lifecycle.record(&runner.name).map(|r| r.version);
+            let installed = metrics::installed_version(&runner.dir, recorded.as_deref());
+            let Some(version) = upgrade::due(installed.as_deref(), Some(target)) else {
+                continue;
+            };
+            let name = &runner.name;
+            log::info!(
+                "runner `{name}` (disable_update) runs {}; upgrading it to {version} while it is idle",
+                installed.as_deref().unwrap_or("?")
+            );
+            let outcome = upgrade::upgrade(lifecycle, runner, version).await;
+            let health = self.health.entry(name.clone()).or_default();
+            health.exit_seen = false;
+            if let Err(err) = outcome {
+                let text = error_chain(&err);
+                health.last_error = Some(format!("upgrade to {version}: {text}"));
+                health.count += 1;
+                let delay = backoff(health.count);
+                health.until = Some(Instant::now() + delay);
+                log::warn!(
+                    "runner `{name}`: cannot upgrade to {version}: {text}; retrying in {} s",
+                    delay.as_secs()
+                );
+            }
+        }
+    }
+
     /// Deregister and delete a runner that is no longer configured (not while it runs a job).
     async fn remove_unconfigured(
         &mut self,
@@ -425,6 +483,7 @@ impl Daemon {
         match lifecycle.remove(&runner).await {
             Ok(()) => {
                 self.health.remove(name);
+                let _ = drain::unmark(&lifecycle.config.agent.state_dir, name);
             }
             Err(err) => {
                 let health = self.health.entry(name.to_owned()).or_default();
