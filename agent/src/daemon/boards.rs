@@ -439,23 +439,58 @@ mod tests {
         );
     }
 
+    /// A tty as udev records it, without symlinks: its node is the only path to it.
+    fn bare_tty(root: &Path, name: &str, minor: u32) {
+        let sys = root.join("sys/class/tty").join(name);
+        fs::create_dir_all(&sys).unwrap();
+        fs::write(sys.join("dev"), format!("188:{minor}\n")).unwrap();
+        fs::create_dir_all(root.join("udev")).unwrap();
+        fs::write(
+            root.join(format!("udev/c188:{minor}")),
+            "E:ID_SERIAL_SHORT=A10K1234\n",
+        )
+        .unwrap();
+        fs::create_dir_all(root.join("dev")).unwrap();
+        fs::write(root.join("dev").join(name), b"").unwrap();
+    }
+
+    #[test]
+    fn a_console_renumbered_without_a_stable_link_restarts_its_runner_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        bare_tty(root, "ttyUSB0", 0);
+        let config = config(root, "udev = { ID_SERIAL_SHORT = \"A10K1234\" }");
+        let roots = Roots {
+            dev: root.join("dev"),
+            udev_data: root.join("udev"),
+            sys: root.join("sys"),
+        };
+        let mut watch = BoardWatch::new(&config, roots);
+        assert!(!watch.rescan());
+
+        // Re-plugged as ttyUSB3: the job environment named `/dev/ttyUSB0`.
+        fs::remove_dir_all(root.join("sys/class/tty/ttyUSB0")).unwrap();
+        fs::remove_file(root.join("udev/c188:0")).unwrap();
+        fs::remove_file(root.join("dev/ttyUSB0")).unwrap();
+        bare_tty(root, "ttyUSB3", 3);
+        assert!(watch.rescan());
+        let reason = watch.reasons.get("r1").unwrap();
+        assert_eq!(
+            reason,
+            &format!(
+                "board `sim-1` moved from `{}` to `{}`: restarting its runners with the new job environment",
+                root.join("dev/ttyUSB0").display(),
+                root.join("dev/ttyUSB3").display()
+            )
+        );
+    }
+
     #[test]
     fn an_ambiguous_or_unhealthy_board_gates_its_runner() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        for (name, minor) in [("ttyUSB0", 0), ("ttyUSB1", 1)] {
-            let sys = root.join("sys/class/tty").join(name);
-            fs::create_dir_all(&sys).unwrap();
-            fs::write(sys.join("dev"), format!("188:{minor}\n")).unwrap();
-            fs::create_dir_all(root.join("udev")).unwrap();
-            fs::write(
-                root.join(format!("udev/c188:{minor}")),
-                "E:ID_SERIAL_SHORT=A10K1234\n",
-            )
-            .unwrap();
-            fs::create_dir_all(root.join("dev")).unwrap();
-            fs::write(root.join("dev").join(name), b"").unwrap();
-        }
+        bare_tty(root, "ttyUSB0", 0);
+        bare_tty(root, "ttyUSB1", 1);
         let config = config(root, "udev = { ID_SERIAL_SHORT = \"A10K1234\" }");
         let roots = Roots {
             dev: root.join("dev"),
