@@ -856,3 +856,34 @@ async fn a_disable_update_runner_is_upgraded_by_the_daemon_once_idle() {
         "{status:#}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_runner_found_running_is_stopped_by_the_daemon_once_idle() {
+    let mut lab = Lab::new(1).await;
+    lab.start_daemon();
+    let name = lab.names(1)[0].clone();
+    lab.wait_runner(&name, "online", |r| r.status == "online")
+        .await;
+    // As after a reboot: marked drained, yet its (enabled) service started it.
+    let mark = lab.dir.path().join("state/daemon/drain").join(&name);
+    std::fs::create_dir_all(mark.parent().unwrap()).unwrap();
+    std::fs::write(&mark, "").unwrap();
+    let deadline = Instant::now() + WAIT;
+    while lab.alive(&name) {
+        assert!(Instant::now() < deadline, "not stopped:\n{}", lab.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    lab.wait_status("drained", |s| {
+        Lab::daemon_view(s, &name)["state"] == "drained"
+    })
+    .await;
+    assert!(!lab.alive(&name));
+    // `agentctl start` ends the drain.
+    let out = lab.command(&["start", &name]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!mark.exists());
+    lab.wait_status("running", |s| {
+        Lab::daemon_view(s, &name)["state"] == "running"
+    })
+    .await;
+}

@@ -237,6 +237,21 @@ impl Daemon {
             if drain::is_marked(&state_dir, &runner.name) {
                 drained.push(runner.name.clone());
                 observed.gates.insert(runner.name.clone(), Gate::Circuit);
+                // Drained but running (its enabled unit started it at boot, or a drain whose
+                // command was interrupted): stopped once idle on GitHub, never during a job.
+                if running
+                    && remote_list.is_some()
+                    && !busy_on_github(remote_list.as_deref(), &runner.dir)
+                {
+                    log::info!("runner `{}` is drained and idle: stopping it", runner.name);
+                    if let Err(err) = lifecycle.stop(runner) {
+                        log::warn!(
+                            "cannot stop drained runner `{}`: {}",
+                            runner.name,
+                            error_chain(&err)
+                        );
+                    }
+                }
                 continue;
             }
             // A runner seen running after its restart backoff ran out is healthy again.
