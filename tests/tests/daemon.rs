@@ -887,3 +887,58 @@ async fn a_drained_runner_found_running_is_stopped_by_the_daemon_once_idle() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_registration_token_file_cuts_the_backoff_short() {
+    let mut lab = Lab::new(1).await;
+    let file = lab.dir.path().join("registration-token");
+    std::fs::write(&file, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAA").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = std::fs::read_to_string(&lab.config).unwrap();
+    std::fs::write(
+        &lab.config,
+        config.replace(
+            "pat_file = \"github-pat\"",
+            "registration_token_file = \"registration-token\"",
+        ),
+    )
+    .unwrap();
+    lab.start_daemon();
+    let name = lab.names(1)[0].clone();
+    let rfc3339 = &time::format_description::well_known::Rfc3339;
+    // Refused again and again, until the next retry is a while away.
+    let status = lab
+        .wait_status("a long backoff", |s| {
+            let daemon = Lab::daemon_view(s, &name);
+            daemon["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("refused"))
+                && daemon["next_retry"]
+                    .as_str()
+                    .and_then(|t| time::OffsetDateTime::parse(t, rfc3339).ok())
+                    .is_some_and(|t| {
+                        t - time::OffsetDateTime::now_utc() >= time::Duration::seconds(4)
+                    })
+        })
+        .await;
+    let next = Lab::daemon_view(&status, &name)["next_retry"]
+        .as_str()
+        .and_then(|t| time::OffsetDateTime::parse(t, rfc3339).ok())
+        .unwrap();
+
+    let token = lab.emu.registration_token(REPO).unwrap();
+    let written = Instant::now();
+    lab.replace_secret(&file, &token);
+    lab.wait_runner(&name, "registered", |r| r.status == "online")
+        .await;
+    println!(
+        "registered {} ms after the new token file",
+        written.elapsed().as_millis()
+    );
+    assert!(
+        time::OffsetDateTime::now_utc() < next,
+        "waited for the backoff ({next}) instead of acting on the new file:\n{}",
+        lab.log()
+    );
+    assert!(!lab.log().contains(&token), "secret in the log");
+}
