@@ -21,6 +21,12 @@ pub struct DaemonArgs {
     /// Seconds between liveness checks of the runners' services.
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     pub check_secs: u64,
+    /// Milliseconds of the first retry delay after a failure (doubling up to the cap).
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    pub backoff_base_ms: u64,
+    /// Seconds of the longest retry delay.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub backoff_cap_secs: u64,
 }
 
 pub fn run(config_path: &Path, args: &DaemonArgs) -> anyhow::Result<Status> {
@@ -31,6 +37,8 @@ pub fn run(config_path: &Path, args: &DaemonArgs) -> anyhow::Result<Status> {
     let options = crate::daemon::Options {
         resync: Duration::from_secs(args.resync_secs.max(1)),
         check: Duration::from_secs(args.check_secs.max(1)),
+        backoff_base: Duration::from_millis(args.backoff_base_ms.max(1)),
+        backoff_cap: Duration::from_secs(args.backoff_cap_secs.max(1)),
     };
     Ok(runtime.block_on(crate::daemon::run(config_path, &options))?)
 }

@@ -52,6 +52,10 @@ pub struct Options {
     pub resync: Duration,
     /// How often the runners' services are checked for liveness.
     pub check: Duration,
+    /// The first retry delay after a failure ([`BACKOFF_BASE`]).
+    pub backoff_base: Duration,
+    /// The longest retry delay ([`BACKOFF_CAP`]).
+    pub backoff_cap: Duration,
 }
 
 impl Default for Options {
@@ -59,6 +63,8 @@ impl Default for Options {
         Options {
             resync: Duration::from_secs(60),
             check: Duration::from_secs(5),
+            backoff_base: BACKOFF_BASE,
+            backoff_cap: BACKOFF_CAP,
         }
     }
 }
@@ -84,8 +90,13 @@ fn jitter(base: Duration, fraction: f64) -> Duration {
 
 /// The backoff after `count` consecutive failures: exponential, jittered, capped.
 pub fn backoff(count: u32) -> Duration {
-    let exp = BACKOFF_BASE.saturating_mul(1u32 << count.saturating_sub(1).min(16));
-    jitter(exp.min(BACKOFF_CAP), 0.2).min(BACKOFF_CAP)
+    backoff_with(BACKOFF_BASE, BACKOFF_CAP, count)
+}
+
+/// [`backoff`] from another base and cap.
+pub fn backoff_with(base: Duration, cap: Duration, count: u32) -> Duration {
+    let exp = base.saturating_mul(1u32 << count.saturating_sub(1).min(16));
+    jitter(exp.min(cap), 0.2).min(cap)
 }
 
 /// Whether retrying cannot help until the secret or the permissions change.
@@ -135,7 +146,7 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
         reap();
         let now = Instant::now();
         if now >= resync_at || needs_pass(&config, &hostname, &failures) {
-            reconcile(&config, &hostname, &mut failures, &mut listing).await;
+            reconcile(&config, &hostname, &mut failures, &mut listing, options).await;
             resync_at = Instant::now() + jitter(options.resync, 0.1);
         }
         let wait = options
@@ -249,7 +260,9 @@ async fn reconcile(
     hostname: &str,
     failures: &mut BTreeMap<String, Failures>,
     listing: &mut Listing,
+    options: &Options,
 ) {
+    let backoff = |count| backoff_with(options.backoff_base, options.backoff_cap, count);
     let remote = match Remote::from_config(config) {
         Ok(remote) => remote,
         Err(err) => {
