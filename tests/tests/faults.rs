@@ -88,7 +88,6 @@ struct Lab {
     secrets: Vec<String>,
     app: Option<u64>,
     cache_mount: Option<PathBuf>,
-    release_dir: PathBuf,
 }
 
 /// Rewrite a release tarball with `.env` added at its root.
@@ -125,27 +124,42 @@ fn add_env(tarball: &Path, env: &str) {
     builder.into_inner().unwrap().finish().unwrap();
 }
 
-/// Build the fake release `version` (with `.env` knobs, `pad` bytes of padding) and publish it.
-async fn publish(emu: &Emulator, version: &str, dir: &Path, pad: u64) -> u64 {
-    let built = build_release(
-        &ReleaseSpec {
-            version: version.into(),
-            arch: "x64".into(),
-            listener: listener_binary(),
-            pad_bytes: pad,
-            pad_files: u32::from(pad > 0),
-        },
-        dir,
-    )
-    .unwrap();
-    add_env(&built.path, FAST_RUNNER_ENV);
-    let size = std::fs::metadata(&built.path).unwrap().len();
+/// Build the fake release `version` (with the `.env` knobs) once per listener build, shared by
+/// the suite's test processes (building and repacking it takes seconds), and publish it.
+async fn publish(emu: &Emulator, version: &str) {
+    let listener = listener_binary();
+    let meta = std::fs::metadata(&listener).unwrap();
+    let stamp = meta
+        .modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let shared = std::env::temp_dir().join(format!(
+        "runner-agent-faults-{version}-{stamp}-{}",
+        meta.len()
+    ));
+    let tarball = shared.join(format!("actions-runner-linux-x64-{version}.tar.gz"));
+    if !tarball.is_file() {
+        let staging = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+        let built = build_release(
+            &ReleaseSpec {
+                version: version.into(),
+                arch: "x64".into(),
+                listener,
+                pad_bytes: 0,
+                pad_files: 0,
+            },
+            staging.path(),
+        )
+        .unwrap();
+        add_env(&built.path, FAST_RUNNER_ENV);
+        // Another test process may have won the race: then its copy is used.
+        let _ = std::fs::rename(staging.path(), &shared);
+    }
     emu.publish_release(
         version,
-        vec![(
-            "linux-x64".to_owned(),
-            AssetSource::Path(built.path.clone()),
-        )],
+        vec![("linux-x64".to_owned(), AssetSource::Path(tarball))],
         ReleaseOptions {
             digest: true,
             body_markers: true,
@@ -153,7 +167,6 @@ async fn publish(emu: &Emulator, version: &str, dir: &Path, pad: u64) -> u64 {
     )
     .await
     .unwrap();
-    size
 }
 
 fn write_secret(path: &Path, text: &str) {
@@ -175,8 +188,7 @@ impl Lab {
         emu.create_repo(REPO, false).unwrap();
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let release_dir = dir.path().join("release");
-        publish(&emu, VERSION, &release_dir, 0).await;
+        publish(&emu, VERSION).await;
         let root = dir.path();
         let mut secrets = Vec::new();
         let mut app = None;
@@ -260,7 +272,6 @@ count = {count}
             secrets,
             app,
             cache_mount,
-            release_dir,
             dir,
         }
     }
@@ -788,7 +799,7 @@ async fn a_full_disk_while_downloading_fails_cleanly_and_recovers() {
         ..Spec::pat(1)
     })
     .await;
-    publish(&lab.emu, "2.337.0", &lab.release_dir.join("next"), 0).await;
+    publish(&lab.emu, "2.337.0").await;
     lab.start_daemon();
     lab.converge().await;
     let mount = lab.cache_mount.clone().unwrap();
