@@ -288,8 +288,18 @@ count = {count}
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// The daemon with fast timings.
     fn start_daemon(&mut self) {
-        self.start_daemon_with(&["--resync-secs", "2"]);
+        self.start_daemon_with(&[
+            "--resync-secs",
+            "2",
+            "--check-secs",
+            "1",
+            "--backoff-base-ms",
+            "500",
+            "--backoff-cap-secs",
+            "4",
+        ]);
     }
 
     fn start_daemon_with(&mut self, timing: &[&str]) {
@@ -304,14 +314,6 @@ count = {count}
             .arg(&self.config)
             .arg("daemon")
             .args(timing)
-            .args([
-                "--check-secs",
-                "1",
-                "--backoff-base-ms",
-                "500",
-                "--backoff-cap-secs",
-                "4",
-            ])
             .env("RUNNER_AGENT_HOSTNAME", HOST)
             .env("RUST_LOG", "info")
             .env_remove("CREDENTIALS_DIRECTORY")
@@ -561,7 +563,11 @@ async fn reboot_starts_the_same_registrations_without_registering_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registration_deleted_while_idle_is_registered_again() {
-    let lab = started(2).await;
+    // The production timings (resync 60 s, check 5 s): recovery must come from the runner's
+    // exit, not from a resync.
+    let mut lab = Lab::new(Spec::pat(2)).await;
+    lab.start_daemon_with(&[]);
+    lab.converge().await;
     let old = lab.local_id(&lab.desired[0]).unwrap();
     assert!(lab.emu.delete_runner(old));
     let took = lab.recover("deleted-idle").await;

@@ -192,7 +192,8 @@ fn reap() {
     }
 }
 
-/// A cheap local check: is a registered runner not running, out of backoff?
+/// A cheap local check: is a registered runner not running, or did a runner lose its
+/// registration files, out of backoff?
 fn needs_pass(config: &Config, hostname: &str, failures: &BTreeMap<String, Failures>) -> bool {
     let Ok(remote) = Remote::from_config(config) else {
         return false;
@@ -203,9 +204,15 @@ fn needs_pass(config: &Config, hostname: &str, failures: &BTreeMap<String, Failu
         let gated = failures.get(&runner.name).is_some_and(|f| {
             f.until.is_some_and(|t| t > now) || f.circuit_until.is_some_and(|t| t > now)
         });
-        !gated
-            && runner::LocalRegistration::read(&runner.dir).is_some()
-            && lifecycle
+        if gated {
+            return false;
+        }
+        // Registration files gone from an existing directory: the listener removed them when
+        // GitHub deleted the registration (or a registration failed half-way): act now.
+        if runner::LocalRegistration::read(&runner.dir).is_none() {
+            return runner.dir.is_dir();
+        }
+        lifecycle
                 .unit(runner)
                 .ok()
                 .and_then(|unit| {
