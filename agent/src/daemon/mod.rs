@@ -213,15 +213,15 @@ fn needs_pass(config: &Config, hostname: &str, failures: &BTreeMap<String, Failu
             return runner.dir.is_dir();
         }
         lifecycle
-                .unit(runner)
-                .ok()
-                .and_then(|unit| {
-                    lifecycle
-                        .backends
-                        .get(runner.service.as_str())
-                        .and_then(|b| b.status(&unit).ok())
-                })
-                .is_some_and(|status| status.state != "active")
+            .unit(runner)
+            .ok()
+            .and_then(|unit| {
+                lifecycle
+                    .backends
+                    .get(runner.service.as_str())
+                    .and_then(|b| b.status(&unit).ok())
+            })
+            .is_some_and(|status| status.state != "active")
     })
 }
 
