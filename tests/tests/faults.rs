@@ -299,6 +299,8 @@ count = {count}
             "500",
             "--backoff-cap-secs",
             "4",
+            "--session-wait-secs",
+            "2",
         ]);
     }
 
@@ -744,7 +746,6 @@ async fn github_unreachable_for_a_while_then_back() {
 // ---- secrets rotated ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the `daemon` branch: secret files watched with inotify"]
 async fn a_revoked_pat_then_a_new_pat_file_is_picked_up_without_restart() {
     let lab = started(2).await;
     let old_pat = std::fs::read_to_string(lab.root().join("github-pat")).unwrap();
@@ -766,7 +767,6 @@ async fn a_revoked_pat_then_a_new_pat_file_is_picked_up_without_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the `daemon` branch: secret files watched with inotify"]
 async fn a_rotated_app_key_is_picked_up_without_restart() {
     let mut lab = Lab::new(Spec {
         auth: Auth::App,
@@ -1033,7 +1033,6 @@ async fn killed_while_removing(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the `daemon` branch: removal of runners no longer configured"]
 async fn kill_9_after_the_remove_token_was_minted() {
     let lab = killed_while_removing(
         "kill9-remove-token",
@@ -1048,7 +1047,6 @@ async fn kill_9_after_the_remove_token_was_minted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the `daemon` branch: removal of runners no longer configured"]
 async fn kill_9_after_github_deleted_the_runner_before_local_clean_up() {
     let lab = killed_while_removing(
         "kill9-remove-deleted",
@@ -1063,7 +1061,6 @@ async fn kill_9_after_github_deleted_the_runner_before_local_clean_up() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the `daemon` branch: removal of runners no longer configured"]
 async fn kill_9_after_config_sh_removed_before_the_agent_forgot_the_runner() {
     let lab = killed_while_removing(
         "kill9-remove-files-gone",

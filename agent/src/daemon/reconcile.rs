@@ -325,12 +325,15 @@ impl Daemon {
                     // No restart loop for a runner that dies at once: the next start waits.
                     health.restarts += 1;
                     health.exit_seen = false;
+                    // Its exit must wake the loop (`needs_pass`), whatever it leaves behind.
+                    health.was_running = true;
                     health.count += 1;
                     health.waiting = None;
                     health.until = Some(Instant::now() + self.options.backoff(health.count));
                 }
                 Ok(()) => {
                     health.exit_seen = false;
+                    health.was_running = true;
                     health.succeeded();
                 }
                 Err(err) => {
