@@ -6,8 +6,8 @@ use std::time::{Instant, SystemTime};
 
 use super::exits::{self, ExitKind};
 use super::{
-    backoff, deterministic, deterministic_github, drain, error_chain, plan, service_state, Action,
-    Circuit, Daemon, DesiredRunner, Gate, LocalRunner, Observed, CIRCUIT_OPEN,
+    deterministic, deterministic_github, drain, error_chain, plan, service_state, Action, Circuit,
+    Daemon, DesiredRunner, Gate, LocalRunner, Observed, CIRCUIT_OPEN,
 };
 use super::{metrics, upgrade};
 use crate::config::{self, Config, Ephemeral, ServiceKind, VersionReq};
@@ -341,12 +341,15 @@ impl Daemon {
                     // No restart loop for a runner that dies at once: the next start waits.
                     health.restarts += 1;
                     health.exit_seen = false;
+                    // Its exit must wake the loop (`needs_pass`), whatever it leaves behind.
+                    health.was_running = true;
                     health.count += 1;
                     health.waiting = None;
-                    health.until = Some(Instant::now() + backoff(health.count));
+                    health.until = Some(Instant::now() + self.options.backoff(health.count));
                 }
                 Ok(()) => {
                     health.exit_seen = false;
+                    health.was_running = true;
                     health.succeeded();
                 }
                 Err(err) => {
@@ -362,7 +365,7 @@ impl Daemon {
                         );
                     } else {
                         health.count += 1;
-                        let delay = backoff(health.count);
+                        let delay = self.options.backoff(health.count);
                         health.until = Some(Instant::now() + delay);
                         log::warn!("runner `{name}`: {text}; retrying in {} s", delay.as_secs());
                     }
@@ -492,7 +495,7 @@ impl Daemon {
             Err(err) => {
                 let health = self.health.entry(name.to_owned()).or_default();
                 health.count += 1;
-                let delay = backoff(health.count);
+                let delay = self.options.backoff(health.count);
                 health.until = Some(Instant::now() + delay);
                 log::warn!(
                     "cannot remove runner `{name}`: {}; retrying in {} s",
