@@ -456,7 +456,7 @@ impl Daemon {
                 let text = error_chain(&err);
                 health.last_error = Some(format!("upgrade to {version}: {text}"));
                 health.count += 1;
-                let delay = backoff(health.count);
+                let delay = self.options.backoff(health.count);
                 health.until = Some(Instant::now() + delay);
                 log::warn!(
                     "runner `{name}`: cannot upgrade to {version}: {text}; retrying in {} s",
