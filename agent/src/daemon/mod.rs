@@ -83,6 +83,17 @@ pub struct Options {
     /// After a self-update exit (3/4), how long `run.sh`/`runsvc.sh` get to start the new version
     /// before the daemon starts the runner itself.
     pub update_grace: Duration,
+    /// The first retry delay after a failure ([`BACKOFF_BASE`]).
+    pub backoff_base: Duration,
+    /// The longest retry delay ([`BACKOFF_CAP`]).
+    pub backoff_cap: Duration,
+}
+
+impl Options {
+    /// [`backoff`] with these options' base and cap.
+    pub fn backoff(&self, count: u32) -> Duration {
+        backoff_with(self.backoff_base, self.backoff_cap, count)
+    }
 }
 
 impl Default for Options {
@@ -92,6 +103,8 @@ impl Default for Options {
             check: Duration::from_secs(5),
             session_wait: Duration::from_secs(120),
             update_grace: Duration::from_secs(60),
+            backoff_base: BACKOFF_BASE,
+            backoff_cap: BACKOFF_CAP,
         }
     }
 }
@@ -134,8 +147,13 @@ fn jitter(base: Duration, fraction: f64) -> Duration {
 
 /// The backoff after `count` consecutive failures: exponential, jittered, capped.
 pub fn backoff(count: u32) -> Duration {
-    let exp = BACKOFF_BASE.saturating_mul(1u32 << count.saturating_sub(1).min(16));
-    jitter(exp.min(BACKOFF_CAP), 0.2).min(BACKOFF_CAP)
+    backoff_with(BACKOFF_BASE, BACKOFF_CAP, count)
+}
+
+/// [`backoff`] from another base and cap.
+pub fn backoff_with(base: Duration, cap: Duration, count: u32) -> Duration {
+    let exp = base.saturating_mul(1u32 << count.saturating_sub(1).min(16));
+    jitter(exp.min(cap), 0.2).min(cap)
 }
 
 /// Whether retrying cannot help until the secret or the permissions change.

@@ -584,6 +584,7 @@ impl<'a> Lifecycle<'a> {
             return Ok(None);
         }
         let Some(list) = remote_list else {
+            self.adopt(runner, labels)?;
             let recorded = self.record(&runner.name).map(|r| r.labels);
             if recorded.is_some_and(|recorded| !same_labels(&recorded, labels)) {
                 log::warn!(
@@ -604,8 +605,10 @@ impl<'a> Lifecycle<'a> {
             return Ok(None);
         };
         if same_labels(&remote.custom_labels, labels) {
+            self.adopt(runner, labels)?;
             return Ok(Some(Registered::Unchanged { id: local.id }));
         }
+        self.adopt(runner, &remote.custom_labels)?;
         self.remote.set_labels(local.id, labels).await?;
         if let Some(mut record) = self.record(&runner.name) {
             record.labels = labels.to_vec();
@@ -620,6 +623,31 @@ impl<'a> Lifecycle<'a> {
             id: local.id,
             labels: labels.to_vec(),
         }))
+    }
+
+    /// Record a registration the agent has no record of: `config.sh` registered it, then the
+    /// agent died before writing its record (`kill -9`, power cut). Without it the daemon would
+    /// see unknown labels on every pass.
+    fn adopt(&self, runner: &Runner, labels: &[String]) -> Result<(), RunnerError> {
+        if self.record(&runner.name).is_some() {
+            return Ok(());
+        }
+        let version = match &runner.version {
+            crate::config::VersionReq::Pinned(version) => version.to_string(),
+            crate::config::VersionReq::Latest => "unknown".to_owned(),
+        };
+        log::info!(
+            "runner `{}` is registered but the agent has no record of it (interrupted registration): recording it",
+            runner.name
+        );
+        self.write_record(&Record {
+            name: runner.name.clone(),
+            dir: runner.dir.clone(),
+            user: runner.user.clone(),
+            version,
+            service: runner.service.as_str().to_owned(),
+            labels: labels.to_vec(),
+        })
     }
 
     /// `<root>/<name>` from the cached release, unless it already holds a runner.
