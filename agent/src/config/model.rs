@@ -277,6 +277,39 @@ pub struct Board {
     pub dtb: Option<PathBuf>,
     /// Extra job environment (`BOARD_*` and anything the profile needs).
     pub env: BTreeMap<String, String>,
+    /// What the job hooks do with the board around each job.
+    pub jobs: BoardJobs,
+}
+
+/// A board's power and health routine around each job, run by the runner's job hooks
+/// (`agentctl board acquire --reset|--probe`, `agentctl board release --power-off`). Set on the
+/// board instance: `reset_before_job`, `probe_after_reset`, `probe_timeout_secs`,
+/// `power_off_after_job`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BoardJobs {
+    /// Power-cycle the board once the job holds it (needs `[board.power]`).
+    pub reset_before_job: bool,
+    /// After that reset, wait for the boot prompt; a board that does not show it is taken
+    /// offline and the job fails (needs `reset_before_job`, a console and a `boot_prompt`).
+    pub probe_after_reset: bool,
+    /// Seconds the board gets to show its prompt.
+    pub probe_timeout_secs: u32,
+    /// Switch the board off when the job ends (needs `[board.power]`).
+    pub power_off_after_job: bool,
+}
+
+/// Seconds a board gets to show its boot prompt after a reset, unless `probe_timeout_secs` says.
+pub const DEFAULT_PROBE_TIMEOUT_SECS: u32 = 120;
+
+impl Default for BoardJobs {
+    fn default() -> Self {
+        BoardJobs {
+            reset_before_job: false,
+            probe_after_reset: false,
+            probe_timeout_secs: DEFAULT_PROBE_TIMEOUT_SECS,
+            power_off_after_job: false,
+        }
+    }
 }
 
 /// A board's serial console.

@@ -160,6 +160,10 @@ pub struct RawBoard {
     pub env: Option<BTreeMap<Spanned<String>, String>>,
     pub console: Option<Spanned<RawConsole>>,
     pub power: Option<Spanned<RawPower>>,
+    pub reset_before_job: Option<Spanned<bool>>,
+    pub probe_after_reset: Option<Spanned<bool>>,
+    pub probe_timeout_secs: Option<Spanned<i64>>,
+    pub power_off_after_job: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

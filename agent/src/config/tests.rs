@@ -400,3 +400,26 @@ fn container_settings_default_and_are_checked() {
         ]
     );
 }
+
+#[test]
+fn a_boards_job_routine_is_off_unless_set_and_its_keys_resolve() {
+    let (_dir, path) = write_config(&format!(
+        "{HEAD}\n[[board]]\nname = \"plain\"\n\n\
+         [[board]]\nname = \"rk\"\nboot_prompt = \"=>\"\n\
+         reset_before_job = true\nprobe_after_reset = true\nprobe_timeout_secs = 45\n\
+         power_off_after_job = true\n\
+         console = {{ path = \"/dev/serial/by-id/usb-rk\", baud = 1500000 }}\n\
+         power = {{ kind = \"command\", on = \"pdu on 1\", off = \"pdu off 1\" }}\n"
+    ));
+    let config = load_with(&path, &options()).unwrap();
+    assert_eq!(config.board("plain").unwrap().jobs, BoardJobs::default());
+    assert_eq!(
+        config.board("rk").unwrap().jobs,
+        BoardJobs {
+            reset_before_job: true,
+            probe_after_reset: true,
+            probe_timeout_secs: 45,
+            power_off_after_job: true,
+        }
+    );
+}
