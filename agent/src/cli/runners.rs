@@ -311,6 +311,17 @@ fn logs(
                 Status::Error
             })
         }
+        LogSource::Container { engine, container } => {
+            let status = std::process::Command::new(&engine)
+                .args(["logs", "--tail", &lines.to_string(), &container])
+                .status()
+                .with_context(|| format!("cannot run `{}`", engine.display()))?;
+            Ok(if status.success() {
+                Status::Success
+            } else {
+                Status::Error
+            })
+        }
         LogSource::None => {
             anyhow::bail!(
                 "runner `{}` has no service installed\n\nhint: `agentctl register {}`",
