@@ -747,7 +747,10 @@ async fn github_unreachable_for_a_while_then_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_pat_then_a_new_pat_file_is_picked_up_without_restart() {
-    let lab = started(2).await;
+    // Production timings: the new file must be picked up by its own event.
+    let mut lab = Lab::new(Spec::pat(2)).await;
+    lab.start_daemon_with(&[]);
+    lab.converge().await;
     let old_pat = std::fs::read_to_string(lab.root().join("github-pat")).unwrap();
     assert!(lab.emu.revoke_token(old_pat.trim()));
     let old = lab.local_id(&lab.desired[0]).unwrap();
@@ -773,7 +776,7 @@ async fn a_rotated_app_key_is_picked_up_without_restart() {
         ..Spec::pat(2)
     })
     .await;
-    lab.start_daemon();
+    lab.start_daemon_with(&[]);
     lab.converge().await;
     let key = generate_app_key().unwrap();
     lab.emu
