@@ -415,6 +415,10 @@ async fn sigterm_stops_the_daemon_and_leaves_the_runners_running() {
     let pid = lab.daemon.as_ref().unwrap().id() as i32;
     kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
     assert_eq!(lab.wait_exit(), Some(0), "{}", lab.log());
+    // Its last word is in the state file, and `status` knows it is gone.
+    let status = lab.status_json();
+    assert_eq!(status["daemon"]["running"], false, "{status:#}");
+    assert_eq!(Lab::daemon_view(&status, name)["state"], "running");
     let runner = lab.pid(name).unwrap();
     assert!(kill(Pid::from_raw(runner), None).is_ok(), "runner died");
     let after = lab
@@ -479,6 +483,7 @@ async fn a_revoked_pat_opens_the_circuit_and_a_new_pat_file_heals_without_a_rest
             s["daemon"]["github_circuit"].is_null()
         })
         .await;
+    assert_eq!(status["daemon"]["running"], true);
     assert_eq!(Lab::daemon_view(&status, &name)["state"], "running");
 }
 
@@ -779,5 +784,161 @@ async fn without_rest_a_registration_deleted_while_the_host_was_down_is_register
     assert_eq!(daemon["last_exit_code"], 1, "{daemon}");
     assert_eq!(daemon["last_exit"], "registration deleted on GitHub");
     assert!(lab.log().contains("its registration was deleted on GitHub"));
+    assert!(!lab.log().contains(&token), "secret in the log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disable_update_runner_is_upgraded_by_the_daemon_once_idle() {
+    let mut lab = Lab::with(1, "disable_update = true", "").await;
+    lab.start_daemon();
+    let name = lab.names(1)[0].clone();
+    let view = lab
+        .wait_runner(&name, "online", |r| r.status == "online")
+        .await;
+    assert!(view.disable_update);
+    // Busy with a job the test holds.
+    let go = lab.dir.path().join("go");
+    let job = lab
+        .emu
+        .queue_job(
+            REPO,
+            &["lab"],
+            &format!("while [ ! -e {} ]; do sleep 0.1; done", go.display()),
+        )
+        .unwrap();
+    lab.wait_runner(&name, "busy", |r| r.busy).await;
+
+    // A newer release, configured: not while the job runs.
+    publish_fake_release(&lab.emu, "2.337.0", &lab.dir.path().join("release-new"))
+        .await
+        .unwrap();
+    let config = std::fs::read_to_string(&lab.config).unwrap();
+    std::fs::write(
+        &lab.config,
+        config.replace(&format!("version = \"{VERSION}\""), "version = \"2.337.0\""),
+    )
+    .unwrap();
+    kill(lab.daemon_pid(), Signal::SIGHUP).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while !lab.log().contains("configuration reloaded") {
+        assert!(Instant::now() < deadline, "{}", lab.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Passes after the reload (the state is written at least every resync, 2 s), the runner
+    // still busy.
+    let reloaded = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
+    lab.wait_status("a pass after the reload", |s| {
+        s["daemon"]["updated_at"]
+            .as_str()
+            .and_then(|t| {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            })
+            .is_some_and(|t| t >= reloaded)
+    })
+    .await;
+    assert!(lab.emu.runners(Some(REPO))[0].busy);
+    assert!(!lab.log().contains("upgrading it"), "{}", lab.log());
+
+    std::fs::write(&go, "").unwrap();
+    let done = lab.emu.wait_job(job, WAIT).await.unwrap();
+    assert_eq!(done.result.as_deref(), Some("succeeded"), "{done:?}");
+    let upgraded = lab
+        .wait_runner(&name, "upgraded", |r| {
+            r.version == "2.337.0" && r.status == "online"
+        })
+        .await;
+    assert_eq!(upgraded.id, view.id, "registered again instead of upgraded");
+    let link = std::fs::read_link(lab.runner_dir(&name).join("bin")).unwrap();
+    assert_eq!(link, PathBuf::from("bin.2.337.0"));
+    let status = lab.status_json();
+    assert_eq!(
+        status["runners"][0]["local"]["version"], "2.337.0",
+        "{status:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_runner_found_running_is_stopped_by_the_daemon_once_idle() {
+    let mut lab = Lab::new(1).await;
+    lab.start_daemon();
+    let name = lab.names(1)[0].clone();
+    lab.wait_runner(&name, "online", |r| r.status == "online")
+        .await;
+    // As after a reboot: marked drained, yet its (enabled) service started it.
+    let mark = lab.dir.path().join("state/daemon/drain").join(&name);
+    std::fs::create_dir_all(mark.parent().unwrap()).unwrap();
+    std::fs::write(&mark, "").unwrap();
+    let deadline = Instant::now() + WAIT;
+    while lab.alive(&name) {
+        assert!(Instant::now() < deadline, "not stopped:\n{}", lab.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    lab.wait_status("drained", |s| {
+        Lab::daemon_view(s, &name)["state"] == "drained"
+    })
+    .await;
+    assert!(!lab.alive(&name));
+    // `agentctl start` ends the drain.
+    let out = lab.command(&["start", &name]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!mark.exists());
+    lab.wait_status("running", |s| {
+        Lab::daemon_view(s, &name)["state"] == "running"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_registration_token_file_cuts_the_backoff_short() {
+    let mut lab = Lab::new(1).await;
+    let file = lab.dir.path().join("registration-token");
+    std::fs::write(&file, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAA").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = std::fs::read_to_string(&lab.config).unwrap();
+    std::fs::write(
+        &lab.config,
+        config.replace(
+            "pat_file = \"github-pat\"",
+            "registration_token_file = \"registration-token\"",
+        ),
+    )
+    .unwrap();
+    lab.start_daemon();
+    let name = lab.names(1)[0].clone();
+    let rfc3339 = &time::format_description::well_known::Rfc3339;
+    // Refused again and again, until the next retry is a while away.
+    let status = lab
+        .wait_status("a long backoff", |s| {
+            let daemon = Lab::daemon_view(s, &name);
+            daemon["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("refused"))
+                && daemon["next_retry"]
+                    .as_str()
+                    .and_then(|t| time::OffsetDateTime::parse(t, rfc3339).ok())
+                    .is_some_and(|t| {
+                        t - time::OffsetDateTime::now_utc() >= time::Duration::seconds(4)
+                    })
+        })
+        .await;
+    let next = Lab::daemon_view(&status, &name)["next_retry"]
+        .as_str()
+        .and_then(|t| time::OffsetDateTime::parse(t, rfc3339).ok())
+        .unwrap();
+
+    let token = lab.emu.registration_token(REPO).unwrap();
+    let written = Instant::now();
+    lab.replace_secret(&file, &token);
+    lab.wait_runner(&name, "registered", |r| r.status == "online")
+        .await;
+    println!(
+        "registered {} ms after the new token file",
+        written.elapsed().as_millis()
+    );
+    assert!(
+        time::OffsetDateTime::now_utc() < next,
+        "waited for the backoff ({next}) instead of acting on the new file:\n{}",
+        lab.log()
+    );
     assert!(!lab.log().contains(&token), "secret in the log");
 }

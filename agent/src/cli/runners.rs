@@ -180,6 +180,7 @@ pub fn run(config_path: &Path, command: RunnerCommand) -> anyhow::Result<Status>
                     "host_label": lifecycle.marker(),
                     "daemon": daemon.as_ref().map(|d| serde_json::json!({
                         "pid": d.pid,
+                        "running": d.daemon_alive(),
                         "updated_at": d.updated_at,
                         "github_circuit": d.github_circuit,
                     })),
@@ -312,8 +313,14 @@ pub fn render_daemon(
 ) -> String {
     use crate::daemon::state::until_text;
     let mut out = format!(
-        "daemon (pid {}, as of {}):\n",
-        daemon.pid, daemon.updated_at
+        "daemon (pid {}{}, as of {}):\n",
+        daemon.pid,
+        if daemon.daemon_alive() {
+            ""
+        } else {
+            ", not running"
+        },
+        daemon.updated_at
     );
     if let Some(reason) = &daemon.github_circuit {
         out.push_str(&format!(

@@ -16,7 +16,8 @@
 //! expire; a self-update (exit 3/4) is left to `run.sh`/`runsvc.sh`; a deleted registration
 //! (exit 1 with the "deleted" message, or exit 0 after the runner removed its own configuration)
 //! is registered again with a fresh token. Runners no longer configured are deregistered and
-//! removed. Drained runners ([`drain`]) stay stopped.
+//! removed. Drained runners ([`drain`]) stay stopped. Runners with `disable_update = true` are
+//! upgraded by the daemon while idle ([`upgrade`]).
 //!
 //! Failures back off per runner (exponential with jitter, capped); a deterministic failure (bad
 //! credentials, missing permission) opens a circuit for [`CIRCUIT_OPEN`] or until a secret file
@@ -32,6 +33,7 @@ pub mod plan;
 mod reconcile;
 pub mod secrets;
 pub mod state;
+pub mod upgrade;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -244,6 +246,7 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
                         daemon.config = new;
                         daemon.health.clear();
                         daemon.github_circuit = None;
+                        daemon.releases = None;
                         secrets = watch(&daemon.config);
                         resync_at = Instant::now();
                     }
@@ -254,6 +257,14 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
             }
             path = secret_changed(&mut secrets) => {
                 log::info!("secret `{}` changed: reloading the credentials", path.display());
+                // Where a relative secret is read may have changed (a file that appeared in
+                // `$CREDENTIALS_DIRECTORY`): resolve it again, nothing else of the configuration.
+                if let Ok(new) = load(config_path) {
+                    if new.github.auth != daemon.config.github.auth {
+                        daemon.config.github.auth = new.github.auth;
+                        secrets = watch(&daemon.config);
+                    }
+                }
                 daemon.listing = Listing::new(&daemon.config);
                 daemon.github_circuit = None;
                 for health in daemon.health.values_mut() {
