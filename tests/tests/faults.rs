@@ -801,28 +801,39 @@ async fn a_rotated_app_key_is_picked_up_without_restart() {
 // ---- disk full ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_while_downloading_fails_cleanly_and_recovers() {
-    // The cache is a small tmpfs; once the first release is in it, a filler leaves 8 MiB.
+async fn a_full_disk_while_downloading_an_update_fails_cleanly_and_recovers() {
+    // A `disable_update` runner the daemon upgrades itself. Its cache is a small tmpfs; once
+    // the first release is in it, a filler leaves 8 MiB, less than the next release needs.
     let mut lab = Lab::new(Spec {
         cache_tmpfs: Some(400 << 20),
         ..Spec::pat(1)
     })
     .await;
+    let text = std::fs::read_to_string(&lab.config).unwrap();
+    std::fs::write(
+        &lab.config,
+        text.replace(
+            "labels = [\"lab\"]",
+            "labels = [\"lab\"]\ndisable_update = true",
+        ),
+    )
+    .unwrap();
     publish(&lab.emu, "2.337.0").await;
     lab.start_daemon();
     lab.converge().await;
+    let name = lab.desired[0].clone();
+    let id = lab.local_id(&name).unwrap();
+    let old_pid = lab.pid(&name).unwrap();
     let mount = lab.cache_mount.clone().unwrap();
     let stat = nix::sys::statvfs::statvfs(&mount).unwrap();
     let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
     let filler = mount.join("filler");
     std::fs::write(&filler, vec![0u8; (free - (8 << 20)) as usize]).unwrap();
-    let first = lab.desired[0].clone();
-    let first_pid = lab.pid(&first).unwrap();
-    // A runner on the new version is added: its download cannot fit.
+    // The configuration asks for the new version.
     let text = std::fs::read_to_string(&lab.config).unwrap();
     std::fs::write(
         &lab.config,
-        format!("{text}\n[[runner]]\nname = \"{HOST}-next\"\nversion = \"2.337.0\"\n"),
+        text.replace(&format!("version = \"{VERSION}\""), "version = \"2.337.0\""),
     )
     .unwrap();
     lab.sighup();
@@ -831,26 +842,38 @@ async fn a_full_disk_while_downloading_fails_cleanly_and_recovers() {
         log.contains("No space left on device") || log.contains("ENOSPC")
     })
     .await;
-    // The old runner keeps running, the failed one left nothing behind on GitHub.
+    // The old runner keeps running, registered, on its old version.
     assert!(
-        kill(Pid::from_raw(first_pid), None).is_ok(),
+        kill(Pid::from_raw(old_pid), None).is_ok(),
         "old runner died"
     );
-    assert_eq!(lab.pid(&first), Some(first_pid));
-    assert!(lab
-        .emu
-        .runners(Some(REPO))
-        .iter()
-        .all(|r| r.name == first && r.status == "online"));
+    assert_eq!(lab.pid(&name), Some(old_pid));
+    assert!(lab.divergence().is_none(), "{:?}", lab.divergence());
+    assert!(!lab.log().contains("upgraded to 2.337.0"), "{}", lab.log());
     // Space returns.
     std::fs::remove_file(&filler).unwrap();
-    lab.desired.push(format!("{HOST}-next"));
-    lab.recover("disk-full").await;
-    assert_eq!(
-        lab.pid(&first),
-        Some(first_pid),
-        "the old runner was restarted"
+    let cleared = Instant::now();
+    let emu_cleared = lab.emu.now();
+    lab.wait_for("the upgrade", |lab| {
+        lab.log().contains("upgraded to 2.337.0")
+    })
+    .await;
+    lab.converge().await;
+    println!(
+        "RECOVERY disk-full-update real_ms={} emulator_ms={}",
+        cleared.elapsed().as_millis(),
+        (lab.emu.now() - emu_cleared).whole_milliseconds()
     );
+    assert_eq!(
+        lab.local_id(&name),
+        Some(id),
+        "registered again for an upgrade"
+    );
+    let record: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(lab.root().join(format!("state/runners/{name}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(record["version"], "2.337.0");
     lab.finish().await;
 }
 
