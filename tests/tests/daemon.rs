@@ -886,6 +886,14 @@ async fn a_drained_runner_found_running_is_stopped_by_the_daemon_once_idle() {
         Lab::daemon_view(s, &name)["state"] == "running"
     })
     .await;
+    // `agentctl stop` while the daemon runs: stays stopped.
+    let out = lab.command(&["stop", &name]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    lab.wait_status("held stopped", |s| {
+        Lab::daemon_view(s, &name)["state"] == "drained"
+    })
+    .await;
+    assert!(!lab.alive(&name), "the daemon started a stopped runner");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

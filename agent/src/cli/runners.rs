@@ -19,7 +19,7 @@ pub enum RunnerCommand {
     Register(Names),
     /// Start runners.
     Start(Names),
-    /// Stop runners (a running job is cancelled).
+    /// Stop runners (a running job is cancelled); the daemon leaves them stopped until `start`.
     Stop(Names),
     /// Stop, then start runners.
     Restart(Names),
@@ -120,6 +120,12 @@ pub fn run(config_path: &Path, command: RunnerCommand) -> anyhow::Result<Status>
         RunnerCommand::Register(names) => {
             let mut failed = false;
             for runner in lifecycle.select(&names.names)? {
+                // Registering starts it: no longer held stopped.
+                if let Err(err) =
+                    crate::daemon::drain::unmark(&config.agent.state_dir, &runner.name)
+                {
+                    log::warn!("cannot remove the drain mark of `{}`: {err}", runner.name);
+                }
                 match runtime.block_on(lifecycle.register(runner)) {
                     Ok(Registered::Registered { id, version }) => {
                         println!("{}: registered (id {id}, runner {version})", runner.name)
@@ -154,7 +160,16 @@ pub fn run(config_path: &Path, command: RunnerCommand) -> anyhow::Result<Status>
             }
             lifecycle.start(r)
         }),
-        RunnerCommand::Stop(names) => each(&lifecycle, &names, "stop", |r| lifecycle.stop(r)),
+        RunnerCommand::Stop(names) => each(&lifecycle, &names, "stop", |r| {
+            // Stopped on purpose: the daemon must not start it again (until `start`).
+            crate::daemon::drain::mark(&config.agent.state_dir, &r.name).map_err(|source| {
+                crate::runner::RunnerError::Io {
+                    path: crate::daemon::drain::mark_path(&config.agent.state_dir, &r.name),
+                    source,
+                }
+            })?;
+            lifecycle.stop(r)
+        }),
         RunnerCommand::Restart(names) => each(&lifecycle, &names, "restart", |r| {
             lifecycle.stop(r)?;
             lifecycle.start(r)
@@ -290,6 +305,17 @@ fn logs(
                 .args(["--no-pager", "-n", &lines.to_string(), "-u", &unit])
                 .status()
                 .context("cannot run `journalctl`")?;
+            Ok(if status.success() {
+                Status::Success
+            } else {
+                Status::Error
+            })
+        }
+        LogSource::Container { engine, container } => {
+            let status = std::process::Command::new(&engine)
+                .args(["logs", "--tail", &lines.to_string(), &container])
+                .status()
+                .with_context(|| format!("cannot run `{}`", engine.display()))?;
             Ok(if status.success() {
                 Status::Success
             } else {

@@ -31,6 +31,8 @@ pub struct Config {
     pub agent: Agent,
     pub github: GitHub,
     pub host: Host,
+    /// `[container]`: the engine and image of `service = "container"` runners.
+    pub container: Container,
     pub daemon: Daemon,
     /// Every runner, with `count`/`name_template` expanded and defaults applied.
     pub runners: Vec<Runner>,
@@ -122,6 +124,37 @@ pub struct Host {
     pub qemu: Vec<String>,
     /// Foreign arches whose `binfmt_misc` handler jobs need (`aarch64`, `riscv64`, …).
     pub binfmt: Vec<String>,
+}
+
+/// The image runners of `service = "container"` use unless `[container] image` says otherwise;
+/// `{version}` becomes the runner's release version.
+pub const DEFAULT_CONTAINER_IMAGE: &str = "ghcr.io/actions/actions-runner:{version}";
+
+/// `[container]`: how `service = "container"` runners are run (see `service::container`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Container {
+    /// `docker`, `podman`, or a path to either; `None`: whichever is on `PATH` (docker first).
+    pub engine: Option<String>,
+    /// The image, `{version}` replaced by the runner's release version.
+    pub image: String,
+    /// `--network`: `host` (the default), or the name of a network the administrator made.
+    pub network: String,
+    /// `--restart`: `unless-stopped` (the default), `always`, `on-failure[:N]` or `no`.
+    pub restart: String,
+    /// The host's KVM node, passed as `--device <it>:/dev/kvm` when jobs want KVM.
+    pub kvm_device: PathBuf,
+}
+
+impl Default for Container {
+    fn default() -> Self {
+        Container {
+            engine: None,
+            image: DEFAULT_CONTAINER_IMAGE.to_owned(),
+            network: "host".to_owned(),
+            restart: "unless-stopped".to_owned(),
+            kvm_device: PathBuf::from("/dev/kvm"),
+        }
+    }
 }
 
 /// One runner, fully resolved.

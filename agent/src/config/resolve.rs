@@ -122,6 +122,7 @@ pub fn config(path: &Path, options: &LoadOptions) -> Result<Config, ConfigError>
         qemu: host.qemu.unwrap_or_default(),
         binfmt: host.binfmt.unwrap_or_default(),
     });
+    let container = container(&mut checker, &source, raw.container);
     let daemon = daemon(&mut checker, &source, raw.daemon);
     let boards = boards(
         &mut checker,
@@ -138,6 +139,7 @@ pub fn config(path: &Path, options: &LoadOptions) -> Result<Config, ConfigError>
             agent,
             github,
             host,
+            container,
             daemon,
             runners,
             boards,
@@ -264,6 +266,51 @@ fn agent(
         state_dir,
         profiles_dir,
     }
+}
+
+fn container(
+    checker: &mut Checker<'_>,
+    source: &Source,
+    raw: Option<RawContainer>,
+) -> crate::config::Container {
+    let mut settings = crate::config::Container::default();
+    let Some(raw) = raw else {
+        return settings;
+    };
+    if let Some(engine) = raw.engine {
+        settings.engine = checker.ok(source, engine.span(), rules::engine(engine.get_ref()));
+    }
+    if let Some(image) = raw.image {
+        if let Some(image) = checker.ok(source, image.span(), rules::image(image.get_ref())) {
+            settings.image = image;
+        }
+    }
+    if let Some(network) = raw.network {
+        if let Some(network) = checker.ok(source, network.span(), rules::network(network.get_ref()))
+        {
+            settings.network = network;
+        }
+    }
+    if let Some(restart) = raw.restart {
+        if let Some(restart) = checker.ok(source, restart.span(), rules::restart(restart.get_ref()))
+        {
+            settings.restart = restart;
+        }
+    }
+    if let Some(device) = raw.kvm_device {
+        let path = PathBuf::from(device.get_ref());
+        if path.is_absolute() {
+            settings.kvm_device = path;
+        } else {
+            checker.say(
+                source,
+                device.span(),
+                "`kvm_device` must be an absolute path".to_owned(),
+                "the default is `/dev/kvm`".to_owned(),
+            );
+        }
+    }
+    settings
 }
 
 fn github(

@@ -341,8 +341,17 @@ impl<'a> Lifecycle<'a> {
             "process",
             Box::new(service::Process::new(&config.agent.state_dir)),
         );
+        let options = Options::new(config);
+        backends.insert(
+            "container",
+            Box::new(service::Container::new(
+                config,
+                &hostname,
+                &options.env_context.agentctl,
+            )),
+        );
         Lifecycle {
-            options: Options::new(config),
+            options,
             config,
             hostname,
             remote,
@@ -482,12 +491,18 @@ impl<'a> Lifecycle<'a> {
     }
 
     fn labels_for(&self, runner: &Runner, run_as: &RunAs) -> Vec<String> {
-        desired_labels(
-            self.config,
-            runner,
-            &self.hostname,
-            kvm_usable(run_as, &self.options.kvm_node),
-        )
+        let kvm = if runner.service == crate::config::ServiceKind::Container {
+            // The container gets the configured node and its group (numeric `--group-add`).
+            let node = &self.config.container.kvm_device;
+            let mut inside = run_as.clone();
+            if let Ok(meta) = fs::metadata(node) {
+                inside.groups.push(meta.gid());
+            }
+            kvm_usable(&inside, node)
+        } else {
+            kvm_usable(run_as, &self.options.kvm_node)
+        };
+        desired_labels(self.config, runner, &self.hostname, kvm)
     }
 
     /// Register (if needed), install and start each runner.
