@@ -9,9 +9,12 @@
 //! emulator's (which tests advance for session expiry and rate-limit resets, so the two can
 //! differ). `scripts/bench-daemon` collects these lines and the API budget into a table.
 //!
-//! The daemon runs with fast timings (`--resync-secs 2 --check-secs 1`, backoff 0.5 s doubling
-//! up to 4 s); the fake runner's retry pauses are shortened through the `.env` the release
-//! ships (the listener loads it, as the real one does).
+//! The daemon runs with fast timings (`--resync-secs 2 --check-secs 1 --session-wait-secs 2`,
+//! backoff 0.5 s doubling up to 4 s), except the cases with a recovery target (deleted
+//! registration, rotated secrets), which run with the production timings. The fake runner's
+//! retry pauses are shortened through the `.env` the release ships (the listener loads it, as
+//! the real one does). GitHub unreachable is every connection closed before an answer (a
+//! `drop_after_bytes: 0` fault on every path), not a stopped listener.
 //!
 //! `kill -9` cases stop the daemon at an exact step with the emulator's `hold` fault
 //! (tests/PROTOCOL.md): the request of that step is held (before or after the emulator handled
