@@ -33,6 +33,7 @@ pub mod drain;
 pub mod exits;
 pub mod metrics;
 pub mod plan;
+pub mod ratelimit;
 mod reconcile;
 pub mod secrets;
 pub mod state;

@@ -170,7 +170,16 @@ impl Daemon {
                 Ok(list) => (list, true),
                 Err(err) => {
                     let reason = error_chain(&err);
-                    if deterministic_github(&err) {
+                    if let Some(wait) = super::ratelimit::pause_github(&err) {
+                        log::warn!(
+                            "GitHub's rate limit: no call to GitHub for {} s: {reason}",
+                            wait.as_secs()
+                        );
+                        self.github_circuit = Some(Circuit {
+                            until: now + wait,
+                            reason,
+                        });
+                    } else if deterministic_github(&err) {
                         log::error!(
                             "GitHub refuses the credentials: {reason}; no call to GitHub until a secret file changes or {} min passed",
                             CIRCUIT_OPEN.as_secs() / 60
@@ -373,7 +382,10 @@ impl Daemon {
                         );
                     } else {
                         health.count += 1;
-                        let delay = self.options.backoff(health.count);
+                        let delay = self
+                            .options
+                            .backoff(health.count)
+                            .max(super::ratelimit::pause(&err).unwrap_or_default());
                         health.until = Some(Instant::now() + delay);
                         log::warn!("runner `{name}`: {text}; retrying in {} s", delay.as_secs());
                     }

@@ -483,6 +483,9 @@ pub(crate) fn exhaust_primary(st: &mut State, now: OffsetDateTime, options: &Emu
     );
     for b in st.rate.values_mut() {
         b.used = b.limit;
+        if let Some(secs) = options.exhausted_primary_reset_secs {
+            b.reset_at = now + Duration::seconds(secs);
+        }
     }
 }
 

@@ -98,6 +98,9 @@ pub struct EmulatorOptions {
     /// GitHub's secondary limit on REST points per token per minute (GET 1, other methods 5;
     /// GitHub: 900). `None` (the default) leaves it to injected faults.
     pub secondary_points_per_minute: Option<u64>,
+    /// An injected primary rate limit resets after this many seconds instead of at the end of
+    /// the hour's window (so a test can wait for a real reset without advancing the clock).
+    pub exhausted_primary_reset_secs: Option<i64>,
 }
 
 impl Default for EmulatorOptions {
@@ -109,6 +112,7 @@ impl Default for EmulatorOptions {
             unauthenticated_rate_limit: 60,
             session_timeout_secs: 90,
             secondary_points_per_minute: None,
+            exhausted_primary_reset_secs: None,
         }
     }
 }

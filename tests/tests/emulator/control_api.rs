@@ -513,3 +513,110 @@ fn a_background_emulator_serves_synchronous_tests() {
         .unwrap();
     assert_eq!(view.result.as_deref(), Some("cancelled"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_share_fault_fails_that_share_and_a_hold_stops_a_request_at_its_step() {
+    let emu = start().await;
+    let u = emu.url();
+    let pat = repo_with_pat(&emu, "octo/repo");
+    let list = "/repos/octo/repo/actions/runners";
+
+    // 30 % of 20 requests: exactly 6 fail, spread out.
+    control(
+        &u,
+        Method::POST,
+        "/faults",
+        Some(json!({"status": 503, "percent": 30, "count": 1000, "path_prefix": "/api/v3/"})),
+    )
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        statuses.push(api(&emu, Method::GET, list, Some(&pat), None).await.status);
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 503).count(),
+        6,
+        "{statuses:?}"
+    );
+    assert!(
+        !statuses.windows(2).any(|w| w == [503, 503]),
+        "{statuses:?}"
+    );
+    control(&u, Method::DELETE, "/faults", None).await;
+
+    // Held after: the registration token is minted, its answer waits for the release.
+    let token_path = "/api/v3/repos/octo/repo/actions/runners/registration-token";
+    control(
+        &u,
+        Method::POST,
+        "/faults",
+        Some(json!({"hold": "after", "method": "POST", "path_prefix": token_path})),
+    )
+    .await;
+    let pending = {
+        let emu_url = emu.api_url();
+        let pat = pat.clone();
+        tokio::spawn(async move {
+            send(
+                client()
+                    .post(format!(
+                        "{emu_url}/repos/octo/repo/actions/runners/registration-token"
+                    ))
+                    .bearer_auth(pat),
+            )
+            .await
+        })
+    };
+    assert!(emu.wait_held(1, Duration::from_secs(10)).await);
+    assert_eq!(
+        control(&u, Method::GET, "/holds", None).await.body["held"],
+        1
+    );
+    // Other requests pass meanwhile.
+    assert_eq!(
+        api(&emu, Method::GET, list, Some(&pat), None).await.status,
+        200
+    );
+    let released = control(
+        &u,
+        Method::POST,
+        "/holds/release",
+        Some(json!({"how": "proceed"})),
+    )
+    .await;
+    assert_eq!(released.body["released"], 1);
+    let reply = pending.await.unwrap();
+    assert_eq!(reply.status, 201, "{:?}", reply.body);
+    assert_eq!(emu.held(), 0);
+
+    // Held before and dropped: the connection closes and the request never took effect.
+    control(
+        &u,
+        Method::POST,
+        "/faults",
+        Some(json!({"hold": "before", "method": "DELETE", "path_prefix": "/api/v3/repos/octo/repo/actions/runners/"})),
+    )
+    .await;
+    let url = format!("{}/repos/octo/repo/actions/runners/12345", emu.api_url());
+    let pat2 = pat.clone();
+    let pending = tokio::spawn(async move { client().delete(url).bearer_auth(pat2).send().await });
+    assert!(emu.wait_held(1, Duration::from_secs(10)).await);
+    control(
+        &u,
+        Method::POST,
+        "/holds/release",
+        Some(json!({"how": "drop"})),
+    )
+    .await;
+    assert!(
+        pending.await.unwrap().is_err(),
+        "a dropped request got an answer"
+    );
+    let deletes: u64 = emu
+        .request_counts()
+        .iter()
+        .filter(|(route, _)| route.starts_with("DELETE "))
+        .map(|(_, c)| c.count)
+        .sum();
+    assert_eq!(deletes, 0, "the dropped request was handled");
+}
