@@ -60,6 +60,17 @@ pub fn register(secret: &str) {
     }
 }
 
+/// Stop masking `secret` (a single-use secret whose use is over, such as a finished JIT
+/// runner's configuration), so that the list of secrets does not grow without end.
+pub fn forget(secret: &str) {
+    let secret = secret.trim();
+    let mut secrets = match registry().write() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    secrets.retain(|known| known != secret);
+}
+
 /// `text` with every registered secret and every token-shaped string replaced by [`MASK`].
 pub fn redact(text: &str) -> Cow<'_, str> {
     let mut out = Cow::Borrowed(text);

@@ -12,6 +12,7 @@
 //! Failures back off per runner (exponential with jitter, capped); a deterministic failure (bad
 //! credentials, missing permission) opens a circuit for that runner for [`CIRCUIT_OPEN`].
 
+pub mod jit;
 pub mod plan;
 
 use std::collections::BTreeMap;
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::config::{self, Config};
+use crate::config::{self, Config, Ephemeral};
 use crate::exit::Status;
 use crate::github::{Cached, GithubError};
 use crate::runner::{self, Lifecycle, Remote, RemoteRunner, RunnerError};
@@ -131,10 +132,12 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
         options.resync.as_secs()
     );
     let mut resync_at = Instant::now();
+    let mut one_job = jit::Jit::default();
     loop {
         reap();
+        let one_job_pass = one_job.tick(&config, &hostname).await;
         let now = Instant::now();
-        if now >= resync_at || needs_pass(&config, &hostname, &failures) {
+        if now >= resync_at || one_job_pass || needs_pass(&config, &hostname, &failures) {
             reconcile(&config, &hostname, &mut failures, &mut listing).await;
             resync_at = Instant::now() + jitter(options.resync, 0.1);
         }
@@ -151,6 +154,7 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
                         config = new;
                         listing = Listing::new(&config);
                         failures.clear();
+                        one_job = jit::Jit::default();
                         resync_at = Instant::now();
                     }
                     Err(report) => log::error!(
@@ -193,6 +197,7 @@ fn needs_pass(config: &Config, hostname: &str, failures: &BTreeMap<String, Failu
             f.until.is_some_and(|t| t > now) || f.circuit_until.is_some_and(|t| t > now)
         });
         !gated
+            && runner.ephemeral != Ephemeral::Jit
             && runner::LocalRegistration::read(&runner.dir).is_some()
             && lifecycle
                 .unit(runner)
@@ -315,7 +320,11 @@ async fn reconcile(
             }
         }
     }
-    for action in plan(&desired, &observed, now) {
+    // JIT runners are `jit`'s: desired (so their registrations are no ghosts), never acted on.
+    for action in plan(&desired, &observed, now)
+        .into_iter()
+        .filter(|action| !jit::owns(config, action))
+    {
         let name = match &action {
             Action::Register(n) | Action::Start(n) | Action::UpdateLabels(n) => n.clone(),
             Action::Remove(name) => {

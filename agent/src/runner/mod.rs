@@ -398,7 +398,7 @@ impl<'a> Lifecycle<'a> {
         serde_json::from_str(&text).ok()
     }
 
-    fn write_record(&self, record: &Record) -> Result<(), RunnerError> {
+    pub fn write_record(&self, record: &Record) -> Result<(), RunnerError> {
         let dir = self.runners_dir();
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).map_err(io_err(&dir))?;
