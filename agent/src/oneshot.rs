@@ -252,7 +252,11 @@ pub async fn run(
     let mut int = sig(SignalKind::interrupt(), "SIGINT")?;
 
     let instance = instance_id(&options.instance_id_files);
-    let name = runner_name(&prefix, instance.as_deref(), time::OffsetDateTime::now_utc());
+    let name = runner_name(
+        &prefix,
+        instance.as_deref(),
+        time::OffsetDateTime::now_utc(),
+    );
     let Some(runner) = oneshot_runner(config, &name, &options.labels) else {
         return Err(OneshotError::NoTemplate {
             config: config.path.clone(),
@@ -321,7 +325,9 @@ pub async fn run(
                 log::info!("oneshot runner `{name}` is idle: deregistering on the signal");
                 break Ok(Outcome::Signalled);
             } else {
-                log::info!("oneshot runner `{name}` had no job for the idle timeout: deregistering");
+                log::info!(
+                    "oneshot runner `{name}` had no job for the idle timeout: deregistering"
+                );
                 break Ok(Outcome::Idle);
             }
         }

@@ -170,7 +170,10 @@ pub fn jit_labels(config: &Config, runner: &Runner, hostname: &str, kvm: bool) -
         .unwrap_or_else(|_| "X64".to_owned());
     let mut labels: Vec<String> = vec!["self-hosted".to_owned(), "Linux".to_owned(), arch];
     for label in runner::desired_labels(config, runner, hostname, kvm) {
-        if !labels.iter().any(|known| known.eq_ignore_ascii_case(&label)) {
+        if !labels
+            .iter()
+            .any(|known| known.eq_ignore_ascii_case(&label))
+        {
             labels.push(label);
         }
     }
@@ -366,7 +369,10 @@ impl Jit {
         }
         match self.start_slot(config, hostname, runner).await {
             Ok(id) => {
-                log::info!("JIT runner `{}` is waiting for a job (id {id})", runner.name);
+                log::info!(
+                    "JIT runner `{}` is waiting for a job (id {id})",
+                    runner.name
+                );
                 self.failures.remove(&runner.name);
             }
             Err(err) => {
@@ -460,7 +466,10 @@ impl Jit {
                 client
                     .generate_jitconfig(scope, &runner.name, group, &labels, Some(&work))
                     .await
-                    .map_err(github(format!("generate a JIT config for `{}`", runner.name)))?
+                    .map_err(github(format!(
+                        "generate a JIT config for `{}`",
+                        runner.name
+                    )))?
             }
             other => other.map_err(github(format!(
                 "generate a JIT config for `{}`",
@@ -612,11 +621,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let token = dir.path().join("pat");
         fs::write(&token, "ghp_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa").unwrap();
-        fs::set_permissions(
-            &token,
-            std::os::unix::fs::PermissionsExt::from_mode(0o600),
-        )
-        .unwrap();
+        fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         let path = dir.path().join("agent.toml");
         fs::write(
             &path,
@@ -642,7 +647,10 @@ mod tests {
             1
         );
         assert!(owns(&config, &super::super::Action::Start("j1".to_owned())));
-        assert!(!owns(&config, &super::super::Action::Start("j2".to_owned())));
+        assert!(!owns(
+            &config,
+            &super::super::Action::Start("j2".to_owned())
+        ));
     }
 
     #[test]
