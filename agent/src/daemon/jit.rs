@@ -19,10 +19,13 @@
 //! A slot whose listener outlives the daemon (`SIGTERM` leaves runners running) is adopted by
 //! the next daemon through its pid file and state file.
 //!
+//! The reconcile loop counts a JIT runner as desired (so that its registration is never taken
+//! for a ghost) but leaves its actions to this module.
+//!
 //! A plain **ephemeral runner** (`ephemeral = true`, `config.sh --ephemeral`) runs under the
 //! normal reconcile loop; after its job GitHub deletes the registration and the listener deletes
-//! its local files. For the `process` backend this module then resets its directory to the
-//! release and asks for a reconcile pass at once, which registers it again.
+//! its local files. This module then asks for a reconcile pass at once, which registers it
+//! again; for the `process` backend it first resets the directory to the release.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -146,22 +149,6 @@ pub fn is_jit(runner: &Runner) -> bool {
     runner.ephemeral == Ephemeral::Jit
 }
 
-/// Whether a reconcile action is about a JIT runner (those are this module's, not the plan's).
-pub fn owns(config: &Config, action: &super::Action) -> bool {
-    let name = match action {
-        super::Action::Register(name)
-        | super::Action::Start(name)
-        | super::Action::UpdateLabels(name)
-        | super::Action::Remove(name)
-        | super::Action::Wait(name, _)
-        | super::Action::DeleteGhost(_, name) => name,
-    };
-    config
-        .runners
-        .iter()
-        .any(|runner| is_jit(runner) && runner.name.eq_ignore_ascii_case(name))
-}
-
 /// The labels a JIT runner registers with: the defaults `config.sh` would add (JIT
 /// registrations get none of their own), then the runner's own ([`runner::desired_labels`]).
 pub fn jit_labels(config: &Config, runner: &Runner, hostname: &str, kvm: bool) -> Vec<String> {
@@ -270,6 +257,19 @@ pub async fn reset_dir(
     Ok(cached.version.to_string())
 }
 
+/// Delete a runner directory's registration and credentials (the listener's JIT files).
+fn drop_local(dir: &Path) {
+    for file in [
+        ".runner",
+        ".runner_migrated",
+        ".credentials",
+        ".credentials_migrated",
+        ".credentials_rsaparams",
+    ] {
+        let _ = fs::remove_file(dir.join(file));
+    }
+}
+
 /// Power-cycle `runner`'s board between jobs, when it has power control and no live job holds
 /// it. Best effort: a failure is logged (the next job's hooks check the board anyway).
 fn reset_board(config: &Config, runner: &Runner) {
@@ -340,9 +340,7 @@ impl Jit {
         for runner in &config.runners {
             match runner.ephemeral {
                 Ephemeral::Jit => self.tick_jit(config, hostname, runner).await,
-                Ephemeral::Yes if runner.service == ServiceKind::Process => {
-                    wants_pass |= self.tick_ephemeral(config, runner).await;
-                }
+                Ephemeral::Yes => wants_pass |= self.tick_ephemeral(config, runner).await,
                 _ => {}
             }
         }
@@ -355,6 +353,8 @@ impl Jit {
         if process.running(&runner.name).is_some() {
             return;
         }
+        // No listener: no registration or credentials of a slot stay on disk until the next.
+        drop_local(&runner.dir);
         if let Some(state) = read_state(state_dir, &runner.name) {
             self.end_slot(config, runner, &state).await;
         }
@@ -551,26 +551,36 @@ impl Jit {
         }
     }
 
-    /// A `process` ephemeral runner that is not running, has no registration left and has
-    /// registered before: its job is done; reset its directory once and ask for a pass.
+    /// An ephemeral runner that has registered before and has no registration left: its job is
+    /// done. Ask for a pass at once (which registers it again); a `process` runner's directory is
+    /// reset to the release first, once its listener ended (a systemd unit's files live in its
+    /// directory, so those keep theirs).
     async fn tick_ephemeral(&mut self, config: &Config, runner: &Runner) -> bool {
         let registered = LocalRegistration::read(&runner.dir).is_some();
         if registered {
             self.reset.remove(&runner.name);
             return false;
         }
-        let process = Process::new(&config.agent.state_dir);
         let recorded = config
             .agent
             .state_dir
             .join("runners")
             .join(format!("{}.json", runner.name))
             .exists();
-        if self.reset.contains(&runner.name)
-            || process.running(&runner.name).is_some()
-            || !recorded
-            || !runner.dir.join("config.sh").exists()
+        if self.reset.contains(&runner.name) || !recorded || !runner.dir.join("config.sh").exists()
         {
+            return false;
+        }
+        if runner.service != ServiceKind::Process {
+            log::info!(
+                "ephemeral runner `{}` finished its job: registering it again",
+                runner.name
+            );
+            self.reset.insert(runner.name.clone());
+            return true;
+        }
+        let process = Process::new(&config.agent.state_dir);
+        if process.running(&runner.name).is_some() {
             return false;
         }
         let run_as = match runner::run_as(&runner.user) {

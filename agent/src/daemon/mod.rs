@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::config::{self, Config, Ephemeral};
+use crate::config::{self, Config};
 use crate::exit::Status;
 use crate::github::{Cached, GithubError};
 use crate::runner::{self, Lifecycle, Remote, RemoteRunner, RunnerError};
@@ -135,9 +135,12 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
     let mut one_job = jit::Jit::default();
     loop {
         reap();
-        let one_job_pass = one_job.tick(&config, &hostname).await;
+        // One-job runners: JIT slots, ephemeral runners to register again at once.
+        if one_job.tick(&config, &hostname).await {
+            resync_at = Instant::now();
+        }
         let now = Instant::now();
-        if now >= resync_at || one_job_pass || needs_pass(&config, &hostname, &failures) {
+        if now >= resync_at || needs_pass(&config, &hostname, &failures) {
             reconcile(&config, &hostname, &mut failures, &mut listing).await;
             resync_at = Instant::now() + jitter(options.resync, 0.1);
         }
@@ -197,7 +200,6 @@ fn needs_pass(config: &Config, hostname: &str, failures: &BTreeMap<String, Failu
             f.until.is_some_and(|t| t > now) || f.circuit_until.is_some_and(|t| t > now)
         });
         !gated
-            && runner.ephemeral != Ephemeral::Jit
             && runner::LocalRegistration::read(&runner.dir).is_some()
             && lifecycle
                 .unit(runner)
@@ -320,11 +322,7 @@ async fn reconcile(
             }
         }
     }
-    // JIT runners are `jit`'s: desired (so their registrations are no ghosts), never acted on.
-    for action in plan(&desired, &observed, now)
-        .into_iter()
-        .filter(|action| !jit::owns(config, action))
-    {
+    for action in plan(&desired, &observed, now) {
         let name = match &action {
             Action::Register(n) | Action::Start(n) | Action::UpdateLabels(n) => n.clone(),
             Action::Remove(name) => {
@@ -349,6 +347,10 @@ async fn reconcile(
         let Some(runner) = config.runners.iter().find(|r| r.name == name) else {
             continue;
         };
+        if jit::is_jit(runner) {
+            // Its slots are `jit`'s; it is desired only so that its registration is no ghost.
+            continue;
+        }
         let outcome = match &action {
             Action::Start(_) => {
                 log::info!("starting runner `{name}`");
