@@ -22,13 +22,16 @@ const WAIT: Duration = Duration::from_secs(30);
 
 struct Lab {
     emu: Emulator,
+    /// The scope runners register to (`octo/hello`, or an organization).
+    scope: String,
     dir: tempfile::TempDir,
     config: PathBuf,
     child: Option<Child>,
 }
 
 impl Lab {
-    /// A lab whose configuration ends with `runners` (TOML `[[runner]]` tables).
+    /// A lab on repository `octo/hello` whose configuration ends with `runners` (TOML
+    /// `[[runner]]` tables).
     async fn new(runners: &str) -> Lab {
         let emu = Emulator::start(EmulatorOptions {
             long_poll: Duration::from_secs(1),
@@ -37,12 +40,17 @@ impl Lab {
         .await
         .unwrap();
         emu.create_repo(REPO, false).unwrap();
+        Lab::with(emu, REPO, &["repo"], runners).await
+    }
+
+    /// A lab on `scope` of `emu` (already created), with a classic PAT of `scopes`.
+    async fn with(emu: Emulator, scope: &str, scopes: &[&str], runners: &str) -> Lab {
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         publish_fake_release(&emu, VERSION, &dir.path().join("release"))
             .await
             .unwrap();
-        let pat = emu.add_pat(PatSpec::classic(&["repo"]));
+        let pat = emu.add_pat(PatSpec::classic(scopes));
         let file = dir.path().join("github-pat");
         std::fs::write(&file, pat).unwrap();
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -71,12 +79,13 @@ labels = ["lab"]
 {runners}
 "#,
             root = root.display(),
-            url = emu.web_url_for(REPO),
+            url = emu.web_url_for(scope),
         );
         let config = dir.path().join("agent.toml");
         std::fs::write(&config, text).unwrap();
         Lab {
             emu,
+            scope: scope.to_owned(),
             dir,
             config,
             child: None,
@@ -131,7 +140,7 @@ labels = ["lab"]
     async fn wait_runner(&self, what: &str, pred: impl Fn(&RunnerView) -> bool) -> RunnerView {
         let deadline = Instant::now() + WAIT;
         loop {
-            let runners = self.emu.runners(Some(REPO));
+            let runners = self.emu.runners(Some(&self.scope));
             if let Some(found) = runners.iter().find(|r| pred(r)) {
                 return found.clone();
             }
@@ -149,7 +158,7 @@ labels = ["lab"]
         labels: &[&str],
         script: &str,
     ) -> runner_agent_tests::emulator::JobView {
-        let id = self.emu.queue_job(REPO, labels, script).unwrap();
+        let id = self.emu.queue_job(&self.scope, labels, script).unwrap();
         let job = self.emu.wait_job(id, WAIT).await;
         assert!(
             job.is_ok(),
@@ -477,4 +486,48 @@ async fn oneshot_deregisters_after_its_idle_timeout() {
         lab.log()
     );
     assert!(lab.powered_off().exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jit_runner_of_an_organization_joins_its_runner_group_by_name() {
+    let emu = Emulator::start(EmulatorOptions {
+        long_poll: Duration::from_secs(1),
+        ..EmulatorOptions::default()
+    })
+    .await
+    .unwrap();
+    emu.create_org("octo-lab").unwrap();
+    let group = emu
+        .create_runner_group("octo-lab", "lab-kvm", true)
+        .unwrap();
+    let runners = "[[runner]]\nname = \"jit-org\"\nephemeral = \"jit\"\ngroup = \"LAB-kvm\"\n\n\
+                   [[runner]]\nname = \"jit-nogroup\"\nephemeral = \"jit\"\ngroup = \"nope\"\n";
+    let mut lab = Lab::with(emu, "octo-lab", &["admin:org"], runners).await;
+    lab.start_daemon();
+    let view = lab
+        .wait_runner("jit-org online", |r| {
+            r.name == "jit-org" && r.status == "online"
+        })
+        .await;
+    assert_eq!(view.runner_group_id, group, "{view:?}");
+    let job = lab
+        .run_job(&["self-hosted", "lab"], "echo in the group\n")
+        .await;
+    assert_eq!(job.result.as_deref(), Some("succeeded"), "{job:?}");
+    assert_eq!(job.runner_id, Some(view.id));
+    let deadline = Instant::now() + WAIT;
+    while !lab.log().contains("no runner group named `nope`") {
+        assert!(
+            Instant::now() < deadline,
+            "no report of the unknown group:\n{}",
+            lab.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(lab.log().contains("`lab-kvm`"), "{}", lab.log());
+    assert!(!lab
+        .emu
+        .runners(Some("octo-lab"))
+        .iter()
+        .any(|r| r.name == "jit-nogroup"));
 }
