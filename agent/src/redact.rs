@@ -134,6 +134,17 @@ mod tests {
     }
 
     #[test]
+    fn a_forgotten_secret_is_no_longer_masked() {
+        register("one-job-config-value-1234");
+        assert_eq!(redact("x one-job-config-value-1234"), "x ***");
+        forget("one-job-config-value-1234\n");
+        assert_eq!(
+            redact("x one-job-config-value-1234"),
+            "x one-job-config-value-1234"
+        );
+    }
+
+    #[test]
     fn leaves_ordinary_text_alone() {
         let text = "runner `lab-kvm-1` registered with id 42 at https://github.com/octo/repo";
         assert!(matches!(redact(text), Cow::Borrowed(_)));

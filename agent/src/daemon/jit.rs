@@ -656,11 +656,6 @@ mod tests {
                 .count(),
             1
         );
-        assert!(owns(&config, &super::super::Action::Start("j1".to_owned())));
-        assert!(!owns(
-            &config,
-            &super::super::Action::Start("j2".to_owned())
-        ));
     }
 
     #[test]
