@@ -531,3 +531,50 @@ async fn a_jit_runner_of_an_organization_joins_its_runner_group_by_name() {
         .iter()
         .any(|r| r.name == "jit-nogroup"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jit_runners_board_is_power_cycled_between_jobs() {
+    let out = tempfile::tempdir().unwrap();
+    let cycles = out.path().join("cycles");
+    let runners = format!(
+        "[[runner]]\nname = \"jit-board\"\nephemeral = \"jit\"\nboard = \"b1\"\n\n\
+         [[board]]\nname = \"b1\"\n\n[board.power]\nkind = \"command\"\non = \"true\"\noff = \"true\"\n\
+         cycle = \"echo cycle >> '{}'\"\n",
+        cycles.display()
+    );
+    let mut lab = Lab::new(&runners).await;
+    lab.start_daemon();
+    let first = lab
+        .wait_runner("jit-board online", |r| {
+            r.name == "jit-board" && r.status == "online"
+        })
+        .await;
+    assert!(first.labels.iter().any(|l| l == "b1"), "{first:?}");
+    assert!(!cycles.exists(), "power-cycled before any job");
+    // The job takes the board through the runner's hooks, and gives it back.
+    let job = lab
+        .run_job(
+            &["self-hosted", "b1"],
+            "echo \"board=$RUNNER_AGENT_BOARD\"\n",
+        )
+        .await;
+    assert_eq!(job.result.as_deref(), Some("succeeded"), "{job:?}");
+    let output = job.output.unwrap_or_default();
+    assert!(output.contains("board=b1"), "{output}");
+    assert!(output.contains("A job started hook"), "{output}");
+    lab.wait_runner("jit-board online again", |r| {
+        r.name == "jit-board" && r.id != first.id && r.status == "online"
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(&cycles).unwrap_or_default(),
+        "cycle\n",
+        "{}",
+        lab.log()
+    );
+    assert!(
+        lab.log().contains("board `b1` power-cycled between jobs"),
+        "{}",
+        lab.log()
+    );
+}
