@@ -578,3 +578,30 @@ async fn a_jit_runners_board_is_power_cycled_between_jobs() {
         lab.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oneshot_works_with_a_registration_token_from_the_user_data() {
+    let mut lab = Lab::new(ONESHOT_TEMPLATE).await;
+    let token = lab.emu.registration_token(REPO).unwrap();
+    let file = lab.dir.path().join("registration-token");
+    std::fs::write(&file, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let text = std::fs::read_to_string(&lab.config).unwrap().replace(
+        "pat_file = \"github-pat\"",
+        "registration_token_file = \"registration-token\"",
+    );
+    std::fs::write(&lab.config, text).unwrap();
+    lab.start_oneshot(&[]);
+    let view = lab.oneshot_online().await;
+    let job = lab
+        .run_job(
+            &["self-hosted", "throwaway"],
+            "echo with a registration token\n",
+        )
+        .await;
+    assert_eq!(job.result.as_deref(), Some("succeeded"), "{job:?}");
+    assert_eq!(lab.wait_exit(), Some(0), "{}", lab.log());
+    // GitHub deleted the ephemeral runner after its job; nothing is left on the host.
+    lab.assert_gone(&view);
+    assert!(!lab.log().contains(&token), "{}", lab.log());
+}

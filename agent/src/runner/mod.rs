@@ -370,8 +370,13 @@ impl<'a> Lifecycle<'a> {
     }
 
     fn backend(&self, runner: &Runner) -> Result<&dyn Backend, RunnerError> {
+        // A JIT runner's listener is always a process of the daemon (`daemon::jit`).
+        let kind = match runner.ephemeral {
+            Ephemeral::Jit => crate::config::ServiceKind::Process,
+            _ => runner.service,
+        };
         self.backends
-            .get(runner.service.as_str())
+            .get(kind.as_str())
             .map(|b| b.as_ref())
             .ok_or_else(|| RunnerError::Service {
                 runner: runner.name.clone(),
