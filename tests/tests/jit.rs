@@ -605,3 +605,45 @@ async fn oneshot_works_with_a_registration_token_from_the_user_data() {
     lab.assert_gone(&view);
     assert!(!lab.log().contains(&token), "{}", lab.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oneshot_on_sigterm_during_a_job_says_so_and_deregisters_when_the_job_ends() {
+    let mut lab = Lab::new(ONESHOT_TEMPLATE).await;
+    lab.start_oneshot(&[]);
+    let view = lab.oneshot_online().await;
+    let go = lab.dir.path().join("go");
+    let script = format!(
+        "while [ ! -e '{}' ]; do sleep 0.1; done\necho finished\n",
+        go.display()
+    );
+    let id = lab
+        .emu
+        .queue_job(REPO, &["self-hosted", "throwaway"], &script)
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while lab.emu.job(id).unwrap().status != JobStatus::InProgress {
+        assert!(
+            Instant::now() < deadline,
+            "job never started: {}",
+            lab.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = lab.child.as_ref().unwrap().id() as i32;
+    kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
+    while !lab.log().contains("is running a job") {
+        assert!(
+            Instant::now() < deadline,
+            "busy not reported: {}",
+            lab.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(lab.child.as_mut().unwrap().try_wait().unwrap().is_none());
+    std::fs::write(&go, "").unwrap();
+    let job = lab.emu.wait_job(id, WAIT).await.unwrap();
+    assert_eq!(job.result.as_deref(), Some("succeeded"), "{job:?}");
+    assert_eq!(lab.wait_exit(), Some(0), "{}", lab.log());
+    lab.assert_gone(&view);
+    assert!(!lab.powered_off().exists(), "powered off after SIGTERM");
+}
