@@ -24,10 +24,16 @@ struct Lab {
     dir: tempfile::TempDir,
     config: PathBuf,
     daemon: Option<Child>,
+    pat: String,
 }
 
 impl Lab {
     async fn new(count: u32) -> Lab {
+        Lab::with(count, "", "").await
+    }
+
+    /// A lab whose configuration has `defaults` added to `[defaults]` and `extra` at the end.
+    async fn with(count: u32, defaults: &str, extra: &str) -> Lab {
         let emu = Emulator::start(EmulatorOptions {
             long_poll: Duration::from_secs(1),
             ..EmulatorOptions::default()
@@ -42,7 +48,7 @@ impl Lab {
             .unwrap();
         let pat = emu.add_pat(PatSpec::classic(&["repo"]));
         let file = dir.path().join("github-pat");
-        std::fs::write(&file, pat).unwrap();
+        std::fs::write(&file, &pat).unwrap();
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
         let root = dir.path();
         let text = format!(
@@ -65,10 +71,12 @@ root = "{root}/runners"
 version = "{VERSION}"
 service = "process"
 labels = ["lab"]
+{defaults}
 
 [[runner]]
 name_template = "{{hostname}}-{{index}}"
 count = {count}
+{extra}
 "#,
             root = root.display(),
             url = emu.web_url_for(REPO),
@@ -80,6 +88,7 @@ count = {count}
             dir,
             config,
             daemon: None,
+            pat,
         }
     }
 
@@ -99,9 +108,15 @@ count = {count}
     }
 
     fn start_daemon(&mut self) {
+        self.start_daemon_with(&[]);
+    }
+
+    fn start_daemon_with(&mut self, extra: &[&str]) {
         let log = std::fs::File::create(self.log_path()).unwrap();
+        let mut args = vec!["daemon", "--resync-secs", "2", "--check-secs", "1"];
+        args.extend_from_slice(extra);
         let child = self
-            .command(&["daemon", "--resync-secs", "2", "--check-secs", "1"])
+            .command(&args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -149,6 +164,94 @@ count = {count}
             assert!(
                 Instant::now() < deadline,
                 "runner {name} never {what}: {found:?}\ndaemon log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn status_json(&self) -> serde_json::Value {
+        let out = self.command(&["status", "--json"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// The daemon's view of runner `name` in `status --json`.
+    fn daemon_view(status: &serde_json::Value, name: &str) -> serde_json::Value {
+        status["runners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .map(|r| r["daemon"].clone())
+            .unwrap_or_default()
+    }
+
+    /// Poll `agentctl status --json` until `pred` holds.
+    async fn wait_status(
+        &self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let status = self.status_json();
+            if pred(&status) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "status never showed {what}: {status:#}\ndaemon log:\n{}\nrunner logs:\n{}",
+                self.log(),
+                self.runner_logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Every runner's own output (the process backend's log).
+    fn runner_logs(&self) -> String {
+        let mut out = String::new();
+        if let Ok(entries) = std::fs::read_dir(self.dir.path().join("runners")) {
+            for entry in entries.flatten() {
+                let log = entry.path().join("_diag/agent-run.log");
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                out.push_str(&format!("--- {}\n{text}", log.display()));
+            }
+        }
+        out
+    }
+
+    fn runner_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join("runners").join(name)
+    }
+
+    fn alive(&self, name: &str) -> bool {
+        self.pid(name)
+            .is_some_and(|pid| kill(Pid::from_raw(pid), None).is_ok())
+    }
+
+    fn daemon_pid(&self) -> Pid {
+        Pid::from_raw(self.daemon.as_ref().unwrap().id() as i32)
+    }
+
+    /// Write a file the way secret managers do: a new file renamed over the old one.
+    fn replace_secret(&self, path: &std::path::Path, value: &str) {
+        let staging = path.with_extension("new");
+        std::fs::write(&staging, value).unwrap();
+        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::rename(&staging, path).unwrap();
+    }
+
+    async fn wait_runner_any(&self, what: &str, pred: impl Fn(&RunnerView) -> bool) -> RunnerView {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(r) = self.emu.runners(Some(REPO)).into_iter().find(|r| pred(r)) {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no runner {what}\ndaemon log:\n{}",
                 self.log()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -318,4 +421,433 @@ async fn sigterm_stops_the_daemon_and_leaves_the_runners_running() {
         .wait_runner(name, "online", |r| r.status == "online")
         .await;
     assert_eq!(after.id, view.id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_pat_opens_the_circuit_and_a_new_pat_file_heals_without_a_restart() {
+    let mut lab = Lab::new(1).await;
+    lab.start_daemon();
+    let name = lab.names(1)[0].clone();
+    let view = lab
+        .wait_runner(&name, "online", |r| r.status == "online")
+        .await;
+
+    // Revoked: the daemon stops calling GitHub and `status` says why.
+    assert!(lab.emu.revoke_token(&lab.pat));
+    let status = lab
+        .wait_status("the open circuit", |s| {
+            s["daemon"]["github_circuit"].is_string()
+        })
+        .await;
+    let reason = status["daemon"]["github_circuit"].as_str().unwrap();
+    assert!(reason.contains("401"), "{reason}");
+    assert!(!reason.contains(&lab.pat), "secret in status: {reason}");
+    let out = lab.command(&["status"]).output().unwrap();
+    assert!(
+        text(&out).contains("github: not called until a secret file changes"),
+        "{}",
+        text(&out)
+    );
+
+    // Meanwhile GitHub forgets the runner: without credentials it cannot come back.
+    assert!(lab.emu.delete_runner(view.id));
+    lab.wait_status("the runner waiting for GitHub", |s| {
+        Lab::daemon_view(s, &name)["state"] == "circuit-open"
+    })
+    .await;
+    assert!(lab.emu.runners(Some(REPO)).is_empty());
+
+    // A new PAT file: picked up at once, no restart.
+    let new_pat = lab.emu.add_pat(PatSpec::classic(&["repo"]));
+    let written = Instant::now();
+    lab.replace_secret(&lab.dir.path().join("github-pat"), &new_pat);
+    let back = lab
+        .wait_runner(&name, "registered again", |r| r.status == "online")
+        .await;
+    let took = written.elapsed();
+    println!("recovery after a new PAT file: {} ms", took.as_millis());
+    assert_ne!(back.id, view.id);
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(lab.daemon.as_mut().unwrap().try_wait().unwrap().is_none());
+    let log = lab.log();
+    assert!(log.contains("changed: reloading the credentials"), "{log}");
+    for secret in [&lab.pat, &new_pat] {
+        assert!(!log.contains(secret.as_str()), "secret in the log");
+    }
+    let status = lab
+        .wait_status("the circuit closed", |s| {
+            s["daemon"]["github_circuit"].is_null()
+        })
+        .await;
+    assert_eq!(Lab::daemon_view(&status, &name)["state"], "running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_dropped_from_the_config_is_deregistered_and_removed_on_sighup() {
+    let mut lab = Lab::new(2).await;
+    let config = std::fs::read_to_string(&lab.config).unwrap();
+    lab.start_daemon();
+    let names = lab.names(2);
+    let mut views = Vec::new();
+    for name in &names {
+        views.push(
+            lab.wait_runner(name, "online", |r| r.status == "online")
+                .await,
+        );
+    }
+    let kept_pid = lab.pid(&names[0]).unwrap();
+    assert!(lab.runner_dir(&names[1]).join(".runner").exists());
+
+    std::fs::write(&lab.config, config.replace("count = 2", "count = 1")).unwrap();
+    kill(lab.daemon_pid(), Signal::SIGHUP).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while lab
+        .emu
+        .runners(Some(REPO))
+        .iter()
+        .any(|r| r.name == names[1])
+        || lab.runner_dir(&names[1]).exists()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "runner not removed:\n{}",
+            lab.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let state = lab.dir.path().join("state/runners");
+    assert!(!state.join(format!("{}.json", names[1])).exists());
+    // The other one is untouched: same registration, same process.
+    let left = lab.emu.runners(Some(REPO));
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].id, views[0].id);
+    assert_eq!(lab.pid(&names[0]), Some(kept_pid));
+    assert!(lab.alive(&names[0]));
+    assert!(lab.log().contains("no longer configured"), "{}", lab.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_conflict_waits_for_the_old_session_and_starts_the_same_registration() {
+    let metrics = "[daemon]\nmetrics_file = \"METRICS\"\n";
+    let mut lab = Lab::with(1, "disable_update = true", "").await;
+    let metrics_file = lab.dir.path().join("metrics/runner_agent.prom");
+    let config = std::fs::read_to_string(&lab.config).unwrap();
+    std::fs::write(
+        &lab.config,
+        format!(
+            "{config}\n{}",
+            metrics.replace("METRICS", &metrics_file.display().to_string())
+        ),
+    )
+    .unwrap();
+    lab.start_daemon_with(&["--session-wait-secs", "4"]);
+    let name = lab.names(1)[0].clone();
+    let view = lab
+        .wait_runner(&name, "online", |r| r.status == "online")
+        .await;
+    // The listener reads `.env` at start: shorten its 240 s of session-conflict retries.
+    std::fs::write(
+        lab.runner_dir(&name).join(".env"),
+        "FAKE_RUNNER_SESSION_CONFLICT_SECONDS=1\nFAKE_RUNNER_SESSION_RETRY_SECONDS=1\n",
+    )
+    .unwrap();
+
+    // Killed without closing its session: the next listener meets that session and exits 5.
+    let old = lab.pid(&name).unwrap();
+    kill(Pid::from_raw(-old), Signal::SIGKILL).unwrap();
+    let status = lab
+        .wait_status("the session conflict", |s| {
+            let d = Lab::daemon_view(s, &name);
+            d["state"] == "session-conflict" && d["last_exit_code"] == 5
+        })
+        .await;
+    let daemon = Lab::daemon_view(&status, &name);
+    assert!(daemon["next_retry"].is_string(), "{daemon}");
+    assert!(!lab.alive(&name), "started during the wait");
+
+    // The old session expires on GitHub; the same registration comes back.
+    lab.emu.advance_clock(120);
+    let back = lab
+        .wait_runner(&name, "online again", |r| {
+            r.status == "online" && r.session_open
+        })
+        .await;
+    assert_eq!(back.id, view.id, "registered again instead of waiting");
+    let status = lab
+        .wait_status("running again", |s| {
+            Lab::daemon_view(s, &name)["state"] == "running"
+        })
+        .await;
+    assert!(
+        Lab::daemon_view(&status, &name)["restarts"]
+            .as_u64()
+            .unwrap()
+            >= 2
+    );
+
+    // The metrics file says the same.
+    let deadline = Instant::now() + WAIT;
+    let metrics = loop {
+        let text = std::fs::read_to_string(&metrics_file).unwrap_or_default();
+        if text.contains(&format!(
+            "runner_agent_runner_online{{runner=\"{name}\"}} 1"
+        )) {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "metrics: {text}\n{}", lab.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let sample = |family: &str| -> f64 {
+        let prefix = format!("{family}{{runner=\"{name}\"");
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("no {family} in {metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(sample("runner_agent_runner_registered"), 1.0);
+    assert_eq!(sample("runner_agent_runner_busy"), 0.0);
+    assert_eq!(sample("runner_agent_runner_last_exit_code"), 5.0);
+    assert!(sample("runner_agent_runner_restarts_total") >= 2.0);
+    // The only release is the runner's own: the whole window is left.
+    assert_eq!(sample("runner_agent_runner_update_window_days_left"), 30.0);
+    assert!(
+        metrics.contains(&format!("version=\"{VERSION}\"")),
+        "{metrics}"
+    );
+    assert!(metrics.contains("# TYPE runner_agent_runner_restarts_total counter"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_stops_an_idle_runner_at_once_and_a_busy_one_after_its_job() {
+    let mut lab = Lab::new(2).await;
+    lab.start_daemon();
+    let names = lab.names(2);
+    for name in &names {
+        lab.wait_runner(name, "online", |r| r.status == "online")
+            .await;
+    }
+    // A job that runs until the test lets it finish.
+    let go = lab.dir.path().join("go");
+    let job = lab
+        .emu
+        .queue_job(
+            REPO,
+            &["lab"],
+            &format!(
+                "while [ ! -e {} ]; do sleep 0.1; done; echo done",
+                go.display()
+            ),
+        )
+        .unwrap();
+    let busy = lab.wait_runner_any("busy", |r| r.busy).await;
+    let idle = names.iter().find(|n| **n != busy.name).unwrap().clone();
+
+    let mut drain = lab
+        .command(&["drain"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The idle one stops at once; the busy one keeps its job.
+    let deadline = Instant::now() + WAIT;
+    while lab.alive(&idle) {
+        assert!(Instant::now() < deadline, "idle runner not stopped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(lab.alive(&busy.name), "busy runner stopped during its job");
+    assert!(drain.try_wait().unwrap().is_none(), "drain did not wait");
+
+    std::fs::write(&go, "").unwrap();
+    let done = lab.emu.wait_job(job, WAIT).await.unwrap();
+    assert_eq!(done.result.as_deref(), Some("succeeded"), "{done:?}");
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = drain.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "drain never ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let out = drain.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(0), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!("{idle}: drained (was idle")),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("{}: drained (stopped after its job", busy.name)),
+        "{said}"
+    );
+    assert!(!lab.alive(&busy.name));
+
+    // The daemon leaves both stopped (it has run passes since: its state says drained).
+    let status = lab
+        .wait_status("both drained", |s| {
+            names
+                .iter()
+                .all(|n| Lab::daemon_view(s, n)["state"] == "drained")
+        })
+        .await;
+    assert!(names.iter().all(|n| !lab.alive(n)), "{status:#}");
+
+    // Undrained: the daemon starts it again, same registration.
+    let out = lab.command(&["undrain", &idle]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    lab.wait_status("undrained runner running", |s| {
+        Lab::daemon_view(s, &idle)["state"] == "running"
+    })
+    .await;
+    assert!(lab.alive(&idle));
+    assert!(!lab.alive(&busy.name));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_update_is_left_to_the_runner_scripts() {
+    let mut lab = Lab::new(1).await;
+    lab.start_daemon();
+    let name = lab.names(1)[0].clone();
+    let view = lab
+        .wait_runner(&name, "online", |r| r.status == "online")
+        .await;
+    let pid = lab.pid(&name).unwrap();
+    publish_fake_release(&lab.emu, "2.337.0", &lab.dir.path().join("release-new"))
+        .await
+        .unwrap();
+    lab.emu.set_expected_runner_version(None, "2.337.0");
+    // The listener updates itself and exits 3; run.sh waits for the update and starts the new
+    // version. The daemon neither restarts nor registers it.
+    let updated = lab
+        .wait_runner(&name, "updated", |r| {
+            r.version == "2.337.0" && r.status == "online"
+        })
+        .await;
+    assert_eq!(updated.id, view.id);
+    assert_eq!(lab.pid(&name), Some(pid), "the daemon restarted it");
+    let status = lab.status_json();
+    assert_eq!(
+        Lab::daemon_view(&status, &name)["restarts"],
+        0,
+        "{status:#}"
+    );
+    assert!(!lab.log().contains("starting runner"), "{}", lab.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_rest_a_registration_deleted_while_the_host_was_down_is_registered_again() {
+    let mut lab = Lab::new(1).await;
+    let token = lab.emu.registration_token(REPO).unwrap();
+    let file = lab.dir.path().join("registration-token");
+    std::fs::write(&file, &token).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = std::fs::read_to_string(&lab.config).unwrap();
+    std::fs::write(
+        &lab.config,
+        config.replace(
+            "pat_file = \"github-pat\"",
+            "registration_token_file = \"registration-token\"",
+        ),
+    )
+    .unwrap();
+    lab.start_daemon();
+    let name = lab.names(1)[0].clone();
+    let view = lab
+        .wait_runner(&name, "online", |r| r.status == "online")
+        .await;
+
+    // The host goes down (daemon and runner killed); GitHub deletes the registration meanwhile.
+    lab.daemon.as_mut().unwrap().kill().unwrap();
+    lab.wait_exit();
+    let pid = lab.pid(&name).unwrap();
+    kill(Pid::from_raw(-pid), Signal::SIGKILL).unwrap();
+    assert!(lab.emu.delete_runner(view.id));
+
+    // Back up: the runner starts, the listener says the registration was deleted (exit 1), and
+    // the daemon clears its local files and registers it again with the token file.
+    lab.start_daemon();
+    let back = lab
+        .wait_runner(&name, "registered again", |r| r.status == "online")
+        .await;
+    assert_ne!(back.id, view.id);
+    let status = lab
+        .wait_status("the exit read", |s| {
+            Lab::daemon_view(s, &name)["state"] == "running"
+        })
+        .await;
+    let daemon = Lab::daemon_view(&status, &name);
+    assert_eq!(daemon["last_exit_code"], 1, "{daemon}");
+    assert_eq!(daemon["last_exit"], "registration deleted on GitHub");
+    assert!(lab.log().contains("its registration was deleted on GitHub"));
+    assert!(!lab.log().contains(&token), "secret in the log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disable_update_runner_is_upgraded_by_the_daemon_once_idle() {
+    let mut lab = Lab::with(1, "disable_update = true", "").await;
+    lab.start_daemon();
+    let name = lab.names(1)[0].clone();
+    let view = lab
+        .wait_runner(&name, "online", |r| r.status == "online")
+        .await;
+    assert!(view.disable_update);
+    // Busy with a job the test holds.
+    let go = lab.dir.path().join("go");
+    let job = lab
+        .emu
+        .queue_job(
+            REPO,
+            &["lab"],
+            &format!("while [ ! -e {} ]; do sleep 0.1; done", go.display()),
+        )
+        .unwrap();
+    lab.wait_runner(&name, "busy", |r| r.busy).await;
+
+    // A newer release, configured: not while the job runs.
+    publish_fake_release(&lab.emu, "2.337.0", &lab.dir.path().join("release-new"))
+        .await
+        .unwrap();
+    let config = std::fs::read_to_string(&lab.config).unwrap();
+    std::fs::write(
+        &lab.config,
+        config.replace(&format!("version = \"{VERSION}\""), "version = \"2.337.0\""),
+    )
+    .unwrap();
+    kill(lab.daemon_pid(), Signal::SIGHUP).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while !lab.log().contains("configuration reloaded") {
+        assert!(Instant::now() < deadline, "{}", lab.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Passes after the reload (the state is written at least every resync, 2 s), the runner
+    // still busy.
+    let reloaded = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
+    lab.wait_status("a pass after the reload", |s| {
+        s["daemon"]["updated_at"]
+            .as_str()
+            .and_then(|t| {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            })
+            .is_some_and(|t| t >= reloaded)
+    })
+    .await;
+    assert!(lab.emu.runners(Some(REPO))[0].busy);
+    assert!(!lab.log().contains("upgrading it"), "{}", lab.log());
+
+    std::fs::write(&go, "").unwrap();
+    let done = lab.emu.wait_job(job, WAIT).await.unwrap();
+    assert_eq!(done.result.as_deref(), Some("succeeded"), "{done:?}");
+    let upgraded = lab
+        .wait_runner(&name, "upgraded", |r| {
+            r.version == "2.337.0" && r.status == "online"
+        })
+        .await;
+    assert_eq!(upgraded.id, view.id, "registered again instead of upgraded");
+    let link = std::fs::read_link(lab.runner_dir(&name).join("bin")).unwrap();
+    assert_eq!(link, PathBuf::from("bin.2.337.0"));
+    let status = lab.status_json();
+    assert_eq!(
+        status["runners"][0]["local"]["version"], "2.337.0",
+        "{status:#}"
+    );
 }

@@ -21,6 +21,10 @@ pub struct DaemonArgs {
     /// Seconds between liveness checks of the runners' services.
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     pub check_secs: u64,
+    /// Seconds to wait after a session conflict (listener exit 5) for the old session to expire
+    /// before starting the runner again.
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    pub session_wait_secs: u64,
 }
 
 pub fn run(config_path: &Path, args: &DaemonArgs) -> anyhow::Result<Status> {
@@ -31,6 +35,8 @@ pub fn run(config_path: &Path, args: &DaemonArgs) -> anyhow::Result<Status> {
     let options = crate::daemon::Options {
         resync: Duration::from_secs(args.resync_secs.max(1)),
         check: Duration::from_secs(args.check_secs.max(1)),
+        session_wait: Duration::from_secs(args.session_wait_secs),
+        ..crate::daemon::Options::default()
     };
     Ok(runtime.block_on(crate::daemon::run(config_path, &options))?)
 }

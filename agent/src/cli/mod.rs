@@ -6,6 +6,7 @@ mod config;
 mod daemon;
 mod docs;
 mod doctor;
+mod drain;
 mod oneshot;
 mod release;
 mod runners;
@@ -48,6 +49,11 @@ pub enum Command {
     Config(config::ConfigArgs),
     /// Keep the configured runners registered and running (what `runner-agent.service` runs).
     Daemon(daemon::DaemonArgs),
+    /// Stop runners from taking new jobs: idle ones stop now, busy ones after their job; the
+    /// daemon leaves them stopped until `undrain` or `start`.
+    Drain(drain::DrainArgs),
+    /// Let the daemon start drained runners again.
+    Undrain(drain::UndrainArgs),
     /// Print shell completions for `agentctl`.
     Completions(docs::CompletionsArgs),
     /// Print the `agentctl(1)` man page (roff).
@@ -83,6 +89,8 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Board(args) => board::run(&cli.config, args),
         Command::Config(args) => config::run(&cli.config, &args),
         Command::Daemon(args) => daemon::run(&cli.config, &args),
+        Command::Drain(args) => drain::drain(&cli.config, &args),
+        Command::Undrain(args) => drain::undrain(&cli.config, &args),
         Command::Completions(args) => docs::completions(&args),
         Command::Man => docs::man(),
         Command::Doctor(args) => doctor::doctor(&cli.config, &args),

@@ -147,7 +147,13 @@ pub fn run(config_path: &Path, command: RunnerCommand) -> anyhow::Result<Status>
                 Status::Success
             })
         }
-        RunnerCommand::Start(names) => each(&lifecycle, &names, "start", |r| lifecycle.start(r)),
+        RunnerCommand::Start(names) => each(&lifecycle, &names, "start", |r| {
+            // A drained runner started by hand is no longer drained.
+            if let Err(err) = crate::daemon::drain::unmark(&config.agent.state_dir, &r.name) {
+                log::warn!("cannot remove the drain mark of `{}`: {err}", r.name);
+            }
+            lifecycle.start(r)
+        }),
         RunnerCommand::Stop(names) => each(&lifecycle, &names, "stop", |r| lifecycle.stop(r)),
         RunnerCommand::Restart(names) => each(&lifecycle, &names, "restart", |r| {
             lifecycle.stop(r)?;
@@ -156,15 +162,35 @@ pub fn run(config_path: &Path, command: RunnerCommand) -> anyhow::Result<Status>
         RunnerCommand::Status(args) => {
             let runners = lifecycle.select(&args.names.names)?;
             let statuses = runtime.block_on(lifecycle.status(&runners))?;
+            let daemon = crate::daemon::state::read(&config.agent.state_dir);
             if args.json {
+                let mut list = Vec::new();
+                for status in &statuses {
+                    let mut value = serde_json::to_value(status)?;
+                    if let (Some(object), Some(state)) = (
+                        value.as_object_mut(),
+                        daemon.as_ref().and_then(|d| d.runners.get(&status.name)),
+                    ) {
+                        object.insert("daemon".to_owned(), serde_json::to_value(state)?);
+                    }
+                    list.push(value);
+                }
                 let value = serde_json::json!({
                     "schema": STATUS_SCHEMA,
                     "host_label": lifecycle.marker(),
-                    "runners": statuses,
+                    "daemon": daemon.as_ref().map(|d| serde_json::json!({
+                        "pid": d.pid,
+                        "updated_at": d.updated_at,
+                        "github_circuit": d.github_circuit,
+                    })),
+                    "runners": list,
                 });
                 println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
                 print!("{}", render_status(&statuses));
+                if let Some(daemon) = &daemon {
+                    print!("{}", render_daemon(daemon, &statuses));
+                }
             }
             Ok(Status::Success)
         }
@@ -277,6 +303,49 @@ fn logs(
             )
         }
     }
+}
+
+/// The daemon's view in `status`: per runner its state, last error and next retry.
+pub fn render_daemon(
+    daemon: &crate::daemon::state::DaemonState,
+    statuses: &[RunnerStatus],
+) -> String {
+    use crate::daemon::state::until_text;
+    let mut out = format!(
+        "daemon (pid {}, as of {}):\n",
+        daemon.pid, daemon.updated_at
+    );
+    if let Some(reason) = &daemon.github_circuit {
+        out.push_str(&format!(
+            "  github: not called until a secret file changes: {reason}\n"
+        ));
+    }
+    for status in statuses {
+        let Some(state) = daemon.runners.get(&status.name) else {
+            continue;
+        };
+        out.push_str(&format!(
+            "  {}: {}, {} restart(s)",
+            status.name, state.state, state.restarts
+        ));
+        if let Some(code) = state.last_exit_code {
+            out.push_str(&format!(
+                ", last exit {code} ({})",
+                state.last_exit.as_deref().unwrap_or("?")
+            ));
+        }
+        out.push('\n');
+        if let Some(circuit) = &state.circuit {
+            out.push_str(&format!("    circuit open: {circuit}\n"));
+        }
+        if let Some(error) = &state.last_error {
+            out.push_str(&format!("    last error: {error}\n"));
+        }
+        if let Some(next) = &state.next_retry {
+            out.push_str(&format!("    next retry: {}\n", until_text(next)));
+        }
+    }
+    out
 }
 
 /// The human form of `status`.

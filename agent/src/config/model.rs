@@ -31,6 +31,7 @@ pub struct Config {
     pub agent: Agent,
     pub github: GitHub,
     pub host: Host,
+    pub daemon: Daemon,
     /// Every runner, with `count`/`name_template` expanded and defaults applied.
     pub runners: Vec<Runner>,
     /// Every board, inline or from `boards = [...]` files, with its profile applied.
@@ -46,6 +47,13 @@ pub struct Agent {
     pub state_dir: PathBuf,
     /// Where board profiles (`<profile>.toml`) are looked up.
     pub profiles_dir: PathBuf,
+}
+
+/// `[daemon]`: what `agentctl daemon` writes besides its state.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Daemon {
+    /// A Prometheus text file for node_exporter's textfile collector, written atomically.
+    pub metrics_file: Option<PathBuf>,
 }
 
 /// `[github]`: which GitHub, which scope, which credentials.

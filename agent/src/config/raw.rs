@@ -16,6 +16,7 @@ pub struct RawConfig {
     pub agent: Option<RawAgent>,
     pub github: Option<Spanned<RawGitHub>>,
     pub host: Option<RawHost>,
+    pub daemon: Option<RawDaemon>,
     pub defaults: Option<Spanned<RawSettings>>,
     #[serde(default)]
     pub runner: Vec<Spanned<RawRunner>>,
@@ -29,6 +30,12 @@ pub struct RawAgent {
     pub cache_dir: Option<Spanned<String>>,
     pub state_dir: Option<Spanned<String>>,
     pub profiles_dir: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDaemon {
+    pub metrics_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

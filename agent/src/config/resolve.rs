@@ -122,6 +122,7 @@ pub fn config(path: &Path, options: &LoadOptions) -> Result<Config, ConfigError>
         qemu: host.qemu.unwrap_or_default(),
         binfmt: host.binfmt.unwrap_or_default(),
     });
+    let daemon = daemon(&mut checker, &source, raw.daemon);
     let boards = boards(
         &mut checker,
         &source,
@@ -137,6 +138,7 @@ pub fn config(path: &Path, options: &LoadOptions) -> Result<Config, ConfigError>
             agent,
             github,
             host,
+            daemon,
             runners,
             boards,
         }),
@@ -207,6 +209,22 @@ fn load_profile(checker: &mut Checker<'_>, path: &Path) -> Option<Profile> {
         power,
         env,
     })
+}
+
+fn daemon(checker: &mut Checker<'_>, source: &Source, raw: Option<RawDaemon>) -> Daemon {
+    let metrics_file = raw.and_then(|raw| raw.metrics_file).map(|value| {
+        let path = PathBuf::from(value.get_ref());
+        if !path.is_absolute() {
+            checker.say(
+                source,
+                value.span(),
+                "`metrics_file` must be an absolute path".to_owned(),
+                "for node_exporter's textfile collector, e.g. `/var/lib/node_exporter/textfile/runner_agent.prom`".to_owned(),
+            );
+        }
+        path
+    });
+    Daemon { metrics_file }
 }
 
 fn agent(

@@ -1,22 +1,43 @@
-//! `agentctl daemon`: keep the configured runners registered and running (issue 6, first slice).
+//! `agentctl daemon`: keep the configured runners registered, running and healthy (issue 6).
 //!
-//! One reconcile pass observes (the configuration, each runner's `.runner` and record, its
-//! service state, GitHub's runner list when REST access is configured), plans with the pure
-//! [`plan::plan`] and applies the actions through [`Lifecycle`]. Passes are triggered by a
-//! periodic resync (with ±10 % jitter), by `SIGHUP` (reload the configuration; a bad new one is
-//! logged and the old one kept), by `SIGCHLD` (a process-backend runner started by this daemon
-//! exited), and by a cheap liveness check every few seconds of the runners' services (the pid
-//! file for the process backend; `systemctl` state for systemd units, polled, not subscribed).
-//! `SIGTERM`/`SIGINT` end the loop and leave the runners running.
+//! One reconcile pass ([`reconcile`]) observes (the configuration, each runner's `.runner` and
+//! record, its service state and why it last stopped, drain marks, GitHub's runner list when REST
+//! access is configured), plans with the pure [`plan::plan`] and applies the actions through
+//! [`Lifecycle`]. Passes are triggered by a periodic resync (with ±10 % jitter), by `SIGHUP`
+//! (reload the configuration; a bad new one is logged and the old one kept), by `SIGCHLD` (a
+//! process-backend runner started by this daemon exited), by a change of a secret file (inotify,
+//! [`secrets`]: the credentials are reloaded and open circuits closed), and by a cheap liveness
+//! check every few seconds of the runners' services (the pid file for the process backend;
+//! `systemctl` state for systemd units, polled, not subscribed). `SIGTERM`/`SIGINT` end the loop
+//! and leave the runners running.
+//!
+//! Healing: a runner that stopped is started again, except that its output says why
+//! ([`exits`]): a session conflict (exit 5) waits [`Options::session_wait`] for the old session to
+//! expire; a self-update (exit 3/4) is left to `run.sh`/`runsvc.sh`; a deleted registration
+//! (exit 1 with the "deleted" message, or exit 0 after the runner removed its own configuration)
+//! is registered again with a fresh token. Runners no longer configured are deregistered and
+//! removed. Drained runners ([`drain`]) stay stopped. Runners with `disable_update = true` are
+//! upgraded by the daemon while idle ([`upgrade`]).
 //!
 //! Failures back off per runner (exponential with jitter, capped); a deterministic failure (bad
-//! credentials, missing permission) opens a circuit for that runner for [`CIRCUIT_OPEN`].
+//! credentials, missing permission) opens a circuit for [`CIRCUIT_OPEN`] or until a secret file
+//! changes. Bad credentials on GitHub's runner list open the circuit for every call to GitHub;
+//! local starts go on. The daemon's view is written atomically to `<state_dir>/daemon/state.json`
+//! ([`state`]) for `agentctl status`, and as a Prometheus text file when `[daemon] metrics_file`
+//! is set ([`metrics`]).
 
+pub mod drain;
+pub mod exits;
 pub mod jit;
+pub mod metrics;
 pub mod plan;
+mod reconcile;
+pub mod secrets;
+pub mod state;
+pub mod upgrade;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{signal, SignalKind};
@@ -27,6 +48,7 @@ use crate::github::{Cached, GithubError};
 use crate::runner::{self, Lifecycle, Remote, RemoteRunner, RunnerError};
 
 pub use plan::{plan, Action, DesiredRunner, Gate, LocalRunner, Observed};
+use state::Health;
 
 /// The first retry delay after a failure.
 pub const BACKOFF_BASE: Duration = Duration::from_secs(2);
@@ -53,6 +75,12 @@ pub struct Options {
     pub resync: Duration,
     /// How often the runners' services are checked for liveness.
     pub check: Duration,
+    /// After a session conflict (exit 5), how long to wait for the old session to expire before
+    /// starting the runner again.
+    pub session_wait: Duration,
+    /// After a self-update exit (3/4), how long `run.sh`/`runsvc.sh` get to start the new version
+    /// before the daemon starts the runner itself.
+    pub update_grace: Duration,
 }
 
 impl Default for Options {
@@ -60,17 +88,34 @@ impl Default for Options {
         Options {
             resync: Duration::from_secs(60),
             check: Duration::from_secs(5),
+            session_wait: Duration::from_secs(120),
+            update_grace: Duration::from_secs(60),
         }
     }
 }
 
-/// Per-runner failure state.
-#[derive(Debug, Clone, Default)]
-struct Failures {
-    count: u32,
-    until: Option<Instant>,
-    circuit_until: Option<Instant>,
+/// The circuit in front of every GitHub call.
+#[derive(Debug, Clone)]
+struct Circuit {
+    until: Instant,
+    reason: String,
 }
+
+/// What the loop keeps between passes.
+struct Daemon {
+    config: Config,
+    hostname: String,
+    options: Options,
+    health: BTreeMap<String, Health>,
+    github_circuit: Option<Circuit>,
+    listing: Listing,
+    last_written: Option<state::DaemonState>,
+    /// Recent runner releases and when they were read (for the update window).
+    releases: Option<(Instant, Vec<metrics::Published>)>,
+}
+
+/// How often the release list is read again (only with `disable_update` runners).
+const RELEASES_EVERY: Duration = Duration::from_secs(6 * 3600);
 
 fn hostname() -> String {
     config::LoadOptions::from_env()
@@ -92,21 +137,42 @@ pub fn backoff(count: u32) -> Duration {
 /// Whether retrying cannot help until the secret or the permissions change.
 fn deterministic(err: &RunnerError) -> bool {
     match err {
-        RunnerError::Github { source, .. } => matches!(
-            **source,
-            GithubError::BadCredentials { .. } | GithubError::MissingPermission { .. }
-        ),
+        RunnerError::Github { source, .. } => deterministic_github(source),
         _ => false,
     }
+}
+
+fn deterministic_github(err: &GithubError) -> bool {
+    matches!(
+        err,
+        GithubError::BadCredentials { .. } | GithubError::MissingPermission { .. }
+    )
 }
 
 fn load(path: &Path) -> Result<Config, String> {
     config::load(path).map_err(|err| crate::redact::redact(&err.to_string()).into_owned())
 }
 
+fn watch(config: &Config) -> Option<secrets::SecretWatch> {
+    match secrets::SecretWatch::new(config) {
+        Ok(watch) => Some(watch),
+        Err(err) => {
+            log::warn!("cannot watch the secret files, a new secret needs `systemctl reload runner-agent`: {err}");
+            None
+        }
+    }
+}
+
+async fn secret_changed(watch: &mut Option<secrets::SecretWatch>) -> PathBuf {
+    match watch {
+        Some(watch) => watch.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Run the daemon until `SIGTERM`/`SIGINT`. A bad configuration at start is [`Status::Config`].
 pub async fn run(config_path: &Path, options: &Options) -> Result<Status, DaemonError> {
-    let mut config = match load(config_path) {
+    let config = match load(config_path) {
         Ok(config) => config,
         Err(report) => {
             log::error!("{report}");
@@ -123,27 +189,37 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
     let mut int = sig(SignalKind::interrupt(), "SIGINT")?;
     let mut hup = sig(SignalKind::hangup(), "SIGHUP")?;
     let mut chld = sig(SignalKind::child(), "SIGCHLD")?;
-    let hostname = hostname();
-    let mut failures: BTreeMap<String, Failures> = BTreeMap::new();
-    let mut listing = Listing::new(&config);
+    let mut secrets = watch(&config);
     log::info!(
         "daemon started with {} runner(s), resync every {} s",
         config.runners.len(),
         options.resync.as_secs()
     );
+    let mut daemon = Daemon {
+        listing: Listing::new(&config),
+        config,
+        hostname: hostname(),
+        options: options.clone(),
+        health: BTreeMap::new(),
+        github_circuit: None,
+        last_written: None,
+        releases: None,
+    };
     let mut resync_at = Instant::now();
     let mut one_job = jit::Jit::default();
     loop {
         reap();
         // One-job runners: JIT slots, ephemeral runners to register again at once.
-        if one_job.tick(&config, &hostname).await {
+        if one_job.tick(&daemon.config, &daemon.hostname).await {
             resync_at = Instant::now();
         }
         let now = Instant::now();
-        if now >= resync_at || needs_pass(&config, &hostname, &failures) {
-            reconcile(&config, &hostname, &mut failures, &mut listing).await;
+        let pass = now >= resync_at || daemon.needs_pass();
+        if pass {
+            daemon.reconcile().await;
             resync_at = Instant::now() + jitter(options.resync, 0.1);
         }
+        daemon.write_state(pass);
         let wait = options
             .check
             .min(resync_at.saturating_duration_since(Instant::now()));
@@ -154,10 +230,13 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
                 match load(config_path) {
                     Ok(new) => {
                         log::info!("configuration reloaded from `{}`", config_path.display());
-                        config = new;
-                        listing = Listing::new(&config);
-                        failures.clear();
+                        daemon.listing = Listing::new(&new);
+                        daemon.config = new;
+                        daemon.health.clear();
+                        daemon.github_circuit = None;
+                        daemon.releases = None;
                         one_job = jit::Jit::default();
+                        secrets = watch(&daemon.config);
                         resync_at = Instant::now();
                     }
                     Err(report) => log::error!(
@@ -165,10 +244,20 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
                     ),
                 }
             }
+            path = secret_changed(&mut secrets) => {
+                log::info!("secret `{}` changed: reloading the credentials", path.display());
+                daemon.listing = Listing::new(&daemon.config);
+                daemon.github_circuit = None;
+                for health in daemon.health.values_mut() {
+                    health.close_circuit();
+                }
+                resync_at = Instant::now();
+            }
             _ = chld.recv() => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }
+    daemon.write_state(true);
     log::info!("daemon stopping; the runners keep running");
     Ok(Status::Success)
 }
@@ -188,41 +277,92 @@ fn reap() {
     }
 }
 
-/// A cheap local check: is a registered runner not running, out of backoff?
-fn needs_pass(config: &Config, hostname: &str, failures: &BTreeMap<String, Failures>) -> bool {
-    let Ok(remote) = Remote::from_config(config) else {
-        return false;
-    };
-    let lifecycle = Lifecycle::new(config, hostname.to_owned(), remote);
-    let now = Instant::now();
-    config.runners.iter().any(|runner| {
-        let gated = failures.get(&runner.name).is_some_and(|f| {
-            f.until.is_some_and(|t| t > now) || f.circuit_until.is_some_and(|t| t > now)
-        });
-        !gated
-            && runner::LocalRegistration::read(&runner.dir).is_some()
-            && lifecycle
-                .unit(runner)
-                .ok()
-                .and_then(|unit| {
-                    lifecycle
-                        .backends
-                        .get(runner.service.as_str())
-                        .and_then(|b| b.status(&unit).ok())
-                })
-                .is_some_and(|status| status.state != "active")
-    })
-}
-
 /// The service state of `runner` (`active`, `inactive`, …), if it can be asked.
 fn service_state(lifecycle: &Lifecycle<'_>, runner: &config::Runner) -> Option<String> {
     let unit = lifecycle.unit(runner).ok()?;
-    let backend = lifecycle.backends.get(runner.service.as_str())?;
+    // A JIT runner's listener is always a process of the daemon.
+    let kind = if jit::is_jit(runner) {
+        config::ServiceKind::Process
+    } else {
+        runner.service
+    };
+    let backend = lifecycle.backends.get(kind.as_str())?;
     backend.status(&unit).ok().map(|status| status.state)
 }
 
+impl Daemon {
+    /// A cheap local check: did a runner stop (or is a registered one not running), out of
+    /// backoff and not drained?
+    fn needs_pass(&self) -> bool {
+        let Ok(remote) = Remote::from_config(&self.config) else {
+            return false;
+        };
+        let lifecycle = Lifecycle::new(&self.config, self.hostname.clone(), remote);
+        let now = Instant::now();
+        let state_dir = &self.config.agent.state_dir;
+        self.config.runners.iter().any(|runner| {
+            let health = self.health.get(&runner.name);
+            let gated = health.is_some_and(|h| h.gated(now));
+            let was_running = health.is_some_and(|h| h.was_running);
+            !gated
+                && !jit::is_jit(runner)
+                && !drain::is_marked(state_dir, &runner.name)
+                && (was_running || runner::LocalRegistration::read(&runner.dir).is_some())
+                && service_state(&lifecycle, runner).is_some_and(|state| state != "active")
+        })
+    }
+
+    /// Write the state file (and the metrics file) when something changed, or when `force`.
+    fn write_state(&mut self, force: bool) {
+        let now = Instant::now();
+        let mut runners = BTreeMap::new();
+        for runner in &self.config.runners {
+            let health = self.health.get(&runner.name).cloned().unwrap_or_default();
+            runners.insert(runner.name.clone(), health.snapshot(now));
+        }
+        let github_circuit = self
+            .github_circuit
+            .as_ref()
+            .filter(|c| c.until > now)
+            .map(|c| c.reason.clone());
+        let unchanged = self
+            .last_written
+            .as_ref()
+            .is_some_and(|last| last.runners == runners && last.github_circuit == github_circuit);
+        if unchanged && !force {
+            return;
+        }
+        let snapshot = state::DaemonState {
+            schema: state::SCHEMA.to_owned(),
+            pid: std::process::id(),
+            updated_at: state::rfc3339(std::time::SystemTime::now()).unwrap_or_default(),
+            github_circuit,
+            runners,
+        };
+        if let Err(err) = state::write(&self.config.agent.state_dir, &snapshot) {
+            log::warn!(
+                "cannot write `{}`: {err}",
+                state::path(&self.config.agent.state_dir).display()
+            );
+        }
+        if let Some(path) = &self.config.daemon.metrics_file {
+            let text = metrics::render(
+                &self.config,
+                &snapshot,
+                self.listing.last.as_deref(),
+                self.releases.as_ref().map(|(_, r)| r.as_slice()),
+                std::time::SystemTime::now(),
+            );
+            if let Err(err) = state::write_atomic(path, text.as_bytes(), 0o644) {
+                log::warn!("cannot write the metrics file `{}`: {err}", path.display());
+            }
+        }
+        self.last_written = Some(snapshot);
+    }
+}
+
 /// GitHub's runner list, read conditionally (ETag): `304 Not Modified` reuses the last list.
-/// One client per configuration, so its ETag cache lives across passes.
+/// One client per configuration (and per secret), so its ETag cache lives across passes.
 struct Listing {
     remote: Option<Remote>,
     last: Option<Vec<RemoteRunner>>,
@@ -249,151 +389,26 @@ impl Listing {
         }
         Ok(self.last.clone())
     }
-}
 
-async fn reconcile(
-    config: &Config,
-    hostname: &str,
-    failures: &mut BTreeMap<String, Failures>,
-    listing: &mut Listing,
-) {
-    let remote = match Remote::from_config(config) {
-        Ok(remote) => remote,
-        Err(err) => {
-            log::error!(
-                "cannot reach GitHub: {}",
-                crate::redact::redact(&format!("{err}"))
-            );
-            return;
-        }
-    };
-    let lifecycle = Lifecycle::new(config, hostname.to_owned(), remote);
-    let now = Instant::now();
-    let remote_list = match listing.list().await {
-        Ok(list) => list,
-        Err(err) => {
-            log::warn!("cannot list the runners on GitHub: {}", error_chain(&err));
-            return;
-        }
-    };
-    let mut observed = Observed {
-        local: Vec::new(),
-        remote: remote_list,
-        marker: lifecycle.marker(),
-        gates: BTreeMap::new(),
-    };
-    let mut desired = Vec::new();
-    for runner in &config.runners {
-        let id = runner::LocalRegistration::read(&runner.dir).map(|l| l.id);
-        let running = service_state(&lifecycle, runner).as_deref() == Some("active");
-        let kvm = runner::run_as(&runner.user)
-            .map(|r| runner::kvm_usable(&r, &lifecycle.options.kvm_node))
-            .unwrap_or(false);
-        desired.push(DesiredRunner {
-            name: runner.name.clone(),
-            labels: runner::desired_labels(config, runner, hostname, kvm),
-        });
-        if runner.dir.is_dir() || id.is_some() {
-            observed.local.push(LocalRunner {
-                name: runner.name.clone(),
-                id,
-                running,
-                labels: lifecycle
-                    .record(&runner.name)
-                    .map(|r| r.labels)
-                    .unwrap_or_default(),
-            });
-        }
-        // A runner seen running after its restart backoff ran out is healthy again.
-        if running
-            && failures
-                .get(&runner.name)
-                .is_some_and(|f| f.circuit_until.is_none() && f.until.is_none_or(|t| t <= now))
-        {
-            failures.remove(&runner.name);
-        }
-        if let Some(f) = failures.get(&runner.name) {
-            if f.circuit_until.is_some_and(|t| t > now) {
-                observed.gates.insert(runner.name.clone(), Gate::Circuit);
-            } else if let Some(until) = f.until {
-                observed
-                    .gates
-                    .insert(runner.name.clone(), Gate::Until(until));
-            }
-        }
-    }
-    for action in plan(&desired, &observed, now) {
-        let name = match &action {
-            Action::Register(n) | Action::Start(n) | Action::UpdateLabels(n) => n.clone(),
-            Action::Remove(name) => {
-                log::warn!("runner `{name}` is no longer configured; `agentctl purge` removes it");
-                continue;
-            }
-            Action::DeleteGhost(id, name) => {
-                log::info!("deleting ghost runner `{name}` (id {id}) of this host on GitHub");
-                if let Err(err) = lifecycle.remote.delete_runner(*id).await {
-                    log::warn!("cannot delete runner `{name}`: {}", error_chain(&err));
-                }
-                continue;
-            }
-            Action::Wait(name, until) => {
-                log::debug!(
-                    "runner `{name}`: backing off for {} s",
-                    until.saturating_duration_since(now).as_secs()
-                );
-                continue;
-            }
-        };
-        let Some(runner) = config.runners.iter().find(|r| r.name == name) else {
-            continue;
-        };
-        if jit::is_jit(runner) {
-            // Its slots are `jit`'s; it is desired only so that its registration is no ghost.
-            continue;
-        }
-        let outcome = match &action {
-            Action::Start(_) => {
-                log::info!("starting runner `{name}`");
-                lifecycle.start(runner)
-            }
+    /// Recent runner releases with their publication times.
+    async fn releases(&self, config: &Config) -> Result<Vec<metrics::Published>, GithubError> {
+        let list = match &self.remote {
+            Some(Remote::Rest { client, .. }) => client.releases().await?,
             _ => {
-                log::info!("registering runner `{name}`");
-                lifecycle.register(runner).await.map(|outcome| {
-                    log::info!("runner `{name}`: {outcome:?}");
-                })
+                crate::github::Client::new(config.github.api_url.clone(), None::<String>)?
+                    .releases()
+                    .await?
             }
         };
-        match outcome {
-            Ok(()) if matches!(action, Action::Start(_)) => {
-                // No restart loop for a runner that dies at once: the next start waits.
-                let entry = failures.entry(name.clone()).or_default();
-                entry.count += 1;
-                entry.until = Some(Instant::now() + backoff(entry.count));
-            }
-            Ok(()) => {
-                failures.remove(&name);
-            }
-            Err(err) => {
-                let entry = failures.entry(name.clone()).or_default();
-                if deterministic(&err) {
-                    entry.circuit_until = Some(Instant::now() + CIRCUIT_OPEN);
-                    log::error!(
-                        "runner `{name}`: {}; not trying again for {} min (or until the configuration is reloaded)",
-                        error_chain(&err),
-                        CIRCUIT_OPEN.as_secs() / 60
-                    );
-                } else {
-                    entry.count += 1;
-                    let delay = backoff(entry.count);
-                    entry.until = Some(Instant::now() + delay);
-                    log::warn!(
-                        "runner `{name}`: {}; retrying in {} s",
-                        error_chain(&err),
-                        delay.as_secs()
-                    );
-                }
-            }
-        }
+        Ok(list
+            .into_iter()
+            .filter_map(|r| {
+                Some(metrics::Published {
+                    version: r.tag_name.parse().ok()?,
+                    at: r.published_at?.into(),
+                })
+            })
+            .collect())
     }
 }
 

@@ -178,6 +178,9 @@ pub struct Release {
     pub body: Option<String>,
     #[serde(default)]
     pub assets: Vec<ReleaseAsset>,
+    /// When it was published (the start of a `disable_update` runner's 30-day window).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub published_at: Option<time::OffsetDateTime>,
 }
 
 /// One file of a release.
@@ -268,6 +271,12 @@ impl Client {
     /// The newest release of `actions/runner`.
     pub async fn latest_release(&self) -> Result<Release, GithubError> {
         self.get_public(&format!("/repos/{RUNNER_REPO}/releases/latest"))
+            .await
+    }
+
+    /// The newest releases of `actions/runner` (one page of 30), newest first.
+    pub async fn releases(&self) -> Result<Vec<Release>, GithubError> {
+        self.get_public(&format!("/repos/{RUNNER_REPO}/releases?per_page=30"))
             .await
     }
 

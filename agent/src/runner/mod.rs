@@ -925,7 +925,14 @@ impl<'a> Lifecycle<'a> {
 
     /// Local and GitHub views of the runners.
     pub async fn status(&self, runners: &[&Runner]) -> Result<Vec<RunnerStatus>, RunnerError> {
-        let remote_list = self.remote.runners().await?;
+        // GitHub refusing (revoked credentials, an outage) must not hide the local view.
+        let (remote_list, remote_error) = match self.remote.runners().await {
+            Ok(list) => (list, None),
+            Err(err) => (
+                None,
+                Some(crate::redact::redact(&error_text(&err)).into_owned()),
+            ),
+        };
         let mut out = Vec::new();
         for runner in runners {
             let local = LocalRegistration::read(&runner.dir);
@@ -945,6 +952,12 @@ impl<'a> Lifecycle<'a> {
                     },
                 };
             let (github, github_note) = match &remote_list {
+                None if remote_error.is_some() => (
+                    None,
+                    remote_error
+                        .as_ref()
+                        .map(|e| format!("cannot read GitHub's runner list: {e}")),
+                ),
                 None => (None, self.remote.no_rest_reason()),
                 Some(list) => {
                     let found = list
@@ -977,6 +990,18 @@ impl<'a> Lifecycle<'a> {
         }
         Ok(out)
     }
+}
+
+/// An error and its causes on one line.
+fn error_text(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn same_labels(a: &[String], b: &[String]) -> bool {
