@@ -647,3 +647,44 @@ async fn oneshot_on_sigterm_during_a_job_says_so_and_deregisters_when_the_job_en
     lab.assert_gone(&view);
     assert!(!lab.powered_off().exists(), "powered off after SIGTERM");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_jit_runner_takes_no_new_slot_until_undrained() {
+    let mut lab = Lab::new(JIT_RUNNER).await;
+    lab.start_daemon();
+    let first = lab
+        .wait_runner("jit-1 online", |r| {
+            r.name == "jit-1" && r.status == "online"
+        })
+        .await;
+    let out = lab.command(&["drain", "jit-1"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The idle slot stops, its registration goes, and the daemon starts no other.
+    let deadline = Instant::now() + WAIT;
+    while !lab.emu.runners(Some(REPO)).is_empty() {
+        assert!(Instant::now() < deadline, "slot not ended: {}", lab.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    while !lab.log().contains("JIT runner `jit-1` is drained") {
+        assert!(Instant::now() < deadline, "{}", lab.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ended = format!("(id {}) ended its slot", first.id);
+    assert!(lab.log().contains(&ended), "{}", lab.log());
+    assert_eq!(lab.emu.runners(Some(REPO)), Vec::<RunnerView>::new());
+    assert!(lab.pid("jit-1").is_none());
+    let out = lab.command(&["undrain", "jit-1"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lab.wait_runner("jit-1 online after undrain", |r| {
+        r.name == "jit-1" && r.id != first.id && r.status == "online"
+    })
+    .await;
+}

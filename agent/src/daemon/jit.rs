@@ -329,6 +329,8 @@ pub struct Jit {
     reset: BTreeSet<String>,
     /// The JIT configuration of each running slot, to stop masking it once the slot ended.
     blobs: BTreeMap<String, String>,
+    /// JIT runners seen drained (said once).
+    drained: BTreeSet<String>,
 }
 
 impl Jit {
@@ -358,6 +360,17 @@ impl Jit {
         if let Some(state) = read_state(state_dir, &runner.name) {
             self.end_slot(config, runner, &state).await;
         }
+        if super::drain::is_marked(state_dir, &runner.name) {
+            // Drained (`agentctl drain`): no new slot until `agentctl undrain`.
+            if self.drained.insert(runner.name.clone()) {
+                log::info!(
+                    "JIT runner `{}` is drained: no new slot until `agentctl undrain`",
+                    runner.name
+                );
+            }
+            return;
+        }
+        self.drained.remove(&runner.name);
         let now = Instant::now();
         if self
             .failures
