@@ -112,9 +112,12 @@ impl Daemon {
                 }
             }
             ExitKind::Deleted { cleaned } => {
-                log::warn!(
-                    "runner `{name}`: its registration was deleted on GitHub; registering it again with a fresh token"
-                );
+                // An ephemeral runner's registration goes after its one job (`jit` says so).
+                if runner.ephemeral == Ephemeral::No {
+                    log::warn!(
+                        "runner `{name}`: its registration was deleted on GitHub; registering it again with a fresh token"
+                    );
+                }
                 if !cleaned {
                     for file in REGISTRATION_FILES {
                         let _ = std::fs::remove_file(runner.dir.join(file));
