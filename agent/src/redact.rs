@@ -21,9 +21,37 @@ pub const MASK: &str = "***";
 /// Secrets shorter than this are not registered: masking `a` everywhere would wreck every line.
 const MIN_SECRET_LEN: usize = 8;
 
-fn registry() -> &'static RwLock<Vec<String>> {
-    static SECRETS: OnceLock<RwLock<Vec<String>>> = OnceLock::new();
-    SECRETS.get_or_init(|| RwLock::new(Vec::new()))
+/// How many registered secrets are kept. Short-lived ones (JIT configs, one per job) would
+/// otherwise grow the registry for as long as the daemon runs; the oldest go first, and
+/// registering a secret again makes it the newest.
+const MAX_SECRETS: usize = 512;
+
+#[derive(Default)]
+struct Registry {
+    /// Oldest first.
+    order: Vec<String>,
+    /// The same secrets, longest first.
+    by_length: Vec<String>,
+}
+
+impl Registry {
+    fn insert(&mut self, secret: &str, cap: usize) {
+        self.order.retain(|known| known != secret);
+        self.order.push(secret.to_owned());
+        if self.order.len() > cap {
+            let excess = self.order.len() - cap;
+            self.order.drain(..excess);
+        }
+        // Longest first, so a secret that contains another is masked whole.
+        let mut by_length = self.order.clone();
+        by_length.sort_by_key(|known| std::cmp::Reverse(known.len()));
+        self.by_length = by_length;
+    }
+}
+
+fn registry() -> &'static RwLock<Registry> {
+    static SECRETS: OnceLock<RwLock<Registry>> = OnceLock::new();
+    SECRETS.get_or_init(|| RwLock::new(Registry::default()))
 }
 
 fn patterns() -> &'static Regex {
@@ -43,32 +71,25 @@ fn patterns() -> &'static Regex {
 /// Remember `secret` so that it is masked wherever it appears from now on.
 ///
 /// Surrounding whitespace is ignored (secret files usually end with a newline). Values too short
-/// to mask safely are ignored.
+/// to mask safely are ignored, and so are values the token shapes already mask whole (PATs,
+/// installation and registration tokens), so that hourly tokens do not pile up.
 pub fn register(secret: &str) {
     let secret = secret.trim();
-    if secret.len() < MIN_SECRET_LEN {
+    if secret.len() < MIN_SECRET_LEN || masked_by_shape(secret) {
         return;
     }
     let mut secrets = match registry().write() {
         Ok(guard) => guard,
         Err(poisoned) => poisoned.into_inner(),
     };
-    if !secrets.iter().any(|known| known == secret) {
-        secrets.push(secret.to_owned());
-        // Longest first, so a secret that contains another is masked whole.
-        secrets.sort_by_key(|known| std::cmp::Reverse(known.len()));
-    }
+    secrets.insert(secret, MAX_SECRETS);
 }
 
-/// Stop masking `secret` (a single-use secret whose use is over, such as a finished JIT
-/// runner's configuration), so that the list of secrets does not grow without end.
-pub fn forget(secret: &str) {
-    let secret = secret.trim();
-    let mut secrets = match registry().write() {
-        Ok(guard) => guard,
-        Err(poisoned) => poisoned.into_inner(),
-    };
-    secrets.retain(|known| known != secret);
+/// Whether the token shapes alone mask all of `secret`.
+fn masked_by_shape(secret: &str) -> bool {
+    patterns()
+        .find(secret)
+        .is_some_and(|found| found.start() == 0 && found.end() == secret.len())
 }
 
 /// `text` with every registered secret and every token-shaped string replaced by [`MASK`].
@@ -79,7 +100,7 @@ pub fn redact(text: &str) -> Cow<'_, str> {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
-        for secret in secrets.iter() {
+        for secret in &secrets.by_length {
             if out.contains(secret.as_str()) {
                 out = Cow::Owned(out.replace(secret.as_str(), MASK));
             }
@@ -134,14 +155,33 @@ mod tests {
     }
 
     #[test]
-    fn a_forgotten_secret_is_no_longer_masked() {
-        register("one-job-config-value-1234");
-        assert_eq!(redact("x one-job-config-value-1234"), "x ***");
-        forget("one-job-config-value-1234\n");
+    fn keeps_a_bounded_number_of_secrets_and_evicts_the_oldest() {
+        // A registry of its own: the global one is shared with the other tests.
+        let mut secrets = Registry::default();
+        secrets.insert("pat-read-at-start", 3);
+        secrets.insert("first-jit-config", 3);
+        secrets.insert("second-jit-config", 3);
+        secrets.insert("pat-read-at-start", 3);
+        secrets.insert("third-jit-config", 3);
         assert_eq!(
-            redact("x one-job-config-value-1234"),
-            "x one-job-config-value-1234"
+            secrets.order,
+            ["second-jit-config", "pat-read-at-start", "third-jit-config"]
         );
+        assert_eq!(secrets.by_length[0], "second-jit-config");
+        assert_eq!(secrets.by_length.len(), 3);
+    }
+
+    #[test]
+    fn token_shaped_secrets_are_masked_without_being_kept() {
+        let token = "ghs_registeredInstallationToken0123456789";
+        register(token);
+        let secrets = match registry().read() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        assert!(!secrets.order.iter().any(|known| known == token));
+        drop(secrets);
+        assert_eq!(redact(&format!("token {token}")), "token ***");
     }
 
     #[test]

@@ -113,6 +113,8 @@ invalid_fixtures! {
     several_problems => "several-problems.toml",
     settings_problems => "settings-problems.toml",
     board_problems => "board-problems.toml",
+    board_job_routine => "board-job-routine.toml",
+    board_job_flag_type => "board-job-flag-type.toml",
 }
 
 fn toml_files(dir: &str) -> Vec<String> {

@@ -76,6 +76,7 @@ fn by_id_link_is_found_followed_when_moved_and_missing_when_gone() {
         net_iface: None,
         dtb: None,
         env: Default::default(),
+        jobs: Default::default(),
     };
     let mut watcher = Watcher::new(&[board], roots.clone());
     assert_eq!(

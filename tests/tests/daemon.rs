@@ -415,6 +415,10 @@ async fn sigterm_stops_the_daemon_and_leaves_the_runners_running() {
     let pid = lab.daemon.as_ref().unwrap().id() as i32;
     kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
     assert_eq!(lab.wait_exit(), Some(0), "{}", lab.log());
+    // Its last word is in the state file, and `status` knows it is gone.
+    let status = lab.status_json();
+    assert_eq!(status["daemon"]["running"], false, "{status:#}");
+    assert_eq!(Lab::daemon_view(&status, name)["state"], "running");
     let runner = lab.pid(name).unwrap();
     assert!(kill(Pid::from_raw(runner), None).is_ok(), "runner died");
     let after = lab
@@ -479,6 +483,7 @@ async fn a_revoked_pat_opens_the_circuit_and_a_new_pat_file_heals_without_a_rest
             s["daemon"]["github_circuit"].is_null()
         })
         .await;
+    assert_eq!(status["daemon"]["running"], true);
     assert_eq!(Lab::daemon_view(&status, &name)["state"], "running");
 }
 
@@ -850,4 +855,98 @@ async fn a_disable_update_runner_is_upgraded_by_the_daemon_once_idle() {
         status["runners"][0]["local"]["version"], "2.337.0",
         "{status:#}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_runner_found_running_is_stopped_by_the_daemon_once_idle() {
+    let mut lab = Lab::new(1).await;
+    lab.start_daemon();
+    let name = lab.names(1)[0].clone();
+    lab.wait_runner(&name, "online", |r| r.status == "online")
+        .await;
+    // As after a reboot: marked drained, yet its (enabled) service started it.
+    let mark = lab.dir.path().join("state/daemon/drain").join(&name);
+    std::fs::create_dir_all(mark.parent().unwrap()).unwrap();
+    std::fs::write(&mark, "").unwrap();
+    let deadline = Instant::now() + WAIT;
+    while lab.alive(&name) {
+        assert!(Instant::now() < deadline, "not stopped:\n{}", lab.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    lab.wait_status("drained", |s| {
+        Lab::daemon_view(s, &name)["state"] == "drained"
+    })
+    .await;
+    assert!(!lab.alive(&name));
+    // `agentctl start` ends the drain.
+    let out = lab.command(&["start", &name]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(!mark.exists());
+    lab.wait_status("running", |s| {
+        Lab::daemon_view(s, &name)["state"] == "running"
+    })
+    .await;
+    // `agentctl stop` while the daemon runs: stays stopped.
+    let out = lab.command(&["stop", &name]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    lab.wait_status("held stopped", |s| {
+        Lab::daemon_view(s, &name)["state"] == "drained"
+    })
+    .await;
+    assert!(!lab.alive(&name), "the daemon started a stopped runner");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_registration_token_file_cuts_the_backoff_short() {
+    let mut lab = Lab::new(1).await;
+    let file = lab.dir.path().join("registration-token");
+    std::fs::write(&file, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAA").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let config = std::fs::read_to_string(&lab.config).unwrap();
+    std::fs::write(
+        &lab.config,
+        config.replace(
+            "pat_file = \"github-pat\"",
+            "registration_token_file = \"registration-token\"",
+        ),
+    )
+    .unwrap();
+    lab.start_daemon();
+    let name = lab.names(1)[0].clone();
+    let rfc3339 = &time::format_description::well_known::Rfc3339;
+    // Refused again and again, until the next retry is a while away.
+    let status = lab
+        .wait_status("a long backoff", |s| {
+            let daemon = Lab::daemon_view(s, &name);
+            daemon["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("refused"))
+                && daemon["next_retry"]
+                    .as_str()
+                    .and_then(|t| time::OffsetDateTime::parse(t, rfc3339).ok())
+                    .is_some_and(|t| {
+                        t - time::OffsetDateTime::now_utc() >= time::Duration::seconds(4)
+                    })
+        })
+        .await;
+    let next = Lab::daemon_view(&status, &name)["next_retry"]
+        .as_str()
+        .and_then(|t| time::OffsetDateTime::parse(t, rfc3339).ok())
+        .unwrap();
+
+    let token = lab.emu.registration_token(REPO).unwrap();
+    let written = Instant::now();
+    lab.replace_secret(&file, &token);
+    lab.wait_runner(&name, "registered", |r| r.status == "online")
+        .await;
+    println!(
+        "registered {} ms after the new token file",
+        written.elapsed().as_millis()
+    );
+    assert!(
+        time::OffsetDateTime::now_utc() < next,
+        "waited for the backoff ({next}) instead of acting on the new file:\n{}",
+        lab.log()
+    );
+    assert!(!lab.log().contains(&token), "secret in the log");
 }

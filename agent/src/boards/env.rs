@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::config::{Board, DEFAULT_CONFIG_PATH};
 
 use super::identity::Resolution;
-use super::{write_atomic, BoardError};
+use super::BoardError;
 
 /// How jobs reach the agent for power commands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,7 +116,7 @@ pub fn render(env: &BTreeMap<String, String>) -> Result<String, BoardError> {
 /// Write the environment file atomically, mode 0644 (it holds no secrets).
 pub fn write_env_file(path: &Path, env: &BTreeMap<String, String>) -> Result<(), BoardError> {
     let text = render(env)?;
-    write_atomic(path, text.as_bytes(), 0o644)
+    super::write_if_changed(path, text.as_bytes(), 0o644)
 }
 
 #[cfg(test)]
@@ -161,6 +161,7 @@ mod tests {
                 // Derived values win over configured ones.
                 ("BOARD_COMM_UART_BAUD".to_owned(), "9600".to_owned()),
             ]),
+            jobs: Default::default(),
         }
     }
 

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::config::DEFAULT_CONFIG_PATH;
+use crate::config::{Board, DEFAULT_CONFIG_PATH};
 
 use super::env::EnvContext;
 
@@ -23,6 +23,22 @@ pub struct HookOptions {
     pub probe_before: bool,
     /// Switch the board off after the job.
     pub power_off_after: bool,
+    /// Seconds the board gets to show its prompt when probed.
+    pub probe_timeout_secs: u32,
+}
+
+impl HookOptions {
+    /// The options a board's configuration asks for (`reset_before_job`, `probe_after_reset`,
+    /// `probe_timeout_secs`, `power_off_after_job`).
+    pub fn for_board(board: &Board) -> HookOptions {
+        HookOptions {
+            reset_before: board.jobs.reset_before_job,
+            probe_before: board.jobs.reset_before_job && board.jobs.probe_after_reset,
+            power_off_after: board.jobs.power_off_after_job,
+            probe_timeout_secs: board.jobs.probe_timeout_secs,
+            ..HookOptions::default()
+        }
+    }
 }
 
 impl Default for HookOptions {
@@ -32,6 +48,7 @@ impl Default for HookOptions {
             reset_before: false,
             probe_before: false,
             power_off_after: false,
+            probe_timeout_secs: crate::config::DEFAULT_PROBE_TIMEOUT_SECS,
         }
     }
 }
@@ -54,7 +71,10 @@ fn agentctl(ctx: &EnvContext) -> String {
 pub fn job_started(board: &str, ctx: &EnvContext, options: &HookOptions) -> String {
     let mut flags = format!(" --timeout {}", options.acquire_timeout_secs);
     if options.probe_before {
-        flags.push_str(" --probe");
+        flags.push_str(&format!(
+            " --probe --probe-timeout {}",
+            options.probe_timeout_secs
+        ));
     } else if options.reset_before {
         flags.push_str(" --reset");
     }
@@ -115,7 +135,7 @@ mod tests {
         assert_eq!(
             job_started("roc-1", &ctx, &options),
             "#!/bin/sh\n# runner-agent: take board `roc-1` for this job (ACTIONS_RUNNER_HOOK_JOB_STARTED)\n\
-             exec '/usr/bin/agentctl' --config '/etc/lab'\\''s/agent.toml' board acquire 'roc-1' --timeout 600 --probe\n"
+             exec '/usr/bin/agentctl' --config '/etc/lab'\\''s/agent.toml' board acquire 'roc-1' --timeout 600 --probe --probe-timeout 120\n"
         );
         assert_eq!(
             job_completed("roc-1", &ctx, &options),

@@ -35,6 +35,25 @@ impl Default for Roots {
     }
 }
 
+impl Roots {
+    /// The default roots, each replaced by `RUNNER_AGENT_DEV_ROOT`, `RUNNER_AGENT_UDEV_DATA` or
+    /// `RUNNER_AGENT_SYS_ROOT` when set (what `agentctl board` reads too; tests use temporary
+    /// trees).
+    pub fn from_env() -> Roots {
+        let var = |name: &str| {
+            std::env::var_os(name)
+                .filter(|value| !value.is_empty())
+                .map(PathBuf::from)
+        };
+        let default = Roots::default();
+        Roots {
+            dev: var("RUNNER_AGENT_DEV_ROOT").unwrap_or(default.dev),
+            udev_data: var("RUNNER_AGENT_UDEV_DATA").unwrap_or(default.udev_data),
+            sys: var("RUNNER_AGENT_SYS_ROOT").unwrap_or(default.sys),
+        }
+    }
+}
+
 /// A resolved device: the node it is now, and the path jobs should use (stable across
 /// re-enumeration).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -71,9 +71,53 @@ impl BoardState {
         None
     }
 
+    /// Why the board's runners are offline, for `status` and the daemon's log:
+    /// ``board `NAME` missing|ambiguous|unhealthy: <offline reason>``, with a hint.
+    pub fn runner_reason(&self) -> Option<String> {
+        let reason = self.offline_reason()?;
+        let kind = |resolution: Option<&Resolution>| match resolution {
+            Some(Resolution::Missing { .. }) => Some("missing"),
+            Some(Resolution::Ambiguous { .. }) => Some("ambiguous"),
+            _ => None,
+        };
+        match kind(self.console.as_ref()).or(kind(self.relay.as_ref())) {
+            Some(kind) => Some(format!("board `{}` {kind}: {reason}", self.board)),
+            None => Some(format!(
+                "board `{}` unhealthy: {reason}\nhint: `agentctl board probe {}` checks it again; its runners come back when it passes",
+                self.board, self.board
+            )),
+        }
+    }
+
     /// Whether the board can take jobs.
     pub fn online(&self) -> bool {
         self.offline_reason().is_none()
+    }
+}
+
+/// A board as `agentctl status` shows it beside its runner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BoardSummary {
+    pub name: String,
+    /// `online` or `offline`.
+    pub state: &'static str,
+    /// Why it is offline ([`BoardState::runner_reason`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl BoardSummary {
+    pub fn of(state: &BoardState) -> BoardSummary {
+        let reason = state.runner_reason();
+        BoardSummary {
+            name: state.board.clone(),
+            state: if reason.is_some() {
+                "offline"
+            } else {
+                "online"
+            },
+            reason,
+        }
     }
 }
 

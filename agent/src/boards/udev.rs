@@ -122,6 +122,7 @@ mod tests {
             net_iface: None,
             dtb: None,
             env: Default::default(),
+            jobs: Default::default(),
         }
     }
 

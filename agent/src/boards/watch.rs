@@ -110,6 +110,7 @@ mod tests {
             net_iface: None,
             dtb: None,
             env: Default::default(),
+            jobs: Default::default(),
         };
         let state_dir = dir.path().join("state");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -25,6 +25,12 @@ pub struct DaemonArgs {
     /// before starting the runner again.
     #[arg(long, value_name = "SECS", default_value_t = 120)]
     pub session_wait_secs: u64,
+    /// Milliseconds of the first retry delay after a failure (doubling up to the cap).
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    pub backoff_base_ms: u64,
+    /// Seconds of the longest retry delay.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub backoff_cap_secs: u64,
 }
 
 pub fn run(config_path: &Path, args: &DaemonArgs) -> anyhow::Result<Status> {
@@ -36,6 +42,8 @@ pub fn run(config_path: &Path, args: &DaemonArgs) -> anyhow::Result<Status> {
         resync: Duration::from_secs(args.resync_secs.max(1)),
         check: Duration::from_secs(args.check_secs.max(1)),
         session_wait: Duration::from_secs(args.session_wait_secs),
+        backoff_base: Duration::from_millis(args.backoff_base_ms.max(1)),
+        backoff_cap: Duration::from_secs(args.backoff_cap_secs.max(1)),
         ..crate::daemon::Options::default()
     };
     Ok(runtime.block_on(crate::daemon::run(config_path, &options))?)

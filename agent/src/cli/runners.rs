@@ -19,7 +19,7 @@ pub enum RunnerCommand {
     Register(Names),
     /// Start runners.
     Start(Names),
-    /// Stop runners (a running job is cancelled).
+    /// Stop runners (a running job is cancelled); the daemon leaves them stopped until `start`.
     Stop(Names),
     /// Stop, then start runners.
     Restart(Names),
@@ -120,6 +120,12 @@ pub fn run(config_path: &Path, command: RunnerCommand) -> anyhow::Result<Status>
         RunnerCommand::Register(names) => {
             let mut failed = false;
             for runner in lifecycle.select(&names.names)? {
+                // Registering starts it: no longer held stopped.
+                if let Err(err) =
+                    crate::daemon::drain::unmark(&config.agent.state_dir, &runner.name)
+                {
+                    log::warn!("cannot remove the drain mark of `{}`: {err}", runner.name);
+                }
                 match runtime.block_on(lifecycle.register(runner)) {
                     Ok(Registered::Registered { id, version }) => {
                         println!("{}: registered (id {id}, runner {version})", runner.name)
@@ -154,7 +160,16 @@ pub fn run(config_path: &Path, command: RunnerCommand) -> anyhow::Result<Status>
             }
             lifecycle.start(r)
         }),
-        RunnerCommand::Stop(names) => each(&lifecycle, &names, "stop", |r| lifecycle.stop(r)),
+        RunnerCommand::Stop(names) => each(&lifecycle, &names, "stop", |r| {
+            // Stopped on purpose: the daemon must not start it again (until `start`).
+            crate::daemon::drain::mark(&config.agent.state_dir, &r.name).map_err(|source| {
+                crate::runner::RunnerError::Io {
+                    path: crate::daemon::drain::mark_path(&config.agent.state_dir, &r.name),
+                    source,
+                }
+            })?;
+            lifecycle.stop(r)
+        }),
         RunnerCommand::Restart(names) => each(&lifecycle, &names, "restart", |r| {
             lifecycle.stop(r)?;
             lifecycle.start(r)
@@ -180,6 +195,7 @@ pub fn run(config_path: &Path, command: RunnerCommand) -> anyhow::Result<Status>
                     "host_label": lifecycle.marker(),
                     "daemon": daemon.as_ref().map(|d| serde_json::json!({
                         "pid": d.pid,
+                        "running": d.daemon_alive(),
                         "updated_at": d.updated_at,
                         "github_circuit": d.github_circuit,
                     })),
@@ -295,6 +311,17 @@ fn logs(
                 Status::Error
             })
         }
+        LogSource::Container { engine, container } => {
+            let status = std::process::Command::new(&engine)
+                .args(["logs", "--tail", &lines.to_string(), &container])
+                .status()
+                .with_context(|| format!("cannot run `{}`", engine.display()))?;
+            Ok(if status.success() {
+                Status::Success
+            } else {
+                Status::Error
+            })
+        }
         LogSource::None => {
             anyhow::bail!(
                 "runner `{}` has no service installed\n\nhint: `agentctl register {}`",
@@ -312,8 +339,14 @@ pub fn render_daemon(
 ) -> String {
     use crate::daemon::state::until_text;
     let mut out = format!(
-        "daemon (pid {}, as of {}):\n",
-        daemon.pid, daemon.updated_at
+        "daemon (pid {}{}, as of {}):\n",
+        daemon.pid,
+        if daemon.daemon_alive() {
+            ""
+        } else {
+            ", not running"
+        },
+        daemon.updated_at
     );
     if let Some(reason) = &daemon.github_circuit {
         out.push_str(&format!(
@@ -381,6 +414,22 @@ pub fn render_status(statuses: &[RunnerStatus]) -> String {
             )),
             (None, Some(note)) => out.push_str(&format!("  github: {note}\n")),
             (None, None) => {}
+        }
+        if let Some(board) = &status.board {
+            match &board.reason {
+                Some(reason) => {
+                    let mut lines = reason.lines();
+                    out.push_str(&format!(
+                        "  board: {} offline: {}\n",
+                        board.name,
+                        lines.next().unwrap_or_default()
+                    ));
+                    for line in lines {
+                        out.push_str(&format!("    {line}\n"));
+                    }
+                }
+                None => out.push_str(&format!("  board: {} online\n", board.name)),
+            }
         }
         out.push_str(&format!("  dir: {}\n", local.dir.display()));
     }

@@ -31,6 +31,8 @@ pub struct Config {
     pub agent: Agent,
     pub github: GitHub,
     pub host: Host,
+    /// `[container]`: the engine and image of `service = "container"` runners.
+    pub container: Container,
     pub daemon: Daemon,
     /// Every runner, with `count`/`name_template` expanded and defaults applied.
     pub runners: Vec<Runner>,
@@ -122,6 +124,37 @@ pub struct Host {
     pub qemu: Vec<String>,
     /// Foreign arches whose `binfmt_misc` handler jobs need (`aarch64`, `riscv64`, …).
     pub binfmt: Vec<String>,
+}
+
+/// The image runners of `service = "container"` use unless `[container] image` says otherwise;
+/// `{version}` becomes the runner's release version.
+pub const DEFAULT_CONTAINER_IMAGE: &str = "ghcr.io/actions/actions-runner:{version}";
+
+/// `[container]`: how `service = "container"` runners are run (see `service::container`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Container {
+    /// `docker`, `podman`, or a path to either; `None`: whichever is on `PATH` (docker first).
+    pub engine: Option<String>,
+    /// The image, `{version}` replaced by the runner's release version.
+    pub image: String,
+    /// `--network`: `host` (the default), or the name of a network the administrator made.
+    pub network: String,
+    /// `--restart`: `unless-stopped` (the default), `always`, `on-failure[:N]` or `no`.
+    pub restart: String,
+    /// The host's KVM node, passed as `--device <it>:/dev/kvm` when jobs want KVM.
+    pub kvm_device: PathBuf,
+}
+
+impl Default for Container {
+    fn default() -> Self {
+        Container {
+            engine: None,
+            image: DEFAULT_CONTAINER_IMAGE.to_owned(),
+            network: "host".to_owned(),
+            restart: "unless-stopped".to_owned(),
+            kvm_device: PathBuf::from("/dev/kvm"),
+        }
+    }
 }
 
 /// One runner, fully resolved.
@@ -244,6 +277,39 @@ pub struct Board {
     pub dtb: Option<PathBuf>,
     /// Extra job environment (`BOARD_*` and anything the profile needs).
     pub env: BTreeMap<String, String>,
+    /// What the job hooks do with the board around each job.
+    pub jobs: BoardJobs,
+}
+
+/// A board's power and health routine around each job, run by the runner's job hooks
+/// (`agentctl board acquire --reset|--probe`, `agentctl board release --power-off`). Set on the
+/// board instance: `reset_before_job`, `probe_after_reset`, `probe_timeout_secs`,
+/// `power_off_after_job`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BoardJobs {
+    /// Power-cycle the board once the job holds it (needs `[board.power]`).
+    pub reset_before_job: bool,
+    /// After that reset, wait for the boot prompt; a board that does not show it is taken
+    /// offline and the job fails (needs `reset_before_job`, a console and a `boot_prompt`).
+    pub probe_after_reset: bool,
+    /// Seconds the board gets to show its prompt.
+    pub probe_timeout_secs: u32,
+    /// Switch the board off when the job ends (needs `[board.power]`).
+    pub power_off_after_job: bool,
+}
+
+/// Seconds a board gets to show its boot prompt after a reset, unless `probe_timeout_secs` says.
+pub const DEFAULT_PROBE_TIMEOUT_SECS: u32 = 120;
+
+impl Default for BoardJobs {
+    fn default() -> Self {
+        BoardJobs {
+            reset_before_job: false,
+            probe_after_reset: false,
+            probe_timeout_secs: DEFAULT_PROBE_TIMEOUT_SECS,
+            power_off_after_job: false,
+        }
+    }
 }
 
 /// A board's serial console.

@@ -16,6 +16,7 @@ pub struct RawConfig {
     pub agent: Option<RawAgent>,
     pub github: Option<Spanned<RawGitHub>>,
     pub host: Option<RawHost>,
+    pub container: Option<RawContainer>,
     pub daemon: Option<RawDaemon>,
     pub defaults: Option<Spanned<RawSettings>>,
     #[serde(default)]
@@ -63,6 +64,17 @@ pub struct RawHost {
     pub nested_virt: Option<bool>,
     pub qemu: Option<Vec<String>>,
     pub binfmt: Option<Vec<String>>,
+}
+
+/// `[container]`: how `service = "container"` runners are run.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawContainer {
+    pub engine: Option<Spanned<String>>,
+    pub image: Option<Spanned<String>>,
+    pub network: Option<Spanned<String>>,
+    pub restart: Option<Spanned<String>>,
+    pub kvm_device: Option<Spanned<String>>,
 }
 
 /// `[defaults]`; a `[[runner]]` may set every one of these too.
@@ -148,6 +160,10 @@ pub struct RawBoard {
     pub env: Option<BTreeMap<Spanned<String>, String>>,
     pub console: Option<Spanned<RawConsole>>,
     pub power: Option<Spanned<RawPower>>,
+    pub reset_before_job: Option<Spanned<bool>>,
+    pub probe_after_reset: Option<Spanned<bool>>,
+    pub probe_timeout_secs: Option<Spanned<i64>>,
+    pub power_off_after_job: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

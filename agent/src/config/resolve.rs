@@ -122,6 +122,7 @@ pub fn config(path: &Path, options: &LoadOptions) -> Result<Config, ConfigError>
         qemu: host.qemu.unwrap_or_default(),
         binfmt: host.binfmt.unwrap_or_default(),
     });
+    let container = container(&mut checker, &source, raw.container);
     let daemon = daemon(&mut checker, &source, raw.daemon);
     let boards = boards(
         &mut checker,
@@ -138,6 +139,7 @@ pub fn config(path: &Path, options: &LoadOptions) -> Result<Config, ConfigError>
             agent,
             github,
             host,
+            container,
             daemon,
             runners,
             boards,
@@ -264,6 +266,51 @@ fn agent(
         state_dir,
         profiles_dir,
     }
+}
+
+fn container(
+    checker: &mut Checker<'_>,
+    source: &Source,
+    raw: Option<RawContainer>,
+) -> crate::config::Container {
+    let mut settings = crate::config::Container::default();
+    let Some(raw) = raw else {
+        return settings;
+    };
+    if let Some(engine) = raw.engine {
+        settings.engine = checker.ok(source, engine.span(), rules::engine(engine.get_ref()));
+    }
+    if let Some(image) = raw.image {
+        if let Some(image) = checker.ok(source, image.span(), rules::image(image.get_ref())) {
+            settings.image = image;
+        }
+    }
+    if let Some(network) = raw.network {
+        if let Some(network) = checker.ok(source, network.span(), rules::network(network.get_ref()))
+        {
+            settings.network = network;
+        }
+    }
+    if let Some(restart) = raw.restart {
+        if let Some(restart) = checker.ok(source, restart.span(), rules::restart(restart.get_ref()))
+        {
+            settings.restart = restart;
+        }
+    }
+    if let Some(device) = raw.kvm_device {
+        let path = PathBuf::from(device.get_ref());
+        if path.is_absolute() {
+            settings.kvm_device = path;
+        } else {
+            checker.say(
+                source,
+                device.span(),
+                "`kvm_device` must be an absolute path".to_owned(),
+                "the default is `/dev/kvm`".to_owned(),
+            );
+        }
+    }
+    settings
 }
 
 fn github(
@@ -570,6 +617,7 @@ fn board(
     }
     let mut env_out = profile.env.clone();
     env_out.extend(env(checker, source, raw.env.unwrap_or_default()));
+    let has_console = raw.console.is_some();
     let console = raw.console.and_then(|console| {
         let span = console.span();
         let console = console.into_inner();
@@ -598,10 +646,26 @@ fn board(
             baud: baud?,
         })
     });
+    let has_power = raw.power.is_some();
     let power = raw.power.and_then(|power| {
         let span = power.span();
         power_of(checker, source, span, power.into_inner())
     });
+    let boot_prompt = raw.boot_prompt.or(profile.boot_prompt);
+    let jobs = board_jobs(
+        checker,
+        source,
+        raw.name.get_ref(),
+        BoardJobsRaw {
+            reset_before_job: raw.reset_before_job,
+            probe_after_reset: raw.probe_after_reset,
+            probe_timeout_secs: raw.probe_timeout_secs,
+            power_off_after_job: raw.power_off_after_job,
+        },
+        has_power,
+        has_console,
+        boot_prompt.is_some(),
+    );
     Board {
         name: raw.name.into_inner(),
         profile: raw.profile.map(Spanned::into_inner),
@@ -609,12 +673,114 @@ fn board(
         labels: labels_out,
         console,
         power,
-        boot_prompt: raw.boot_prompt.or(profile.boot_prompt),
+        boot_prompt,
         tftp_dir: raw.tftp_dir.map(PathBuf::from),
         net_iface: raw.net_iface,
         dtb: raw.dtb.map(PathBuf::from),
         env: env_out,
+        jobs,
     }
+}
+
+/// The per-job keys of a `[[board]]`, as written.
+struct BoardJobsRaw {
+    reset_before_job: Option<Spanned<bool>>,
+    probe_after_reset: Option<Spanned<bool>>,
+    probe_timeout_secs: Option<Spanned<i64>>,
+    power_off_after_job: Option<Spanned<bool>>,
+}
+
+/// `reset_before_job`, `probe_after_reset`, `probe_timeout_secs`, `power_off_after_job`: each
+/// needs what it drives (power, a console and a prompt to probe, a reset to probe after).
+fn board_jobs(
+    checker: &mut Checker<'_>,
+    source: &Source,
+    board: &str,
+    raw: BoardJobsRaw,
+    has_power: bool,
+    has_console: bool,
+    has_prompt: bool,
+) -> BoardJobs {
+    let on = |value: &Option<Spanned<bool>>| value.as_ref().is_some_and(|v| *v.get_ref());
+    let mut jobs = BoardJobs {
+        reset_before_job: on(&raw.reset_before_job),
+        probe_after_reset: on(&raw.probe_after_reset),
+        power_off_after_job: on(&raw.power_off_after_job),
+        ..BoardJobs::default()
+    };
+    for (key, value) in [
+        ("reset_before_job", &raw.reset_before_job),
+        ("power_off_after_job", &raw.power_off_after_job),
+    ] {
+        if let Some(value) = value.as_ref().filter(|v| *v.get_ref()) {
+            if !has_power {
+                checker.say(
+                    source,
+                    value.span(),
+                    format!("board `{board}` has `{key} = true` but no power control"),
+                    "add a `[board.power]` table (`kind = \"modbus-rtu\"` or `\"command\"`), or remove it".to_owned(),
+                );
+            }
+        }
+    }
+    if let Some(probe) = raw.probe_after_reset.as_ref().filter(|v| *v.get_ref()) {
+        if !jobs.reset_before_job {
+            checker.say(
+                source,
+                probe.span(),
+                format!("board `{board}` has `probe_after_reset = true` without `reset_before_job = true`"),
+                "the probe watches the boot that the reset starts: set `reset_before_job = true` as well".to_owned(),
+            );
+        }
+        if !has_console || !has_prompt {
+            let (missing, add) = match (has_console, has_prompt) {
+                (false, false) => (
+                    "console and no `boot_prompt`",
+                    "a `[board.console]` table and `boot_prompt = \"…\"`",
+                ),
+                (false, true) => ("console", "a `[board.console]` table"),
+                _ => (
+                    "`boot_prompt`",
+                    "`boot_prompt = \"…\"` (or use a `profile` that sets it)",
+                ),
+            };
+            checker.say(
+                source,
+                probe.span(),
+                format!("board `{board}` has `probe_after_reset = true` but no {missing}"),
+                format!("the probe waits for the boot prompt on the console: add {add}"),
+            );
+        }
+    }
+    if let Some(timeout) = &raw.probe_timeout_secs {
+        match u32::try_from(*timeout.get_ref()) {
+            Ok(secs @ 1..=3600) => jobs.probe_timeout_secs = secs,
+            _ => checker.say(
+                source,
+                timeout.span(),
+                format!(
+                    "`probe_timeout_secs = {}` is out of range",
+                    timeout.get_ref()
+                ),
+                format!(
+                    "`probe_timeout_secs` is from 1 to 3600 (default {DEFAULT_PROBE_TIMEOUT_SECS})"
+                ),
+            ),
+        }
+        if !jobs.probe_after_reset {
+            checker.say(
+                source,
+                timeout.span(),
+                format!("board `{board}` sets `probe_timeout_secs` but does not probe"),
+                "set `probe_after_reset = true` (with `reset_before_job = true`), or remove `probe_timeout_secs`".to_owned(),
+            );
+        }
+    }
+    // A board whose routine was refused keeps none of it.
+    if jobs.probe_after_reset && !jobs.reset_before_job {
+        jobs.probe_after_reset = false;
+    }
+    jobs
 }
 
 fn serial_identity(

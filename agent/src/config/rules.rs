@@ -219,6 +219,70 @@ pub fn service(text: &str) -> Result<ServiceKind, Problem> {
     }
 }
 
+/// `[container] engine`: `docker`, `podman`, or an absolute path to one of them.
+pub fn engine(text: &str) -> Result<String, Problem> {
+    let base = text.rsplit('/').next().unwrap_or(text);
+    let known = base.starts_with("docker") || base.starts_with("podman");
+    if known && (!text.contains('/') || text.starts_with('/')) {
+        Ok(text.to_owned())
+    } else {
+        Err(problem(
+            format!("unknown container engine `{text}`"),
+            "use `docker`, `podman`, or an absolute path to one of them; leave it out to use whichever is installed",
+        ))
+    }
+}
+
+/// `[container] image`: a reference without blanks; `{version}` is the only placeholder.
+pub fn image(text: &str) -> Result<String, Problem> {
+    let rest = text.replace("{version}", "");
+    if text.is_empty()
+        || text.starts_with('-')
+        || rest
+            .chars()
+            .any(|c| c.is_whitespace() || c == '{' || c == '}')
+    {
+        return Err(problem(
+            format!("`{text}` is not an image reference"),
+            "write it as `docker pull` takes it, e.g. `ghcr.io/actions/actions-runner:{version}` (`{version}` is the runner's release version)",
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+/// `[container] network`: `host` or a network name.
+pub fn network(text: &str) -> Result<String, Problem> {
+    let ok = !text.is_empty()
+        && !text.starts_with('-')
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | ':'));
+    if ok {
+        Ok(text.to_owned())
+    } else {
+        Err(problem(
+            format!("`{text}` is not a container network"),
+            "use `host` (the default), `bridge`, or the name of a network made with `docker network create`",
+        ))
+    }
+}
+
+/// `[container] restart`: a restart policy the engines share.
+pub fn restart(text: &str) -> Result<String, Problem> {
+    let ok = matches!(text, "no" | "always" | "unless-stopped" | "on-failure")
+        || text
+            .strip_prefix("on-failure:")
+            .is_some_and(|n| n.parse::<u32>().is_ok());
+    if ok {
+        Ok(text.to_owned())
+    } else {
+        Err(problem(
+            format!("unknown restart policy `{text}`"),
+            "use `unless-stopped` (the default), `always`, `on-failure`, `on-failure:N` or `no`",
+        ))
+    }
+}
+
 /// A SHA-256 digest: 64 hex digits, returned lowercase.
 pub fn sha256(text: &str) -> Result<String, Problem> {
     if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {

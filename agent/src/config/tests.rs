@@ -360,3 +360,66 @@ fn skipping_secret_checks_loads_a_config_whose_secret_is_unreadable() {
     let config = load_with(&path, &skipping).unwrap();
     assert!(matches!(config.github.auth, Auth::Pat { .. }));
 }
+
+#[test]
+fn container_settings_default_and_are_checked() {
+    let (_dir, path) = write_config(HEAD);
+    let config = load_with(&path, &options()).unwrap();
+    assert_eq!(config.container, Container::default());
+    assert_eq!(config.container.image, DEFAULT_CONTAINER_IMAGE);
+
+    let (_dir, path) = write_config(&format!(
+        "{HEAD}[container]\nengine = \"podman\"\nimage = \"lab/runner:{{version}}-qemu\"\n\
+         network = \"lab-net\"\nrestart = \"on-failure:5\"\nkvm_device = \"/srv/kvm\"\n"
+    ));
+    let config = load_with(&path, &options()).unwrap();
+    assert_eq!(
+        config.container,
+        Container {
+            engine: Some("podman".to_owned()),
+            image: "lab/runner:{version}-qemu".to_owned(),
+            network: "lab-net".to_owned(),
+            restart: "on-failure:5".to_owned(),
+            kvm_device: PathBuf::from("/srv/kvm"),
+        }
+    );
+
+    let (_dir, path) = write_config(&format!(
+        "{HEAD}[container]\nengine = \"lxc\"\nimage = \"a b\"\nrestart = \"sometimes\"\n\
+         kvm_device = \"kvm\"\nnetwork = \"--privileged\"\n"
+    ));
+    let err = load_with(&path, &options()).unwrap_err();
+    assert_eq!(
+        messages(&err),
+        [
+            "unknown container engine `lxc`",
+            "`a b` is not an image reference",
+            "unknown restart policy `sometimes`",
+            "`kvm_device` must be an absolute path",
+            "`--privileged` is not a container network",
+        ]
+    );
+}
+
+#[test]
+fn a_boards_job_routine_is_off_unless_set_and_its_keys_resolve() {
+    let (_dir, path) = write_config(&format!(
+        "{HEAD}\n[[board]]\nname = \"plain\"\n\n\
+         [[board]]\nname = \"rk\"\nboot_prompt = \"=>\"\n\
+         reset_before_job = true\nprobe_after_reset = true\nprobe_timeout_secs = 45\n\
+         power_off_after_job = true\n\
+         console = {{ path = \"/dev/serial/by-id/usb-rk\", baud = 1500000 }}\n\
+         power = {{ kind = \"command\", on = \"pdu on 1\", off = \"pdu off 1\" }}\n"
+    ));
+    let config = load_with(&path, &options()).unwrap();
+    assert_eq!(config.board("plain").unwrap().jobs, BoardJobs::default());
+    assert_eq!(
+        config.board("rk").unwrap().jobs,
+        BoardJobs {
+            reset_before_job: true,
+            probe_after_reset: true,
+            probe_timeout_secs: 45,
+            power_off_after_job: true,
+        }
+    );
+}

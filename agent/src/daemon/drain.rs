@@ -5,7 +5,10 @@
 //! actions-runner.md §3.4). So a drain waits for each runner to be idle on GitHub (`busy: false`
 //! in the runner list) and stops it then; an idle runner stops at once. A drain mark,
 //! `<state_dir>/daemon/drain/<name>`, is written first: the daemon does not start a marked runner
-//! again. `agentctl start NAME` and `agentctl undrain [NAME…]` remove the mark.
+//! again, and stops one it finds running once it is idle (an enabled systemd unit starts it at
+//! boot; `svc.sh stop` does not disable it, actions/runner#2060). `agentctl stop` sets the same
+//! mark (a runner stopped on purpose stays stopped); `agentctl start`, `agentctl register` and
+//! `agentctl undrain` remove it.
 //!
 //! A job may still be assigned in the instant between GitHub's `busy: false` and the stop (GitHub
 //! itself says persistent runners may be assigned jobs while shutting down); the listener then

@@ -158,6 +158,19 @@ pub fn last_output(source: &LogSource) -> Option<(String, Option<SystemTime>)> {
             let start = text.rfind(SERVICE_START).unwrap_or(0);
             Some((text[start..].to_owned(), None))
         }
+        LogSource::Container { engine, container } => {
+            // The engine keeps every run's output: the last lines stand for the last run.
+            let out = std::process::Command::new(engine)
+                .args(["logs", "--tail", "300", container])
+                .output()
+                .ok()?;
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Some((text, None))
+        }
         LogSource::None => None,
     }
 }

@@ -327,21 +327,32 @@ pub struct Jit {
     failures: BTreeMap<String, Failures>,
     /// Ephemeral runners whose directory was reset since their last registration.
     reset: BTreeSet<String>,
-    /// The JIT configuration of each running slot, to stop masking it once the slot ended.
-    blobs: BTreeMap<String, String>,
     /// JIT runners seen drained (said once).
     drained: BTreeSet<String>,
+    /// JIT runners seen with a board that cannot take jobs (said once).
+    board_gated: BTreeSet<String>,
 }
 
 impl Jit {
     /// Look after the one-job runners: end finished slots and start new ones (JIT), reset the
     /// directory of an ephemeral runner whose job is done. Returns whether a reconcile pass is
     /// wanted now (an ephemeral runner to register again).
-    pub async fn tick(&mut self, config: &Config, hostname: &str) -> bool {
+    ///
+    /// `board_gated` says whether a runner's board keeps it offline (missing, ambiguous or
+    /// unhealthy): such a JIT runner takes no new slot.
+    pub async fn tick(
+        &mut self,
+        config: &Config,
+        hostname: &str,
+        board_gated: impl Fn(&str) -> bool,
+    ) -> bool {
         let mut wants_pass = false;
         for runner in &config.runners {
             match runner.ephemeral {
-                Ephemeral::Jit => self.tick_jit(config, hostname, runner).await,
+                Ephemeral::Jit => {
+                    let gated = board_gated(&runner.name);
+                    self.tick_jit(config, hostname, runner, gated).await;
+                }
                 Ephemeral::Yes => wants_pass |= self.tick_ephemeral(config, runner).await,
                 _ => {}
             }
@@ -349,7 +360,7 @@ impl Jit {
         wants_pass
     }
 
-    async fn tick_jit(&mut self, config: &Config, hostname: &str, runner: &Runner) {
+    async fn tick_jit(&mut self, config: &Config, hostname: &str, runner: &Runner, gated: bool) {
         let state_dir = &config.agent.state_dir;
         let process = Process::new(state_dir);
         if process.running(&runner.name).is_some() {
@@ -371,6 +382,16 @@ impl Jit {
             return;
         }
         self.drained.remove(&runner.name);
+        if gated {
+            if self.board_gated.insert(runner.name.clone()) {
+                log::info!(
+                    "JIT runner `{}` takes no new slot while its board cannot take jobs",
+                    runner.name
+                );
+            }
+            return;
+        }
+        self.board_gated.remove(&runner.name);
         let now = Instant::now();
         if self
             .failures
@@ -431,9 +452,6 @@ impl Jit {
             }
         }
         let _ = fs::remove_file(state_path(&config.agent.state_dir, &runner.name));
-        if let Some(blob) = self.blobs.remove(&runner.name) {
-            crate::redact::forget(&blob);
-        }
         reset_board(config, runner);
     }
 
@@ -513,8 +531,6 @@ impl Jit {
             let _ = fs::remove_file(state_path(&config.agent.state_dir, &runner.name));
         }
         started?;
-        self.blobs
-            .insert(runner.name.clone(), jit.encoded_jit_config.clone());
         Ok(id)
     }
 

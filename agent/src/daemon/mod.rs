@@ -17,7 +17,9 @@
 //! (exit 1 with the "deleted" message, or exit 0 after the runner removed its own configuration)
 //! is registered again with a fresh token. Runners no longer configured are deregistered and
 //! removed. Drained runners ([`drain`]) stay stopped. Runners with `disable_update = true` are
-//! upgraded by the daemon while idle ([`upgrade`]).
+//! upgraded by the daemon while idle ([`upgrade`]). A board runner follows its board
+//! ([`boards`]): stopped, still registered, while the board is missing, ambiguous or unhealthy,
+//! and started again with its job environment resolved anew when the board is back.
 //!
 //! Failures back off per runner (exponential with jitter, capped); a deterministic failure (bad
 //! credentials, missing permission) opens a circuit for [`CIRCUIT_OPEN`] or until a secret file
@@ -26,6 +28,7 @@
 //! ([`state`]) for `agentctl status`, and as a Prometheus text file when `[daemon] metrics_file`
 //! is set ([`metrics`]).
 
+pub mod boards;
 pub mod drain;
 pub mod exits;
 pub mod jit;
@@ -81,6 +84,17 @@ pub struct Options {
     /// After a self-update exit (3/4), how long `run.sh`/`runsvc.sh` get to start the new version
     /// before the daemon starts the runner itself.
     pub update_grace: Duration,
+    /// The first retry delay after a failure ([`BACKOFF_BASE`]).
+    pub backoff_base: Duration,
+    /// The longest retry delay ([`BACKOFF_CAP`]).
+    pub backoff_cap: Duration,
+}
+
+impl Options {
+    /// [`backoff`] with these options' base and cap.
+    pub fn backoff(&self, count: u32) -> Duration {
+        backoff_with(self.backoff_base, self.backoff_cap, count)
+    }
 }
 
 impl Default for Options {
@@ -90,6 +104,8 @@ impl Default for Options {
             check: Duration::from_secs(5),
             session_wait: Duration::from_secs(120),
             update_grace: Duration::from_secs(60),
+            backoff_base: BACKOFF_BASE,
+            backoff_cap: BACKOFF_CAP,
         }
     }
 }
@@ -112,6 +128,8 @@ struct Daemon {
     last_written: Option<state::DaemonState>,
     /// Recent runner releases and when they were read (for the update window).
     releases: Option<(Instant, Vec<metrics::Published>)>,
+    /// The boards of board runners: a runner whose board cannot take jobs stays offline.
+    boards: boards::BoardWatch,
 }
 
 /// How often the release list is read again (only with `disable_update` runners).
@@ -130,8 +148,13 @@ fn jitter(base: Duration, fraction: f64) -> Duration {
 
 /// The backoff after `count` consecutive failures: exponential, jittered, capped.
 pub fn backoff(count: u32) -> Duration {
-    let exp = BACKOFF_BASE.saturating_mul(1u32 << count.saturating_sub(1).min(16));
-    jitter(exp.min(BACKOFF_CAP), 0.2).min(BACKOFF_CAP)
+    backoff_with(BACKOFF_BASE, BACKOFF_CAP, count)
+}
+
+/// [`backoff`] from another base and cap.
+pub fn backoff_with(base: Duration, cap: Duration, count: u32) -> Duration {
+    let exp = base.saturating_mul(1u32 << count.saturating_sub(1).min(16));
+    jitter(exp.min(cap), 0.2).min(cap)
 }
 
 /// Whether retrying cannot help until the secret or the permissions change.
@@ -197,6 +220,7 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
     );
     let mut daemon = Daemon {
         listing: Listing::new(&config),
+        boards: boards::BoardWatch::new(&config, crate::boards::identity::Roots::from_env()),
         config,
         hostname: hostname(),
         options: options.clone(),
@@ -210,11 +234,16 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
     loop {
         reap();
         // One-job runners: JIT slots, ephemeral runners to register again at once.
-        if one_job.tick(&daemon.config, &daemon.hostname).await {
+        let board_gated = |name: &str| daemon.boards.gated(name);
+        if one_job
+            .tick(&daemon.config, &daemon.hostname, board_gated)
+            .await
+        {
             resync_at = Instant::now();
         }
         let now = Instant::now();
-        let pass = now >= resync_at || daemon.needs_pass();
+        let boards_changed = daemon.boards.rescan();
+        let pass = now >= resync_at || boards_changed || daemon.needs_pass();
         if pass {
             daemon.reconcile().await;
             resync_at = Instant::now() + jitter(options.resync, 0.1);
@@ -231,6 +260,10 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
                     Ok(new) => {
                         log::info!("configuration reloaded from `{}`", config_path.display());
                         daemon.listing = Listing::new(&new);
+                        daemon.boards = boards::BoardWatch::new(
+                            &new,
+                            crate::boards::identity::Roots::from_env(),
+                        );
                         daemon.config = new;
                         daemon.health.clear();
                         daemon.github_circuit = None;
@@ -246,6 +279,14 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
             }
             path = secret_changed(&mut secrets) => {
                 log::info!("secret `{}` changed: reloading the credentials", path.display());
+                // Where a relative secret is read may have changed (a file that appeared in
+                // `$CREDENTIALS_DIRECTORY`): resolve it again, nothing else of the configuration.
+                if let Ok(new) = load(config_path) {
+                    if new.github.auth != daemon.config.github.auth {
+                        daemon.config.github.auth = new.github.auth;
+                        secrets = watch(&daemon.config);
+                    }
+                }
                 daemon.listing = Listing::new(&daemon.config);
                 daemon.github_circuit = None;
                 for health in daemon.health.values_mut() {
@@ -254,6 +295,7 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
                 resync_at = Instant::now();
             }
             _ = chld.recv() => {}
+            () = daemon.boards.changed() => {}
             _ = tokio::time::sleep(wait) => {}
         }
     }
@@ -302,7 +344,7 @@ impl Daemon {
         let state_dir = &self.config.agent.state_dir;
         self.config.runners.iter().any(|runner| {
             let health = self.health.get(&runner.name);
-            let gated = health.is_some_and(|h| h.gated(now));
+            let gated = health.is_some_and(|h| h.gated(now)) || self.boards.gated(&runner.name);
             let was_running = health.is_some_and(|h| h.was_running);
             !gated
                 && !jit::is_jit(runner)

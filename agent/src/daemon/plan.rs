@@ -28,12 +28,16 @@ pub struct LocalRunner {
 }
 
 /// Why a runner must not be touched for now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Gate {
     /// Backoff after a failure: retry from this instant.
     Until(Instant),
     /// A deterministic failure (bad credentials, missing permission): no call until it closes.
     Circuit,
+    /// The runner's board cannot take jobs (missing, ambiguous, failed its health probe), with
+    /// the reason: the runner is kept offline (service stopped, registration kept) until the
+    /// board is back. A busy runner finishes its job first.
+    Board(String),
 }
 
 /// What the loop saw.
@@ -62,6 +66,8 @@ pub enum Action {
     DeleteGhost(u64, String),
     /// Backing off: nothing for this runner until then.
     Wait(String, Instant),
+    /// Take a running runner offline (stop its service, keep its registration), with the reason.
+    Stop(String, String),
 }
 
 fn same_labels(a: &[String], b: &[String]) -> bool {
@@ -78,6 +84,23 @@ pub fn plan(desired: &[DesiredRunner], observed: &Observed, now: Instant) -> Vec
             Some(Gate::Circuit) => continue,
             Some(Gate::Until(until)) if *until > now => {
                 actions.push(Action::Wait(want.name.clone(), *until));
+                continue;
+            }
+            Some(Gate::Board(reason)) => {
+                if let Some(local) = observed
+                    .local
+                    .iter()
+                    .find(|l| l.name == want.name && l.running)
+                {
+                    // A job running on the board ends first (it fails or finishes on its own).
+                    let busy = observed
+                        .remote
+                        .as_ref()
+                        .is_some_and(|list| list.iter().any(|r| Some(r.id) == local.id && r.busy));
+                    if !busy {
+                        actions.push(Action::Stop(want.name.clone(), reason.clone()));
+                    }
+                }
                 continue;
             }
             _ => {}
@@ -290,6 +313,65 @@ mod tests {
             plan(&[want("r1")], &seen, until + Duration::from_millis(1)),
             vec![Action::Register("r1".to_owned())]
         );
+    }
+
+    fn board_gate(name: &str) -> (String, Gate) {
+        (
+            name.to_owned(),
+            Gate::Board("board `sim-1` missing: console: gone".to_owned()),
+        )
+    }
+
+    #[test]
+    fn a_runner_whose_board_is_offline_is_stopped_not_deregistered() {
+        let mut seen = observed(
+            vec![local("r1", Some(7), true), local("r2", Some(8), true)],
+            Some(vec![
+                remote(7, "r1", "online", MARKER),
+                remote(8, "r2", "online", MARKER),
+            ]),
+        );
+        seen.gates.extend([board_gate("r1")]);
+        assert_eq!(
+            plan(&[want("r1"), want("r2")], &seen, Instant::now()),
+            vec![Action::Stop(
+                "r1".to_owned(),
+                "board `sim-1` missing: console: gone".to_owned()
+            )]
+        );
+        // Once stopped, nothing: no start, no registration, no ghost deletion of its id.
+        seen.local[0].running = false;
+        seen.remote.as_mut().unwrap()[0].status = "offline".to_owned();
+        assert_eq!(
+            plan(&[want("r1"), want("r2")], &seen, Instant::now()),
+            vec![]
+        );
+        // The board is back: the runner is started again, with no new registration.
+        seen.gates.clear();
+        assert_eq!(
+            plan(&[want("r1"), want("r2")], &seen, Instant::now()),
+            vec![Action::Start("r1".to_owned())]
+        );
+    }
+
+    #[test]
+    fn a_board_gate_lets_a_running_job_end_and_registers_nothing() {
+        let mut seen = observed(
+            vec![local("r1", Some(7), true)],
+            Some(vec![remote(7, "r1", "online", MARKER)]),
+        );
+        seen.remote.as_mut().unwrap()[0].busy = true;
+        seen.gates.extend([board_gate("r1"), board_gate("r2")]);
+        // r1 is busy: it finishes its job first; r2 was never registered: it waits for its board.
+        assert_eq!(
+            plan(&[want("r1"), want("r2")], &seen, Instant::now()),
+            vec![]
+        );
+        seen.remote.as_mut().unwrap()[0].busy = false;
+        assert!(matches!(
+            plan(&[want("r1"), want("r2")], &seen, Instant::now()).as_slice(),
+            [Action::Stop(name, _)] if name == "r1"
+        ));
     }
 
     #[test]

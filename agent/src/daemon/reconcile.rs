@@ -6,8 +6,8 @@ use std::time::{Instant, SystemTime};
 
 use super::exits::{self, ExitKind};
 use super::{
-    backoff, deterministic, deterministic_github, drain, error_chain, plan, service_state, Action,
-    Circuit, Daemon, DesiredRunner, Gate, LocalRunner, Observed, CIRCUIT_OPEN,
+    deterministic, deterministic_github, drain, error_chain, plan, service_state, Action, Circuit,
+    Daemon, DesiredRunner, Gate, LocalRunner, Observed, CIRCUIT_OPEN,
 };
 use super::{metrics, upgrade};
 use crate::config::{self, Config, Ephemeral, ServiceKind, VersionReq};
@@ -248,6 +248,21 @@ impl Daemon {
             if drain::is_marked(&state_dir, &runner.name) {
                 drained.push(runner.name.clone());
                 observed.gates.insert(runner.name.clone(), Gate::Circuit);
+                // Drained but running (its enabled unit started it at boot, or a drain whose
+                // command was interrupted): stopped once idle on GitHub, never during a job.
+                if running
+                    && remote_list.is_some()
+                    && !busy_on_github(remote_list.as_deref(), &runner.dir)
+                {
+                    log::info!("runner `{}` is drained and idle: stopping it", runner.name);
+                    if let Err(err) = lifecycle.stop(runner) {
+                        log::warn!(
+                            "cannot stop drained runner `{}`: {}",
+                            runner.name,
+                            error_chain(&err)
+                        );
+                    }
+                }
                 continue;
             }
             // A runner seen running after its restart backoff ran out is healthy again.
@@ -277,6 +292,8 @@ impl Daemon {
             });
         }
 
+        // A board that cannot take jobs keeps its runners offline, whatever else holds.
+        observed.gates.extend(self.boards.gates());
         for action in plan(&desired, &observed, now) {
             if let Action::Register(name) | Action::Start(name) | Action::UpdateLabels(name) =
                 &action
@@ -315,6 +332,12 @@ impl Daemon {
                     }
                     continue;
                 }
+                Action::Stop(name, reason) => {
+                    if let Some(runner) = config.runner(name) {
+                        super::boards::take_offline(&lifecycle, runner, reason);
+                    }
+                    continue;
+                }
                 Action::Wait(name, until) => {
                     log::debug!(
                         "runner `{name}`: backing off for {} s",
@@ -344,12 +367,15 @@ impl Daemon {
                     // No restart loop for a runner that dies at once: the next start waits.
                     health.restarts += 1;
                     health.exit_seen = false;
+                    // Its exit must wake the loop (`needs_pass`), whatever it leaves behind.
+                    health.was_running = true;
                     health.count += 1;
                     health.waiting = None;
-                    health.until = Some(Instant::now() + backoff(health.count));
+                    health.until = Some(Instant::now() + self.options.backoff(health.count));
                 }
                 Ok(()) => {
                     health.exit_seen = false;
+                    health.was_running = true;
                     health.succeeded();
                 }
                 Err(err) => {
@@ -365,7 +391,7 @@ impl Daemon {
                         );
                     } else {
                         health.count += 1;
-                        let delay = backoff(health.count);
+                        let delay = self.options.backoff(health.count);
                         health.until = Some(Instant::now() + delay);
                         log::warn!("runner `{name}`: {text}; retrying in {} s", delay.as_secs());
                     }
@@ -396,6 +422,8 @@ impl Daemon {
                 } else {
                     "drained"
                 }
+            } else if self.boards.gated(&runner.name) && !running {
+                "board-offline"
             } else if health.circuit_until.is_some_and(|t| t > now)
                 || (!registered && circuit.is_some())
             {
@@ -417,6 +445,7 @@ impl Daemon {
         self.health.retain(|name, _| {
             config.runner(name).is_some() || recorded.iter().any(|r| &r.name == name)
         });
+        self.boards.settle(&lifecycle);
     }
 
     /// Upgrade the idle `disable_update` runners that run an older version than they should.
@@ -457,7 +486,7 @@ impl Daemon {
                 let text = error_chain(&err);
                 health.last_error = Some(format!("upgrade to {version}: {text}"));
                 health.count += 1;
-                let delay = backoff(health.count);
+                let delay = self.options.backoff(health.count);
                 health.until = Some(Instant::now() + delay);
                 log::warn!(
                     "runner `{name}`: cannot upgrade to {version}: {text}; retrying in {} s",
@@ -491,11 +520,12 @@ impl Daemon {
         match lifecycle.remove(&runner).await {
             Ok(()) => {
                 self.health.remove(name);
+                let _ = drain::unmark(&lifecycle.config.agent.state_dir, name);
             }
             Err(err) => {
                 let health = self.health.entry(name.to_owned()).or_default();
                 health.count += 1;
-                let delay = backoff(health.count);
+                let delay = self.options.backoff(health.count);
                 health.until = Some(Instant::now() + delay);
                 log::warn!(
                     "cannot remove runner `{name}`: {}; retrying in {} s",

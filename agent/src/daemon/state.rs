@@ -141,6 +141,15 @@ pub fn rfc3339(at: SystemTime) -> Option<String> {
         .ok()
 }
 
+impl DaemonState {
+    /// Whether the daemon that wrote this still runs.
+    pub fn daemon_alive(&self) -> bool {
+        i32::try_from(self.pid).is_ok_and(|pid| {
+            pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+        })
+    }
+}
+
 /// `<state_dir>/daemon`.
 pub fn dir(state_dir: &Path) -> PathBuf {
     state_dir.join("daemon")

@@ -3,7 +3,7 @@
 //! Every check returns a [`Finding`]: an [`Outcome`] (pass, warn, fail, skip), a one-line detail
 //! and, unless it passed, a `hint:` with the command or setting that fixes it. Checks are grouped
 //! in families, one file each: [`host`], [`user`], [`kvm`], [`qemu`], [`serial`], [`runner`],
-//! [`github`]. Access checks run as the runner user through [`as_user`], because root opens
+//! [`container`], [`github`]. Access checks run as the runner user through [`as_user`], because root opens
 //! everything.
 //!
 //! Every check takes its inputs (device paths, user, `/proc`, lock directories, …) as parameters,
@@ -28,7 +28,7 @@
 //! ```
 //!
 //! - `status`: the worst outcome (`pass` < `skip` < `warn` < `fail`; `skip` alone counts as pass).
-//! - `family`: `config`, `host`, `user`, `kvm`, `qemu`, `serial`, `runner`, `github`.
+//! - `family`: `config`, `host`, `user`, `kvm`, `qemu`, `serial`, `runner`, `container`, `github`.
 //! - `id`: the check, `<family>.<name>`; stable, meant for scripts and dashboards.
 //! - `subject`: what was checked (a user, a board, a runner, a path), or `null`.
 //! - `outcome`: `pass`, `warn`, `fail` or `skip`.
@@ -36,6 +36,7 @@
 //! - `hint`: the fix, or `null` (always `null` for `pass`).
 
 pub mod as_user;
+pub mod container;
 pub mod github;
 pub mod host;
 pub mod kvm;
@@ -94,6 +95,7 @@ pub enum Family {
     Qemu,
     Serial,
     Runner,
+    Container,
     Github,
 }
 
@@ -107,6 +109,7 @@ impl Family {
             Family::Qemu => "qemu",
             Family::Serial => "serial",
             Family::Runner => "runner",
+            Family::Container => "container",
             Family::Github => "github",
         }
     }
@@ -515,6 +518,12 @@ fn local_families(
     }
     if options.wants(Family::Runner) {
         findings.extend(runner::check(cfg, env));
+    }
+    if options.wants(Family::Container) {
+        findings.extend(container::check(
+            cfg,
+            options.only == Some(Family::Container),
+        ));
     }
     Ok(findings)
 }

@@ -282,6 +282,9 @@ pub struct Options {
     pub kvm_node: PathBuf,
     /// `agentctl` and the configuration, for board job hooks and power commands.
     pub env_context: EnvContext,
+    /// Where board devices are looked up (a board runner's job environment names the device
+    /// as it is when the runner starts).
+    pub roots: crate::boards::identity::Roots,
 }
 
 impl Options {
@@ -296,6 +299,7 @@ impl Options {
                     .unwrap_or_else(|_| PathBuf::from("/usr/bin/agentctl")),
                 config: config.path.clone(),
             },
+            roots: crate::boards::identity::Roots::from_env(),
         }
     }
 }
@@ -310,6 +314,10 @@ pub struct RunnerStatus {
     /// Why `github` is missing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub github_note: Option<String>,
+    /// A board runner's board: online, or offline with the reason (which keeps the runner
+    /// offline under the daemon).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub board: Option<crate::boards::state::BoardSummary>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -341,8 +349,17 @@ impl<'a> Lifecycle<'a> {
             "process",
             Box::new(service::Process::new(&config.agent.state_dir)),
         );
+        let options = Options::new(config);
+        backends.insert(
+            "container",
+            Box::new(service::Container::new(
+                config,
+                &hostname,
+                &options.env_context.agentctl,
+            )),
+        );
         Lifecycle {
-            options: Options::new(config),
+            options,
             config,
             hostname,
             remote,
@@ -429,10 +446,13 @@ impl<'a> Lifecycle<'a> {
                 source: std::io::Error::other(err.to_string()),
             },
         )?;
-        let mut env = crate::boards::env::job_env(board, None, ctx);
+        let console = board.console.as_ref().map(|console| {
+            crate::boards::identity::resolve(&console.identity, &board.name, &self.options.roots)
+        });
+        let mut env = crate::boards::env::job_env(board, console.as_ref(), ctx);
         let hooks = self.runners_dir().join(format!("{}.hooks", runner.name));
         fs::create_dir_all(&hooks).map_err(io_err(&hooks))?;
-        let options = crate::boards::hooks::HookOptions::default();
+        let options = crate::boards::hooks::HookOptions::for_board(board);
         let started = hooks.join("job-started.sh");
         let completed = hooks.join("job-completed.sh");
         for (path, text) in [
@@ -445,8 +465,13 @@ impl<'a> Lifecycle<'a> {
                 crate::boards::hooks::job_completed(&board.name, ctx, &options),
             ),
         ] {
-            fs::write(path, text).map_err(io_err(path))?;
-            fs::set_permissions(path, fs::Permissions::from_mode(0o755)).map_err(io_err(path))?;
+            // Atomically: the runner may be starting a hook right now.
+            crate::boards::write_if_changed(path, text.as_bytes(), 0o755).map_err(|err| {
+                RunnerError::Io {
+                    path: path.clone(),
+                    source: std::io::Error::other(err.to_string()),
+                }
+            })?;
         }
         env.extend(crate::boards::hooks::hook_env(&started, &completed));
         let path = self.env_path(&runner.name);
@@ -487,12 +512,18 @@ impl<'a> Lifecycle<'a> {
     }
 
     fn labels_for(&self, runner: &Runner, run_as: &RunAs) -> Vec<String> {
-        desired_labels(
-            self.config,
-            runner,
-            &self.hostname,
-            kvm_usable(run_as, &self.options.kvm_node),
-        )
+        let kvm = if runner.service == crate::config::ServiceKind::Container {
+            // The container gets the configured node and its group (numeric `--group-add`).
+            let node = &self.config.container.kvm_device;
+            let mut inside = run_as.clone();
+            if let Ok(meta) = fs::metadata(node) {
+                inside.groups.push(meta.gid());
+            }
+            kvm_usable(&inside, node)
+        } else {
+            kvm_usable(run_as, &self.options.kvm_node)
+        };
+        desired_labels(self.config, runner, &self.hostname, kvm)
     }
 
     /// Register (if needed), install and start each runner.
@@ -573,6 +604,7 @@ impl<'a> Lifecycle<'a> {
             return Ok(None);
         }
         let Some(list) = remote_list else {
+            self.adopt(runner, labels)?;
             let recorded = self.record(&runner.name).map(|r| r.labels);
             if recorded.is_some_and(|recorded| !same_labels(&recorded, labels)) {
                 log::warn!(
@@ -593,8 +625,10 @@ impl<'a> Lifecycle<'a> {
             return Ok(None);
         };
         if same_labels(&remote.custom_labels, labels) {
+            self.adopt(runner, labels)?;
             return Ok(Some(Registered::Unchanged { id: local.id }));
         }
+        self.adopt(runner, &remote.custom_labels)?;
         self.remote.set_labels(local.id, labels).await?;
         if let Some(mut record) = self.record(&runner.name) {
             record.labels = labels.to_vec();
@@ -609,6 +643,31 @@ impl<'a> Lifecycle<'a> {
             id: local.id,
             labels: labels.to_vec(),
         }))
+    }
+
+    /// Record a registration the agent has no record of: `config.sh` registered it, then the
+    /// agent died before writing its record (`kill -9`, power cut). Without it the daemon would
+    /// see unknown labels on every pass.
+    fn adopt(&self, runner: &Runner, labels: &[String]) -> Result<(), RunnerError> {
+        if self.record(&runner.name).is_some() {
+            return Ok(());
+        }
+        let version = match &runner.version {
+            crate::config::VersionReq::Pinned(version) => version.to_string(),
+            crate::config::VersionReq::Latest => "unknown".to_owned(),
+        };
+        log::info!(
+            "runner `{}` is registered but the agent has no record of it (interrupted registration): recording it",
+            runner.name
+        );
+        self.write_record(&Record {
+            name: runner.name.clone(),
+            dir: runner.dir.clone(),
+            user: runner.user.clone(),
+            version,
+            service: runner.service.as_str().to_owned(),
+            labels: labels.to_vec(),
+        })
     }
 
     /// `<root>/<name>` from the cached release, unless it already holds a runner.
@@ -923,6 +982,25 @@ impl<'a> Lifecycle<'a> {
         Ok(())
     }
 
+    /// A board runner's board as it is now: its devices resolved again, its last probe's health.
+    fn board_summary(&self, runner: &Runner) -> Option<crate::boards::state::BoardSummary> {
+        let board = self.config.board(runner.board.as_deref()?)?;
+        let roots = &self.options.roots;
+        let mut state = crate::boards::state::load(&self.config.agent.state_dir, &board.name)
+            .unwrap_or_else(|_| crate::boards::state::BoardState::unknown(&board.name));
+        state.console = board
+            .console
+            .as_ref()
+            .map(|console| crate::boards::identity::resolve(&console.identity, &board.name, roots));
+        state.relay = match &board.power {
+            Some(crate::config::Power::ModbusRtu { device, .. }) => {
+                Some(crate::boards::identity::resolve(device, &board.name, roots))
+            }
+            _ => None,
+        };
+        Some(crate::boards::state::BoardSummary::of(&state))
+    }
+
     /// Local and GitHub views of the runners.
     pub async fn status(&self, runners: &[&Runner]) -> Result<Vec<RunnerStatus>, RunnerError> {
         // GitHub refusing (revoked credentials, an outage) must not hide the local view.
@@ -986,6 +1064,7 @@ impl<'a> Lifecycle<'a> {
                 },
                 github,
                 github_note,
+                board: self.board_summary(runner),
             });
         }
         Ok(out)

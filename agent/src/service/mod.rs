@@ -7,18 +7,22 @@
 //!   `dialout` as needed, `Restart=on-failure` with `RestartSec=`, the board's
 //!   `EnvironmentFile=`), reloads, enables and starts it. Every external command goes through a
 //!   [`Commands`] runner, so tests can record the sequence with a fake `systemctl`.
+//! - [`Container`]: each runner in its own Docker or Podman container running the runner
+//!   directory the agent registered on the host (see [`container`] for what the container gets).
 //! - [`Process`]: the runner's `run.sh` as a detached child (a new session) with the runner user's
 //!   uid, gid and supplementary groups, its output appended to `<dir>/_diag/agent-run.log`, its
 //!   pid and start time recorded in `<state_dir>/runners/<name>.pid`. Stop sends `SIGINT` to the
 //!   whole session (as `runsvc.sh` does), then `SIGKILL` after a timeout. The daemon (issue 6)
 //!   can supervise the same command directly through [`Process::command`].
 
+pub mod container;
 pub mod process;
 mod systemd;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub use container::Container;
 pub use process::{Process, ProcessState};
 pub use systemd::{render_drop_in, Commands, DropIn, Systemd, DROP_IN_NAME};
 
@@ -49,6 +53,8 @@ pub enum ServiceError {
     },
     #[error("the `{kind}` service backend is not supported yet\n\nhint: use `service = \"systemd\"` or `service = \"process\"`")]
     Unsupported { kind: &'static str },
+    #[error("no container engine{}\n\nhint: install `docker.io` or `podman`, or set `[container] engine` to its path", configured.as_ref().map(|c| format!(" `{c}`")).unwrap_or_default())]
+    NoEngine { configured: Option<String> },
     #[error("runner `{runner}` did not stop within {secs} s, killed it")]
     Killed { runner: String, secs: u64 },
 }
@@ -110,11 +116,19 @@ pub trait Backend {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogSource {
     File(PathBuf),
-    Journal { unit: String },
+    Journal {
+        unit: String,
+    },
+    /// `<engine> logs <container>`.
+    Container {
+        engine: PathBuf,
+        container: String,
+    },
     None,
 }
 
-/// The backend for `kind`, with the system defaults.
+/// The backend for `kind`, with the system defaults (the `container` backend needs the
+/// configuration: [`Container::new`]).
 pub fn backend(kind: ServiceKind, state_dir: &Path) -> Result<Box<dyn Backend>, ServiceError> {
     match kind {
         ServiceKind::Systemd => Ok(Box::new(Systemd::system())),

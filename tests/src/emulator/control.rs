@@ -111,6 +111,12 @@ struct JobBody {
 }
 
 #[derive(Deserialize)]
+struct ReleaseHoldBody {
+    #[serde(default)]
+    how: super::HoldRelease,
+}
+
+#[derive(Deserialize)]
 struct ClockBody {
     seconds: i64,
 }
@@ -282,11 +288,16 @@ async fn run(
             let fault = b.into_fault().ok_or_else(|| {
                 error(
                     400,
-                    "a fault needs `status`, `latency_ms`, `drop_after_bytes` or `rate_limit`",
+                    "a fault needs `status`, `latency_ms`, `drop_after_bytes`, `rate_limit` or `hold`",
                 )
             })?;
             c.inject(fault);
             ok(json!({"armed": true}))
+        }
+        (Method::GET, ["holds"]) => ok(json!({"held": c.held()})),
+        (Method::POST, ["holds", "release"]) => {
+            let b: ReleaseHoldBody = parse(body)?;
+            ok(json!({"released": c.release_held(b.how)}))
         }
         (Method::DELETE, ["faults"]) => {
             c.clear_faults();

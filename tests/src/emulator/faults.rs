@@ -17,6 +17,27 @@ pub enum RateLimitKind {
     Secondary,
 }
 
+/// Where a [`Fault::Hold`] stops a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldPoint {
+    /// Before the emulator handles it: nothing happened yet.
+    Before,
+    /// After the emulator handled it (its effect is done), before the answer is sent.
+    After,
+}
+
+/// What happens to held requests when a test lets them go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldRelease {
+    /// They go on: a request held before is handled, an answer held after is sent.
+    #[default]
+    Proceed,
+    /// Their connection is closed without an answer (a request held before is never handled).
+    Drop,
+}
+
 /// A fault for the next `count` matching requests (`path_prefix` narrows which; `None` = every
 /// request outside `/_emulator`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +46,21 @@ pub enum Fault {
         status: u16,
         count: u32,
         path_prefix: Option<String>,
+    },
+    /// Like `Status`, but only `percent` % of the matching requests fail, spread evenly;
+    /// `count` counts the failures.
+    StatusShare {
+        status: u16,
+        percent: u8,
+        count: u32,
+        path_prefix: Option<String>,
+    },
+    /// Hold matching requests (method and path prefix) until the test releases them.
+    Hold {
+        at: HoldPoint,
+        method: Option<String>,
+        path_prefix: Option<String>,
+        count: u32,
     },
     Latency {
         ms: u64,
@@ -63,11 +99,27 @@ pub struct FaultRequest {
     pub path_prefix: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<u64>,
+    /// With `status`: the share of matching requests that fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<HoldPoint>,
+    /// With `hold`: only this method (`POST`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
 }
 
 impl FaultRequest {
     pub fn into_fault(self) -> Option<Fault> {
         let count = self.count.unwrap_or(1);
+        if let Some(at) = self.hold {
+            return Some(Fault::Hold {
+                at,
+                method: self.method.map(|m| m.to_ascii_uppercase()),
+                path_prefix: self.path_prefix,
+                count,
+            });
+        }
         if let Some(kind) = self.rate_limit {
             return Some(Fault::RateLimit {
                 kind,
@@ -90,10 +142,19 @@ impl FaultRequest {
                 path_prefix: self.path_prefix,
             });
         }
-        self.status.map(|status| Fault::Status {
-            status,
-            count,
-            path_prefix: self.path_prefix,
+        let status = self.status?;
+        Some(match self.percent {
+            Some(percent) => Fault::StatusShare {
+                status,
+                percent: percent.min(100),
+                count,
+                path_prefix: self.path_prefix,
+            },
+            None => Fault::Status {
+                status,
+                count,
+                path_prefix: self.path_prefix,
+            },
         })
     }
 }
@@ -102,6 +163,8 @@ impl FaultRequest {
 pub(crate) struct FaultEntry {
     pub fault: Fault,
     pub remaining: u32,
+    /// Matching requests seen (for `percent`).
+    pub seen: u64,
 }
 
 /// What the dispatcher must do to one request.
@@ -111,10 +174,11 @@ pub(crate) struct FaultPlan {
     pub status: Option<u16>,
     pub drop_after: Option<u64>,
     pub secondary: Option<(u16, u64)>,
+    pub hold: Option<HoldPoint>,
 }
 
-/// Takes one use of every fault that matches `path` (API-only for rate limits).
-pub(crate) fn take(faults: &mut Vec<FaultEntry>, path: &str) -> FaultPlan {
+/// Takes one use of every fault that matches `method` and `path` (API-only for rate limits).
+pub(crate) fn take(faults: &mut Vec<FaultEntry>, method: &str, path: &str) -> FaultPlan {
     let mut plan = FaultPlan::default();
     let matches = |prefix: &Option<String>| prefix.as_deref().is_none_or(|p| path.starts_with(p));
     for entry in faults.iter_mut() {
@@ -128,6 +192,34 @@ pub(crate) fn take(faults: &mut Vec<FaultEntry>, path: &str) -> FaultPlan {
                 ..
             } if plan.status.is_none() && matches(path_prefix) => {
                 plan.status = Some(*status);
+                true
+            }
+            Fault::StatusShare {
+                status,
+                percent,
+                path_prefix,
+                ..
+            } if plan.status.is_none() && matches(path_prefix) => {
+                let n = entry.seen;
+                entry.seen += 1;
+                // Evenly spread: request n fails when the running share crosses a whole one.
+                let p = u64::from(*percent);
+                let fails = (n + 1) * p / 100 != n * p / 100;
+                if fails {
+                    plan.status = Some(*status);
+                }
+                fails
+            }
+            Fault::Hold {
+                at,
+                method: wanted,
+                path_prefix,
+                ..
+            } if plan.hold.is_none()
+                && matches(path_prefix)
+                && wanted.as_deref().is_none_or(|m| m == method) =>
+            {
+                plan.hold = Some(*at);
                 true
             }
             Fault::Latency {
@@ -165,6 +257,11 @@ pub(crate) fn take(faults: &mut Vec<FaultEntry>, path: &str) -> FaultPlan {
     }
     faults.retain(|f| f.remaining > 0);
     plan
+}
+
+/// A response whose connection closes before the status line reaches the client.
+pub(crate) fn dropped() -> axum::response::Response {
+    axum::response::Response::new(truncate_body(Body::empty(), 0))
 }
 
 /// A body that sends `limit` bytes and then breaks the connection; with `0` the connection

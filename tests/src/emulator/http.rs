@@ -8,7 +8,9 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 
-use super::{control, faults, releases, rest, runner_service, Shared};
+use std::sync::atomic::Ordering;
+
+use super::{control, faults, releases, rest, runner_service, HoldRelease, Shared};
 
 /// A GitHub-shaped error: `{"message", "documentation_url", "status"}`.
 #[derive(Debug, Clone)]
@@ -165,7 +167,10 @@ pub(crate) async fn dispatch(State(shared): State<Arc<Shared>>, req: Request) ->
     if path == "/_emulator" || path.starts_with("/_emulator/") {
         return control::handle(shared, req).await;
     }
-    let plan = faults::take(&mut shared.state().faults, &path);
+    let plan = faults::take(&mut shared.state().faults, req.method().as_str(), &path);
+    if plan.hold == Some(faults::HoldPoint::Before) && hold(&shared).await == HoldRelease::Drop {
+        return faults::dropped();
+    }
     if plan.latency_ms > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(plan.latency_ms)).await;
     }
@@ -230,8 +235,35 @@ pub(crate) async fn dispatch(State(shared): State<Arc<Shared>>, req: Request) ->
             count.not_modified += 1;
         }
     }
+    if plan.hold == Some(faults::HoldPoint::After) && hold(&shared).await == HoldRelease::Drop {
+        return faults::dropped();
+    }
     match plan.drop_after {
         Some(limit) => resp.map(|b| faults::truncate_body(b, limit)),
         None => resp,
+    }
+}
+
+/// Counts a held request while it waits for the next release (also when its client goes away
+/// and the request is dropped).
+struct Held<'a>(&'a Shared);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.held.fetch_sub(1, Ordering::SeqCst);
+        self.0.changed.notify_waiters();
+    }
+}
+
+/// Wait for the next release of held requests; how they go on.
+async fn hold(shared: &Shared) -> HoldRelease {
+    let mut releases = shared.releases.subscribe();
+    releases.borrow_and_update();
+    shared.held.fetch_add(1, Ordering::SeqCst);
+    let _held = Held(shared);
+    shared.changed.notify_waiters();
+    match releases.changed().await {
+        Ok(()) => releases.borrow().1,
+        Err(_) => HoldRelease::Drop,
     }
 }

@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 
-pub use faults::{Fault, FaultRequest, RateLimitKind};
+pub use faults::{Fault, FaultRequest, HoldPoint, HoldRelease, RateLimitKind};
 pub use keys::{app_jwt, generate_app_key, AppKey};
 pub use state::{JobStatus, RequestCount, Scope};
 
@@ -247,6 +247,10 @@ pub(crate) struct Shared {
     pub(crate) base_url: String,
     /// Message long polls waiting right now.
     pub(crate) polls_waiting: std::sync::atomic::AtomicUsize,
+    /// Requests held by [`Fault::Hold`] right now.
+    pub(crate) held: std::sync::atomic::AtomicUsize,
+    /// Bumped by every release of held requests, with how they go on.
+    pub(crate) releases: tokio::sync::watch::Sender<(u64, HoldRelease)>,
 }
 
 impl Shared {
@@ -298,6 +302,8 @@ impl Emulator {
             options,
             base_url: format!("http://{local}"),
             polls_waiting: std::sync::atomic::AtomicUsize::new(0),
+            held: std::sync::atomic::AtomicUsize::new(0),
+            releases: tokio::sync::watch::Sender::new((0, HoldRelease::Proceed)),
         });
         let app = axum::Router::new()
             .fallback(http::dispatch)
@@ -594,6 +600,35 @@ impl Control {
         Ok(id)
     }
 
+    /// Replaces an app's key (the old one deleted on GitHub) and revokes the installation
+    /// tokens of its installations' accounts, as an administrator does after a key leaked.
+    pub fn rotate_app_key(&self, app_id: u64, public_key_pem: &str) -> Result<(), EmulatorError> {
+        jsonwebtoken::DecodingKey::from_rsa_pem(public_key_pem.as_bytes())
+            .map_err(|source| EmulatorError::BadPublicKey { source })?;
+        let mut st = self.shared.state();
+        let Some(app) = st.apps.get_mut(&app_id) else {
+            return Err(EmulatorError::UnknownScope {
+                scope: format!("app {app_id}"),
+            });
+        };
+        app.public_key_pem = public_key_pem.to_string();
+        let accounts: Vec<String> = app
+            .installations
+            .iter()
+            .map(|i| i.account.clone())
+            .collect();
+        st.tokens.retain(|_, entry| {
+            !matches!(&entry.kind, TokenKind::Installation { account, .. } if accounts.contains(account))
+        });
+        Ok(())
+    }
+
+    /// Every token the emulator minted and still knows (PATs, installation, registration and
+    /// remove tokens, runner service tokens): what must never appear in a log.
+    pub fn minted_tokens(&self) -> Vec<String> {
+        self.shared.state().tokens.keys().cloned().collect()
+    }
+
     /// Moves the emulator's clock forward (token expiry, sessions, rate-limit windows, cleanup).
     pub fn advance_clock(&self, seconds: i64) {
         self.shared.clock.advance(seconds);
@@ -612,18 +647,53 @@ impl Control {
                 ..
             } => auth::exhaust_primary(&mut st, now, &self.shared.options),
             Fault::Status { count, .. }
+            | Fault::StatusShare { count, .. }
+            | Fault::Hold { count, .. }
             | Fault::Latency { count, .. }
             | Fault::DropAfterBytes { count, .. }
             | Fault::RateLimit { count, .. } => st.faults.push(faults::FaultEntry {
                 fault,
                 remaining: count,
+                seen: 0,
             }),
         }
     }
 
-    /// Disarms every fault (an exhausted primary limit still waits for its reset).
+    /// Disarms every fault (an exhausted primary limit still waits for its reset). Requests
+    /// held right now stay held until [`Control::release_held`].
     pub fn clear_faults(&self) {
         self.shared.state().faults.clear();
+    }
+
+    /// How many requests a [`Fault::Hold`] holds right now.
+    pub fn held(&self) -> usize {
+        self.shared.held.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until at least `n` requests are held; `false` on timeout.
+    pub async fn wait_held(&self, n: usize, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.shared.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.held() >= n {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.held() >= n;
+            }
+        }
+    }
+
+    /// Lets every held request go on (or drops their connections); returns how many there were.
+    pub fn release_held(&self, how: HoldRelease) -> usize {
+        let held = self.held();
+        self.shared.releases.send_modify(|(generation, mode)| {
+            *generation += 1;
+            *mode = how;
+        });
+        held
     }
 
     /// Requests per `METHOD /route/{template}` since start.

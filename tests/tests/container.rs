@@ -1,0 +1,476 @@
+//! The `container` service backend against a real Docker engine: `agentctl register` of a board
+//! runner with `service = "container"`, a job inside the container that opens `/dev/kvm` (a
+//! private node) and the board's pty as the runner user through numeric groups only, then
+//! `stop`/`start` and `purge` leaving no container, volume or registration behind.
+//!
+//! Needs root and Docker: `tests/container/prepare` starts dockerd by hand when none answers and
+//! imports the test image from tests/e2e's cached bookworm rootfs. With `CI=true` anything
+//! missing fails the test; elsewhere it is skipped with a loud message.
+
+// Test helpers outside `#[test]` functions may unwrap too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use runner_agent_tests::emulator::{Emulator, EmulatorOptions, PatSpec, RunnerView};
+use runner_agent_tests::support::{agentctl, publish_fake_release};
+
+const REPO: &str = "octo/hello";
+const VERSION: &str = "2.336.0";
+const HOST: &str = "ctrhost";
+const WAIT: Duration = Duration::from_secs(60);
+/// Groups only the container's `--group-add` gives the runner user: the KVM node's, the pty's.
+const KVM_GID: u32 = 64_231;
+const TTY_GID: u32 = 64_232;
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The test image, with an engine up; `None` (after saying why, loudly) when Docker cannot run
+/// here and this is not CI.
+fn prepare() -> Option<String> {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    let fail = |why: String| -> Option<String> {
+        assert!(!ci, "the container backend test cannot run on CI: {why}");
+        eprintln!(
+            "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
+             !!! SKIPPED: container backend test: {why}\n\
+             !!! (hint: run as root after `bash scripts/setup`; on CI this fails instead)\n\
+             !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
+        );
+        None
+    };
+    if !nix::unistd::Uid::effective().is_root() {
+        return fail("needs root".to_owned());
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("container/prepare");
+    let out = match Command::new("bash").arg(&script).output() {
+        Ok(out) => out,
+        Err(err) => return fail(format!("cannot run `{}`: {err}", script.display())),
+    };
+    if !out.status.success() {
+        return fail(format!("`{}` failed: {}", script.display(), text(&out)));
+    }
+    let image = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    assert!(!image.is_empty(), "{}", text(&out));
+    Some(image)
+}
+
+fn docker(args: &[&str]) -> Output {
+    Command::new("docker")
+        .args(args)
+        .env("DOCKER_HOST", "unix:///run/docker.sock")
+        .output()
+        .unwrap()
+}
+
+fn docker_text(args: &[&str]) -> String {
+    let out = docker(args);
+    assert!(out.status.success(), "docker {args:?}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+struct Lab {
+    emu: Emulator,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    name: String,
+}
+
+impl Lab {
+    fn agentctl(&self, args: &[&str]) -> Output {
+        Command::new(agentctl())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env("RUNNER_AGENT_HOSTNAME", HOST)
+            .env("DOCKER_HOST", "unix:///run/docker.sock")
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> Output {
+        let out = self.agentctl(args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "agentctl {args:?}: {}",
+            text(&out)
+        );
+        out
+    }
+
+    async fn wait_runner(&self, what: &str, pred: impl Fn(Option<&RunnerView>) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let found = self
+                .emu
+                .runners(Some(REPO))
+                .into_iter()
+                .find(|r| r.name == self.name);
+            if pred(found.as_ref()) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "runner {} never {what}: {found:?}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn container_state(&self) -> String {
+        docker_text(&[
+            "container",
+            "inspect",
+            "--format",
+            "{{.State.Status}}",
+            &format!("runner-agent-{}", self.name),
+        ])
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_runner_registers_runs_a_job_with_the_devices_and_purges_clean() {
+    let Some(image) = prepare() else {
+        return;
+    };
+    let emu = Emulator::start(EmulatorOptions {
+        long_poll: Duration::from_secs(1),
+        ..EmulatorOptions::default()
+    })
+    .await
+    .unwrap();
+    emu.create_repo(REPO, false).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    publish_fake_release(&emu, VERSION, &root.join("release"))
+        .await
+        .unwrap();
+    // A PAT: the agent mints registration and remove tokens with it (and can deregister).
+    let token = emu.add_pat(PatSpec::classic(&["repo"]));
+    let token_file = root.join("github-pat");
+    std::fs::write(&token_file, &token).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // A private KVM node (the host's stays root:root 0600) and the board's console, a real pty,
+    // each openable only through a group the runner user does not have on the host.
+    let kvm = root.join("kvm");
+    nix::sys::stat::mknod(
+        &kvm,
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o660),
+        nix::sys::stat::makedev(10, 232),
+    )
+    .unwrap();
+    nix::unistd::chown(&kvm, Some(0.into()), Some(KVM_GID.into())).unwrap();
+    std::fs::set_permissions(&kvm, std::fs::Permissions::from_mode(0o660)).unwrap();
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave = nix::unistd::ttyname(&pty.slave).unwrap();
+    nix::unistd::chown(&slave, Some(0.into()), Some(TTY_GID.into())).unwrap();
+    std::fs::set_permissions(&slave, std::fs::Permissions::from_mode(0o660)).unwrap();
+    let link = root.join("usb-Sim_Board_0001-if00-port0");
+    std::os::unix::fs::symlink(&slave, &link).unwrap();
+
+    // Container names are global on the engine: one per test run.
+    let name = format!("ctr-{}", std::process::id());
+    let config = root.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"version = 1
+
+[agent]
+cache_dir = "{root}/cache"
+state_dir = "{root}/state"
+
+[github]
+url = "{url}"
+pat_file = "github-pat"
+
+[host]
+kvm = true
+
+[container]
+image = "{image}"
+kvm_device = "{kvm}"
+
+[defaults]
+user = "ra-runner"
+root = "{root}/runners"
+version = "{VERSION}"
+service = "container"
+
+[[runner]]
+name = "{name}"
+board = "sim-1"
+
+[[board]]
+name = "sim-1"
+env = {{ BOARD_DTB = "sim.dtb" }}
+[board.console]
+path = "{link}"
+baud = 115200
+"#,
+            root = root.display(),
+            url = emu.web_url_for(REPO),
+            kvm = kvm.display(),
+            link = link.display(),
+        ),
+    )
+    .unwrap();
+    let lab = Lab {
+        emu,
+        dir,
+        config,
+        name: name.clone(),
+    };
+    let container = format!("runner-agent-{name}");
+    let volume = format!("runner-agent-{name}-work");
+
+    let t0 = Instant::now();
+    lab.ok(&["register"]);
+    lab.wait_runner("came online", |r| r.is_some_and(|r| r.status == "online"))
+        .await;
+    eprintln!("register to online: {:?}", t0.elapsed());
+    let view = lab
+        .emu
+        .runners(Some(REPO))
+        .into_iter()
+        .find(|r| r.name == name)
+        .unwrap();
+    assert!(view.labels.iter().any(|l| l == "kvm"), "{:?}", view.labels);
+    assert!(
+        view.labels.iter().any(|l| l == "sim-1"),
+        "{:?}",
+        view.labels
+    );
+
+    // The container: labelled, the runner's own user, no secret anywhere the engine shows.
+    assert_eq!(lab.container_state(), "running");
+    let inspect = docker_text(&["container", "inspect", &container]);
+    assert!(
+        inspect.contains(&format!("\"runner-agent.runner\": \"{name}\"")),
+        "{inspect}"
+    );
+    assert!(
+        inspect.contains(&format!("\"runner-agent.owner\": \"host-{HOST}\"")),
+        "{inspect}"
+    );
+    assert!(!inspect.contains(&token), "the PAT is visible");
+    let credentials = std::fs::read_to_string(
+        root_path(&lab)
+            .join("runners")
+            .join(&name)
+            .join(".credentials"),
+    )
+    .unwrap();
+    for line in credentials.lines().filter(|l| l.contains(':')) {
+        if let Some(value) = line.split('"').nth(3).filter(|v| v.len() > 8) {
+            assert!(!inspect.contains(value), "a credential is visible: {value}");
+        }
+    }
+    let volumes = docker_text(&[
+        "volume",
+        "ls",
+        "--quiet",
+        "--filter",
+        &format!("label=runner-agent.runner={name}"),
+    ]);
+    assert_eq!(volumes, volume);
+
+    // A job inside: the board environment, /dev/kvm and the console open as the runner user,
+    // whose groups are the numeric ones the container was given.
+    let ra = nix::unistd::User::from_name("ra-runner").unwrap().unwrap();
+    let script = "test -f /.dockerenv && echo in-container\n\
+         echo \"ids=$(id -u):$(id -g) groups=$(id -G)\"\n\
+         echo \"uart=$BOARD_COMM_UART_DEV dtb=$BOARD_DTB\"\n\
+         exec 3<>/dev/kvm && echo kvm-open\n\
+         exec 4<>\"$BOARD_COMM_UART_DEV\" && echo tty-open\n\
+         printf 'hello-from-container\\n' >&4\n\
+         echo \"work=$PWD\"\n";
+    let job = lab
+        .emu
+        .queue_job(REPO, &["self-hosted", "sim-1"], script)
+        .unwrap();
+    let done = lab.emu.wait_job(job, WAIT).await.unwrap();
+    let output = done.output.clone().unwrap_or_default();
+    assert_eq!(done.result.as_deref(), Some("succeeded"), "{output}");
+    assert!(output.contains("in-container"), "{output}");
+    assert!(
+        output.contains(&format!("ids={}:{}", ra.uid, ra.gid)),
+        "{output}"
+    );
+    let groups_line = output
+        .lines()
+        .find(|l| l.contains("groups="))
+        .unwrap_or_default();
+    for gid in [KVM_GID, TTY_GID] {
+        assert!(
+            groups_line.split([' ', '=']).any(|g| g == gid.to_string()),
+            "{groups_line}"
+        );
+    }
+    assert!(
+        output.contains(&format!("uart={} dtb=sim.dtb", link.display())),
+        "{output}"
+    );
+    assert!(output.contains("kvm-open"), "{output}");
+    assert!(output.contains("tty-open"), "{output}");
+    // The board hooks ran inside too (agentctl board acquire/release, leases on the host).
+    assert!(output.contains("job-started.sh"), "{output}");
+    let mut buf = [0u8; 128];
+    let mut fds = [nix::poll::PollFd::new(
+        std::os::fd::AsFd::as_fd(&pty.master),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    assert_eq!(nix::poll::poll(&mut fds, 5000u16).unwrap(), 1);
+    let n = nix::unistd::read(&pty.master, &mut buf).unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).contains("hello-from-container"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+
+    // doctor: engine, image, and a throwaway container that opens both devices; then the KVM
+    // node without its group's access fails, with the fix.
+    let doctor = |lab: &Lab| -> (Option<i32>, serde_json::Value) {
+        let out = lab.agentctl(&["doctor", "--only", "container", "--offline", "--json"]);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|err| panic!("{err}: {}", text(&out)));
+        (out.status.code(), report)
+    };
+    let finding = |report: &serde_json::Value, id: &str| -> serde_json::Value {
+        report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {id}: {report}"))
+    };
+    let (code, report) = doctor(&lab);
+    assert_eq!(code, Some(0), "{report}");
+    for id in ["container.engine", "container.reachable", "container.image"] {
+        assert_eq!(finding(&report, id)["outcome"], "pass", "{report}");
+    }
+    let devices = finding(&report, "container.devices");
+    assert_eq!(devices["outcome"], "pass", "{report}");
+    let detail = devices["detail"].as_str().unwrap();
+    assert!(detail.contains("/dev/kvm"), "{detail}");
+    assert!(detail.contains(&link.display().to_string()), "{detail}");
+    std::fs::set_permissions(&kvm, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, report) = doctor(&lab);
+    std::fs::set_permissions(&kvm, std::fs::Permissions::from_mode(0o660)).unwrap();
+    assert_eq!(code, Some(1), "{report}");
+    let devices = finding(&report, "container.devices");
+    assert_eq!(devices["outcome"], "fail", "{report}");
+    assert!(
+        devices["detail"]
+            .as_str()
+            .unwrap()
+            .contains("cannot open /dev/kvm"),
+        "{devices}"
+    );
+    assert!(
+        devices["hint"].as_str().unwrap().contains("0660"),
+        "{devices}"
+    );
+
+    // stop, status, start.
+    lab.ok(&["stop"]);
+    assert_eq!(lab.container_state(), "exited");
+    lab.wait_runner("went offline", |r| r.is_some_and(|r| r.status == "offline"))
+        .await;
+    let status = lab.ok(&["status"]);
+    assert!(text(&status).contains("container"), "{}", text(&status));
+    lab.ok(&["start"]);
+    assert_eq!(lab.container_state(), "running");
+    lab.wait_runner("came back online", |r| {
+        r.is_some_and(|r| r.status == "online")
+    })
+    .await;
+
+    // Healing as for host runners: GitHub forgets the runner, `register` registers it again
+    // (fresh token, same container and volume) and it comes back online under a new id.
+    let old_id = lab
+        .emu
+        .runners(Some(REPO))
+        .into_iter()
+        .find(|r| r.name == name)
+        .unwrap()
+        .id;
+    assert!(lab.emu.delete_runner(old_id));
+    let out = lab.ok(&["register"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("{name}: registered (id ")),
+        "{}",
+        text(&out)
+    );
+    lab.wait_runner("came back under a new id", |r| {
+        r.is_some_and(|r| r.status == "online" && r.id != old_id)
+    })
+    .await;
+    assert_eq!(lab.container_state(), "running");
+
+    // The job's files went to the work volume, owned by the runner user; the runner directory
+    // on the host only holds its mount point.
+    let mountpoint = docker_text(&["volume", "inspect", "--format", "{{.Mountpoint}}", &volume]);
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::metadata(&mountpoint).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (ra.uid.as_raw(), ra.gid.as_raw()));
+        assert!(
+            std::fs::read_dir(&mountpoint).unwrap().next().is_some(),
+            "the work volume is empty"
+        );
+        let host_work = root_path(&lab).join("runners").join(&name).join("_work");
+        assert_eq!(
+            std::fs::read_dir(&host_work)
+                .map(|d| d.count())
+                .unwrap_or(0),
+            0
+        );
+    }
+
+    // purge: no container, no volume, no registration.
+    lab.ok(&["purge", "-y"]);
+    let left = docker_text(&[
+        "ps",
+        "--all",
+        "--quiet",
+        "--filter",
+        &format!("label=runner-agent.runner={name}"),
+    ]);
+    assert_eq!(left, "", "containers left");
+    let left = docker_text(&[
+        "volume",
+        "ls",
+        "--quiet",
+        "--filter",
+        &format!("name={volume}"),
+    ]);
+    assert_eq!(left, "", "volumes left");
+    assert!(lab.emu.runners(Some(REPO)).is_empty());
+    let _ = image;
+}
+
+fn root_path(lab: &Lab) -> &Path {
+    lab.dir.path()
+}

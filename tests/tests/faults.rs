@@ -1,0 +1,1134 @@
+//! The daemon's fault-injection suite (issue 6): `agentctl daemon` against the GitHub emulator
+//! with the fake runner release, process backend, runners as `ra-runner`, real processes.
+//!
+//! Every case injects one fault, clears it, and ends by asserting that GitHub's runner list is
+//! exactly the desired set (each name once, online, with the id the runner holds locally, no
+//! orphan of this host) and that no secret (PAT, App key, registration/remove/installation
+//! tokens) appears in the daemon's log. Cases print `RECOVERY <case> real <ms> emulator <ms>`:
+//! the time from the fault cleared to every runner online, by the test's clock and by the
+//! emulator's (which tests advance for session expiry and rate-limit resets, so the two can
+//! differ). `scripts/bench-daemon` collects these lines and the API budget into a table.
+//!
+//! The daemon runs with fast timings (`--resync-secs 2 --check-secs 1`, backoff 0.5 s doubling
+//! up to 4 s); the fake runner's retry pauses are shortened through the `.env` the release
+//! ships (the listener loads it, as the real one does).
+//!
+//! `kill -9` cases stop the daemon at an exact step with the emulator's `hold` fault
+//! (tests/PROTOCOL.md): the request of that step is held (before or after the emulator handled
+//! it), the test kills the daemon's process group (the daemon and its `config.sh`, as systemd
+//! kills a unit's cgroup; the runners live in their own sessions, as their own units would) or
+//! the daemon alone (its `config.sh` then finishes without it), and starts it again.
+
+// Test helpers outside `#[test]` functions may unwrap too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Read as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use runner_agent_tests::emulator::{
+    generate_app_key, AssetSource, Emulator, EmulatorOptions, Fault, HoldPoint, HoldRelease,
+    InstallationSpec, PatSpec, RateLimitKind, ReleaseOptions,
+};
+use runner_agent_tests::fake_runner::{build_release, listener_binary, ReleaseSpec};
+use runner_agent_tests::support::agentctl;
+
+const REPO: &str = "octo/hello";
+const VERSION: &str = "2.336.0";
+const HOST: &str = "labhost";
+const WAIT: Duration = Duration::from_secs(40);
+const REGISTRATION_TOKEN: &str = "/api/v3/repos/octo/hello/actions/runners/registration-token";
+const REMOVE_TOKEN: &str = "/api/v3/repos/octo/hello/actions/runners/remove-token";
+const AGENTS: &str = "/_services/pipelines/_apis/distributedtask/pools/1/agents";
+
+/// The fake runner's retry pauses, shortened (the real ones are 15-60 s).
+const FAST_RUNNER_ENV: &str = "FAKE_RUNNER_SESSION_CONFLICT_SECONDS=3\n\
+FAKE_RUNNER_SESSION_RETRY_SECONDS=1\n\
+FAKE_RUNNER_POLL_RETRY_SECONDS=1\n\
+FAKE_RUNNER_RETRY_DELAY_SECONDS=1\n";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Auth {
+    Pat,
+    App,
+}
+
+struct Spec {
+    count: u32,
+    auth: Auth,
+    /// Extra TOML appended to the configuration.
+    extra: String,
+    /// Mount a tmpfs of this many bytes as the cache directory.
+    cache_tmpfs: Option<u64>,
+}
+
+impl Spec {
+    fn pat(count: u32) -> Spec {
+        Spec {
+            count,
+            auth: Auth::Pat,
+            extra: String::new(),
+            cache_tmpfs: None,
+        }
+    }
+}
+
+struct Lab {
+    emu: Emulator,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    daemon: Option<Child>,
+    desired: Vec<String>,
+    /// Secrets that may have left the emulator's books (revoked PATs, rotated keys).
+    secrets: Vec<String>,
+    app: Option<u64>,
+    cache_mount: Option<PathBuf>,
+}
+
+/// Rewrite a release tarball with `.env` added at its root.
+fn add_env(tarball: &Path, env: &str) {
+    let mut raw = Vec::new();
+    std::fs::File::open(tarball)
+        .unwrap()
+        .read_to_end(&mut raw)
+        .unwrap();
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&raw[..]));
+    let out = std::fs::File::create(tarball).unwrap();
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        out,
+        flate2::Compression::fast(),
+    ));
+    let mut dot = false;
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().into_owned();
+        dot |= path.starts_with("./");
+        let mut header = entry.header().clone();
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).unwrap();
+        builder.append_data(&mut header, &path, &data[..]).unwrap();
+    }
+    let mut header = tar::Header::new_gnu();
+    header.set_size(env.len() as u64);
+    header.set_mode(0o644);
+    header.set_mtime(0);
+    let name = if dot { "./.env" } else { ".env" };
+    builder
+        .append_data(&mut header, name, env.as_bytes())
+        .unwrap();
+    builder.into_inner().unwrap().finish().unwrap();
+}
+
+/// Build the fake release `version` (with the `.env` knobs) once per listener build, shared by
+/// the suite's test processes (building and repacking it takes seconds), and publish it.
+async fn publish(emu: &Emulator, version: &str) {
+    let listener = listener_binary();
+    let meta = std::fs::metadata(&listener).unwrap();
+    let stamp = meta
+        .modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let shared = std::env::temp_dir().join(format!(
+        "runner-agent-faults-{version}-{stamp}-{}",
+        meta.len()
+    ));
+    let tarball = shared.join(format!("actions-runner-linux-x64-{version}.tar.gz"));
+    if !tarball.is_file() {
+        let staging = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+        let built = build_release(
+            &ReleaseSpec {
+                version: version.into(),
+                arch: "x64".into(),
+                listener,
+                pad_bytes: 0,
+                pad_files: 0,
+            },
+            staging.path(),
+        )
+        .unwrap();
+        add_env(&built.path, FAST_RUNNER_ENV);
+        // Another test process may have won the race: then its copy is used.
+        let _ = std::fs::rename(staging.path(), &shared);
+    }
+    emu.publish_release(
+        version,
+        vec![("linux-x64".to_owned(), AssetSource::Path(tarball))],
+        ReleaseOptions {
+            digest: true,
+            body_markers: true,
+        },
+    )
+    .await
+    .unwrap();
+}
+
+fn write_secret(path: &Path, text: &str) {
+    // Replace atomically, as an administrator's tooling would.
+    let staging = path.with_extension("new");
+    std::fs::write(&staging, text).unwrap();
+    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::rename(&staging, path).unwrap();
+}
+
+impl Lab {
+    async fn new(spec: Spec) -> Lab {
+        let emu = Emulator::start(EmulatorOptions {
+            long_poll: Duration::from_secs(1),
+            ..EmulatorOptions::default()
+        })
+        .await
+        .unwrap();
+        emu.create_repo(REPO, false).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        publish(&emu, VERSION).await;
+        let root = dir.path();
+        let mut secrets = Vec::new();
+        let mut app = None;
+        let auth = match spec.auth {
+            Auth::Pat => {
+                let pat = emu.add_pat(PatSpec::classic(&["repo"]));
+                write_secret(&root.join("github-pat"), &pat);
+                secrets.push(pat);
+                "pat_file = \"github-pat\"".to_owned()
+            }
+            Auth::App => {
+                let key = generate_app_key().unwrap();
+                let id = emu
+                    .add_app(
+                        &key.public_key_pem,
+                        vec![InstallationSpec {
+                            id: 42,
+                            account: "octo".into(),
+                            permissions: [("administration".to_owned(), "write".to_owned())]
+                                .into_iter()
+                                .collect(),
+                        }],
+                    )
+                    .unwrap();
+                write_secret(&root.join("github-app.pem"), &key.private_key_pem);
+                secrets.extend(pem_lines(&key.private_key_pem));
+                app = Some(id);
+                format!(
+                    "app = {{ app_id = {id}, installation_id = 42, private_key_file = \"github-app.pem\" }}"
+                )
+            }
+        };
+        let cache_mount = spec.cache_tmpfs.map(|size| {
+            let mount = root.join("cache");
+            std::fs::create_dir_all(&mount).unwrap();
+            let status = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(&mount)
+                .status()
+                .unwrap();
+            assert!(status.success(), "cannot mount a tmpfs (root needed)");
+            mount
+        });
+        let text = format!(
+            r#"version = 1
+
+[agent]
+cache_dir = "{root}/cache"
+state_dir = "{root}/state"
+
+[github]
+url = "{url}"
+{auth}
+
+[host]
+kvm = false
+
+[defaults]
+user = "ra-runner"
+root = "{root}/runners"
+version = "{VERSION}"
+service = "process"
+labels = ["lab"]
+
+[[runner]]
+name_template = "{{hostname}}-{{index}}"
+count = {count}
+{extra}"#,
+            root = root.display(),
+            url = emu.web_url_for(REPO),
+            count = spec.count,
+            extra = spec.extra,
+        );
+        let config = root.join("agent.toml");
+        std::fs::write(&config, text).unwrap();
+        Lab {
+            emu,
+            config,
+            daemon: None,
+            desired: (1..=spec.count).map(|i| format!("{HOST}-{i}")).collect(),
+            secrets,
+            app,
+            cache_mount,
+            dir,
+        }
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.root().join("daemon.log")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The daemon with fast timings.
+    fn start_daemon(&mut self) {
+        self.start_daemon_with(&[
+            "--resync-secs",
+            "2",
+            "--check-secs",
+            "1",
+            "--backoff-base-ms",
+            "500",
+            "--backoff-cap-secs",
+            "4",
+            "--session-wait-secs",
+            "2",
+        ]);
+    }
+
+    fn start_daemon_with(&mut self, timing: &[&str]) {
+        assert!(self.daemon.is_none());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let child = Command::new(agentctl())
+            .arg("--config")
+            .arg(&self.config)
+            .arg("daemon")
+            .args(timing)
+            .env("RUNNER_AGENT_HOSTNAME", HOST)
+            .env("RUST_LOG", "info")
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .stdout(Stdio::null())
+            .stderr(log)
+            // Its own process group: `kill_daemon(true)` kills it with its `config.sh`.
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        self.daemon = Some(child);
+    }
+
+    /// `kill -9` of the daemon: with `group`, of its process group (its `config.sh` too).
+    fn kill_daemon(&mut self, group: bool) {
+        let mut child = self.daemon.take().expect("daemon running");
+        let pid = child.id() as i32;
+        let target = if group { -pid } else { pid };
+        kill(Pid::from_raw(target), Signal::SIGKILL).unwrap();
+        child.wait().unwrap();
+    }
+
+    fn sighup(&self) {
+        let pid = self.daemon.as_ref().unwrap().id() as i32;
+        kill(Pid::from_raw(pid), Signal::SIGHUP).unwrap();
+    }
+
+    fn runner_dir(&self, name: &str) -> PathBuf {
+        self.root().join("runners").join(name)
+    }
+
+    fn pid(&self, name: &str) -> Option<i32> {
+        let path = self
+            .root()
+            .join("state/runners")
+            .join(format!("{name}.pid"));
+        let text = std::fs::read_to_string(path).ok()?;
+        let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+        value["pid"].as_i64().map(|p| p as i32)
+    }
+
+    /// `kill -9` of every runner process (their process groups), as a power cut does.
+    fn kill_runners(&self) {
+        let Ok(entries) = std::fs::read_dir(self.root().join("state/runners")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_suffix(".pid").and_then(|n| self.pid(n)) {
+                let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+            }
+        }
+    }
+
+    fn local_id(&self, name: &str) -> Option<u64> {
+        let raw = std::fs::read(self.runner_dir(name).join(".runner")).ok()?;
+        let raw = raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&raw);
+        let value: serde_json::Value = serde_json::from_slice(raw).ok()?;
+        value["agentId"].as_u64()
+    }
+
+    fn requests(&self, route_part: &str) -> u64 {
+        self.emu
+            .request_counts()
+            .iter()
+            .filter(|(route, _)| route.contains(route_part))
+            .map(|(_, c)| c.count)
+            .sum()
+    }
+
+    /// Why the lab is not converged yet (`None` when it is): GitHub holds exactly the desired
+    /// names, each once, online, with the id its directory holds; no directory or record of
+    /// another name remains.
+    fn divergence(&self) -> Option<String> {
+        let list = self.emu.runners(Some(REPO));
+        let mut names: Vec<&str> = list.iter().map(|r| r.name.as_str()).collect();
+        names.sort_unstable();
+        let mut want: Vec<&str> = self.desired.iter().map(String::as_str).collect();
+        want.sort_unstable();
+        if names != want {
+            return Some(format!("GitHub has {names:?}, want {want:?}"));
+        }
+        for r in &list {
+            if self
+                .pid(&r.name)
+                .is_none_or(|pid| kill(Pid::from_raw(pid), None).is_err())
+            {
+                return Some(format!("`{}` has no live process", r.name));
+            }
+            if !self
+                .root()
+                .join("state/runners")
+                .join(format!("{}.json", r.name))
+                .is_file()
+            {
+                return Some(format!("`{}` has no record of the agent", r.name));
+            }
+            if r.status != "online" {
+                return Some(format!("`{}` is {}", r.name, r.status));
+            }
+            if self.local_id(&r.name) != Some(r.id) {
+                return Some(format!(
+                    "`{}` is id {} on GitHub, {:?} locally",
+                    r.name,
+                    r.id,
+                    self.local_id(&r.name)
+                ));
+            }
+        }
+        for dir in ["runners", "state/runners"] {
+            if let Ok(entries) = std::fs::read_dir(self.root().join(dir)) {
+                for entry in entries.flatten() {
+                    let file = entry.file_name().to_string_lossy().into_owned();
+                    let stem = file.split('.').next().unwrap_or_default().to_owned();
+                    if !self.desired.contains(&stem) {
+                        return Some(format!("orphan `{dir}/{file}`"));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Poll until converged; the time it took by real and emulator clocks.
+    async fn converge(&self) -> (Duration, Duration) {
+        let started = Instant::now();
+        let emu_started = self.emu.now();
+        loop {
+            let why = self.divergence();
+            let Some(why) = why else {
+                let emu = self.emu.now() - emu_started;
+                return (
+                    started.elapsed(),
+                    Duration::from_millis(emu.whole_milliseconds().max(0) as u64),
+                );
+            };
+            assert!(
+                started.elapsed() < WAIT,
+                "never converged: {why}\nrunners: {:#?}\ndaemon log:\n{}",
+                self.emu.runners(Some(REPO)),
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Converge after the fault was cleared; print and return the recovery time.
+    async fn recover(&self, case: &str) -> Duration {
+        let (real, emu) = self.converge().await;
+        println!(
+            "RECOVERY {case} real_ms={} emulator_ms={}",
+            real.as_millis(),
+            emu.as_millis()
+        );
+        real
+    }
+
+    async fn wait_for(&self, what: &str, mut ok: impl FnMut(&Lab) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !ok(self) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}\ndaemon log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The case's end: converged, and no secret in the daemon's log.
+    async fn finish(mut self) {
+        self.converge().await;
+        let log = self.log();
+        let mut secrets = self.emu.minted_tokens();
+        secrets.append(&mut self.secrets);
+        for secret in secrets.iter().filter(|s| s.len() >= 16) {
+            assert!(
+                !log.contains(secret.as_str()),
+                "a secret is in the daemon's log:\n{log}"
+            );
+        }
+        assert!(!log.contains("PRIVATE KEY"), "{log}");
+    }
+}
+
+/// The base64 lines of a PEM key: any of them in a log is a leak.
+fn pem_lines(pem: &str) -> Vec<String> {
+    pem.lines()
+        .filter(|l| !l.starts_with("-----") && l.len() >= 32)
+        .map(str::to_owned)
+        .collect()
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.daemon {
+            let pid = child.id() as i32;
+            let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+            let _ = child.wait();
+        }
+        self.emu.release_held(HoldRelease::Drop);
+        // The runners outlive the daemon by design.
+        self.kill_runners();
+        if let Some(mount) = &self.cache_mount {
+            let _ = Command::new("umount").arg("-l").arg(mount).status();
+        }
+    }
+}
+
+async fn started(count: u32) -> Lab {
+    let mut lab = Lab::new(Spec::pat(count)).await;
+    lab.start_daemon();
+    lab.converge().await;
+    lab
+}
+
+// ---- reboot, deletions, sessions ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reboot_starts_the_same_registrations_without_registering_again() {
+    let mut lab = started(2).await;
+    let ids: Vec<Option<u64>> = lab.desired.iter().map(|n| lab.local_id(n)).collect();
+    let tokens = lab.requests("registration-token");
+    lab.kill_daemon(true);
+    lab.kill_runners();
+    lab.wait_for("the runners to die", |lab| {
+        lab.desired.iter().all(|n| {
+            lab.pid(n)
+                .is_none_or(|p| kill(Pid::from_raw(p), None).is_err())
+        })
+    })
+    .await;
+    // The host stays down long enough for GitHub to see the runners offline (their sessions,
+    // left open by the crash, expire after 90 s).
+    lab.emu.advance_clock(91);
+    assert!(lab
+        .emu
+        .runners(Some(REPO))
+        .iter()
+        .all(|r| r.status == "offline"));
+    lab.start_daemon();
+    lab.recover("reboot").await;
+    let after: Vec<Option<u64>> = lab.desired.iter().map(|n| lab.local_id(n)).collect();
+    assert_eq!(after, ids, "registered again after a reboot");
+    assert_eq!(lab.requests("registration-token"), tokens, "{}", lab.log());
+    lab.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_deleted_while_idle_is_registered_again() {
+    // The production timings (resync 60 s, check 5 s): recovery must come from the runner's
+    // exit, not from a resync.
+    let mut lab = Lab::new(Spec::pat(2)).await;
+    lab.start_daemon_with(&[]);
+    lab.converge().await;
+    let old = lab.local_id(&lab.desired[0]).unwrap();
+    assert!(lab.emu.delete_runner(old));
+    let took = lab.recover("deleted-idle").await;
+    assert_ne!(lab.local_id(&lab.desired[0]), Some(old));
+    assert!(
+        took < Duration::from_secs(10),
+        "target: under 10 s, took {took:?}"
+    );
+    lab.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_deleted_while_busy_is_registered_again() {
+    let lab = started(1).await;
+    let name = lab.desired[0].clone();
+    let job = lab.emu.queue_job(REPO, &["lab"], "sleep 30").unwrap();
+    lab.wait_for("the runner to be busy", |lab| {
+        lab.emu.runners(Some(REPO)).iter().any(|r| r.busy)
+    })
+    .await;
+    let old = lab.local_id(&name).unwrap();
+    assert!(lab.emu.delete_runner(old));
+    let took = lab.recover("deleted-busy").await;
+    assert_ne!(lab.local_id(&name), Some(old));
+    assert!(
+        took < Duration::from_secs(10),
+        "target: under 10 s, took {took:?}"
+    );
+    let view = lab.emu.job(job).unwrap();
+    assert_ne!(
+        view.result.as_deref(),
+        Some("succeeded"),
+        "the job of a deleted runner cannot succeed: {view:?}"
+    );
+    lab.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_conflict_waits_for_the_old_session_to_expire() {
+    let lab = started(1).await;
+    let name = lab.desired[0].clone();
+    let id = lab.local_id(&name).unwrap();
+    // A listener killed with SIGKILL leaves its session open on GitHub: the next one
+    // conflicts with it until it expires, retries, and exits 5.
+    let pid = lab.pid(&name).unwrap();
+    kill(Pid::from_raw(-pid), Signal::SIGKILL).unwrap();
+    lab.wait_for("the conflict to be reported", |lab| {
+        std::fs::read_to_string(lab.runner_dir(&name).join("_diag/agent-run.log"))
+            .unwrap_or_default()
+            .contains("SessionConflictException")
+            || lab.log().contains("exited (5)")
+    })
+    .await;
+    // The old session expires (90 s without a poll on GitHub's clock).
+    lab.emu.advance_clock(91);
+    lab.recover("session-conflict").await;
+    assert_eq!(lab.local_id(&name), Some(id), "re-registered on a conflict");
+    lab.finish().await;
+}
+
+// ---- GitHub failing ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_percent_of_api_calls_failing_does_not_stop_registration() {
+    let mut lab = Lab::new(Spec::pat(3)).await;
+    lab.emu.inject(Fault::StatusShare {
+        status: 502,
+        percent: 30,
+        count: 1_000_000,
+        path_prefix: Some("/api/v3/".to_owned()),
+    });
+    let failed_before = Instant::now();
+    lab.start_daemon();
+    // A while of failures: registrations happen (or back off) through them.
+    lab.wait_for("a few seconds of faults", |lab| {
+        failed_before.elapsed() > Duration::from_secs(6) && lab.requests("/api/v3/") > 10
+    })
+    .await;
+    let deleted = lab
+        .emu
+        .runners(Some(REPO))
+        .first()
+        .map(|r| lab.emu.delete_runner(r.id));
+    lab.wait_for("more faults", |_| {
+        failed_before.elapsed() > Duration::from_secs(9)
+    })
+    .await;
+    lab.emu.clear_faults();
+    lab.recover("api-5xx-30pct").await;
+    println!("(a registration was deleted during the faults: {deleted:?})");
+    lab.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primary_rate_limit_is_waited_out() {
+    let lab = started(2).await;
+    lab.emu.inject(Fault::RateLimit {
+        kind: RateLimitKind::Primary,
+        count: 1,
+        status: 403,
+        retry_after: 0,
+    });
+    let old = lab.local_id(&lab.desired[0]).unwrap();
+    assert!(lab.emu.delete_runner(old));
+    let before = lab.requests("/api/v3/");
+    lab.wait_for("the daemon to meet the limit", |lab| {
+        lab.log().contains("rate limit")
+    })
+    .await;
+    let calls = Instant::now();
+    while calls.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let during = lab.requests("/api/v3/") - before;
+    // The window resets (an hour on GitHub's clock).
+    lab.emu.advance_clock(3601);
+    lab.recover("rate-limit-primary").await;
+    println!("(API requests while limited, about 3 s: {during})");
+    assert!(
+        during <= 20,
+        "the daemon hammered a rate-limited API: {during} calls"
+    );
+    lab.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secondary_rate_limits_with_retry_after_are_honoured() {
+    let lab = started(2).await;
+    lab.emu.inject(Fault::RateLimit {
+        kind: RateLimitKind::Secondary,
+        count: 3,
+        status: 429,
+        retry_after: 2,
+    });
+    let old = lab.local_id(&lab.desired[1]).unwrap();
+    assert!(lab.emu.delete_runner(old));
+    lab.wait_for("the limits to be used up", |lab| {
+        lab.emu
+            .request_counts()
+            .values()
+            .map(|c| c.count)
+            .sum::<u64>()
+            > 0
+            && lab.log().contains("secondary")
+    })
+    .await;
+    lab.emu.clear_faults();
+    lab.recover("rate-limit-secondary").await;
+    lab.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_unreachable_for_a_while_then_back() {
+    let lab = started(2).await;
+    // Every connection is closed before an answer (API, runner service, downloads): from the
+    // host this looks like GitHub gone, long polls included.
+    lab.emu.inject(Fault::DropAfterBytes {
+        bytes: 0,
+        count: 1_000_000,
+        path_prefix: Some("/".to_owned()),
+    });
+    let old = lab.local_id(&lab.desired[0]).unwrap();
+    assert!(lab.emu.delete_runner(old));
+    let outage = Instant::now();
+    lab.wait_for("an outage of 5 s", |_| {
+        outage.elapsed() > Duration::from_secs(5)
+    })
+    .await;
+    lab.emu.clear_faults();
+    lab.recover("unreachable").await;
+    lab.finish().await;
+}
+
+// ---- secrets rotated ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_pat_then_a_new_pat_file_is_picked_up_without_restart() {
+    let lab = started(2).await;
+    let old_pat = std::fs::read_to_string(lab.root().join("github-pat")).unwrap();
+    assert!(lab.emu.revoke_token(old_pat.trim()));
+    let old = lab.local_id(&lab.desired[0]).unwrap();
+    assert!(lab.emu.delete_runner(old));
+    lab.wait_for("the bad credentials to be reported", |lab| {
+        lab.log().contains("Bad credentials")
+    })
+    .await;
+    let pat = lab.emu.add_pat(PatSpec::classic(&["repo"]));
+    write_secret(&lab.root().join("github-pat"), &pat);
+    let took = lab.recover("pat-rotated").await;
+    assert!(
+        took < Duration::from_secs(2),
+        "target: under 2 s, took {took:?}"
+    );
+    lab.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_app_key_is_picked_up_without_restart() {
+    let mut lab = Lab::new(Spec {
+        auth: Auth::App,
+        ..Spec::pat(2)
+    })
+    .await;
+    lab.start_daemon();
+    lab.converge().await;
+    let key = generate_app_key().unwrap();
+    lab.emu
+        .rotate_app_key(lab.app.unwrap(), &key.public_key_pem)
+        .unwrap();
+    lab.secrets.extend(pem_lines(&key.private_key_pem));
+    let old = lab.local_id(&lab.desired[0]).unwrap();
+    assert!(lab.emu.delete_runner(old));
+    lab.wait_for("the refused key to be reported", |lab| {
+        lab.log().contains("401") || lab.log().contains("credentials")
+    })
+    .await;
+    write_secret(&lab.root().join("github-app.pem"), &key.private_key_pem);
+    let took = lab.recover("app-key-rotated").await;
+    assert!(
+        took < Duration::from_secs(2),
+        "target: under 2 s, took {took:?}"
+    );
+    lab.finish().await;
+}
+
+// ---- disk full ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_while_downloading_fails_cleanly_and_recovers() {
+    // The cache is a small tmpfs; once the first release is in it, a filler leaves 8 MiB.
+    let mut lab = Lab::new(Spec {
+        cache_tmpfs: Some(400 << 20),
+        ..Spec::pat(1)
+    })
+    .await;
+    publish(&lab.emu, "2.337.0").await;
+    lab.start_daemon();
+    lab.converge().await;
+    let mount = lab.cache_mount.clone().unwrap();
+    let stat = nix::sys::statvfs::statvfs(&mount).unwrap();
+    let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+    let filler = mount.join("filler");
+    std::fs::write(&filler, vec![0u8; (free - (8 << 20)) as usize]).unwrap();
+    let first = lab.desired[0].clone();
+    let first_pid = lab.pid(&first).unwrap();
+    // A runner on the new version is added: its download cannot fit.
+    let text = std::fs::read_to_string(&lab.config).unwrap();
+    std::fs::write(
+        &lab.config,
+        format!("{text}\n[[runner]]\nname = \"{HOST}-next\"\nversion = \"2.337.0\"\n"),
+    )
+    .unwrap();
+    lab.sighup();
+    lab.wait_for("the full disk to be reported", |lab| {
+        let log = lab.log();
+        log.contains("No space left on device") || log.contains("ENOSPC")
+    })
+    .await;
+    // The old runner keeps running, the failed one left nothing behind on GitHub.
+    assert!(
+        kill(Pid::from_raw(first_pid), None).is_ok(),
+        "old runner died"
+    );
+    assert_eq!(lab.pid(&first), Some(first_pid));
+    assert!(lab
+        .emu
+        .runners(Some(REPO))
+        .iter()
+        .all(|r| r.name == first && r.status == "online"));
+    // Space returns.
+    std::fs::remove_file(&filler).unwrap();
+    lab.desired.push(format!("{HOST}-next"));
+    lab.recover("disk-full").await;
+    assert_eq!(
+        lab.pid(&first),
+        Some(first_pid),
+        "the old runner was restarted"
+    );
+    lab.finish().await;
+}
+
+// ---- kill -9 at each registration step ----
+
+/// A fresh lab whose daemon is stopped by `kill -9` at `step` of registering its runner, then
+/// started again: it must converge to exactly the desired runner.
+async fn killed_while_registering(
+    case: &str,
+    at: HoldPoint,
+    method: &str,
+    path: &str,
+    group: bool,
+    release: HoldRelease,
+) -> Lab {
+    let mut lab = Lab::new(Spec::pat(1)).await;
+    lab.emu.inject(Fault::Hold {
+        at,
+        method: Some(method.to_owned()),
+        path_prefix: Some(path.to_owned()),
+        count: 1,
+    });
+    lab.start_daemon();
+    assert!(
+        lab.emu.wait_held(1, WAIT).await,
+        "`{method} {path}` never came\n{}",
+        lab.log()
+    );
+    lab.kill_daemon(group);
+    lab.emu.release_held(release);
+    lab.start_daemon();
+    lab.recover(case).await;
+    lab
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_after_the_registration_token_was_minted() {
+    let lab = killed_while_registering(
+        "kill9-token-minted",
+        HoldPoint::After,
+        "POST",
+        REGISTRATION_TOKEN,
+        true,
+        HoldRelease::Drop,
+    )
+    .await;
+    lab.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_the_token_exchange_of_config_sh() {
+    let lab = killed_while_registering(
+        "kill9-config-exchange",
+        HoldPoint::Before,
+        "POST",
+        "/api/v3/actions/runner-registration",
+        true,
+        HoldRelease::Drop,
+    )
+    .await;
+    lab.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_after_github_registered_before_the_runner_file() {
+    let lab = killed_while_registering(
+        "kill9-registered-no-files",
+        HoldPoint::After,
+        "POST",
+        AGENTS,
+        true,
+        HoldRelease::Drop,
+    )
+    .await;
+    lab.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_after_the_runner_file_before_the_agents_record_and_start() {
+    // Only the daemon dies: its `config.sh` finishes and writes `.runner`, nobody records or
+    // starts the runner.
+    let lab = killed_while_registering(
+        "kill9-files-no-record",
+        HoldPoint::After,
+        "POST",
+        AGENTS,
+        false,
+        HoldRelease::Proceed,
+    )
+    .await;
+    lab.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_the_runner_starts() {
+    // The runner was installed and spawned; its session request is held. The
+    // runner lives on without the daemon and comes online when let go.
+    let lab = killed_while_registering(
+        "kill9-starting",
+        HoldPoint::Before,
+        "POST",
+        "/_services/pipelines/_apis/distributedtask/pools/1/sessions",
+        true,
+        HoldRelease::Proceed,
+    )
+    .await;
+    let tokens = lab.requests("registration-token");
+    assert_eq!(tokens, 1, "registered twice\n{}", lab.log());
+    lab.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_the_runner_starts_and_the_host_loses_power() {
+    let mut lab = Lab::new(Spec::pat(1)).await;
+    lab.hold_then(
+        HoldPoint::Before,
+        "POST",
+        "/_services/pipelines/_apis/distributedtask/pools/1/sessions",
+    )
+    .await;
+    lab.kill_daemon(true);
+    lab.kill_runners();
+    lab.emu.release_held(HoldRelease::Drop);
+    lab.emu.advance_clock(91);
+    lab.start_daemon();
+    lab.recover("kill9-starting-power-cut").await;
+    assert_eq!(lab.requests("registration-token"), 1, "{}", lab.log());
+    lab.finish().await;
+}
+
+impl Lab {
+    async fn hold_then(&mut self, at: HoldPoint, method: &str, path: &str) {
+        self.emu.inject(Fault::Hold {
+            at,
+            method: Some(method.to_owned()),
+            path_prefix: Some(path.to_owned()),
+            count: 1,
+        });
+        if self.daemon.is_none() {
+            self.start_daemon();
+        }
+        assert!(
+            self.emu.wait_held(1, WAIT).await,
+            "`{method} {path}` never came\n{}",
+            self.log()
+        );
+    }
+}
+
+// ---- kill -9 at each removal step ----
+
+/// Two runners converged, then the second is dropped from the configuration; the daemon is
+/// killed at `step` of removing it and started again.
+async fn killed_while_removing(
+    case: &str,
+    at: HoldPoint,
+    method: &str,
+    path: &str,
+    group: bool,
+    release: HoldRelease,
+) -> Lab {
+    let mut lab = started(2).await;
+    let text = std::fs::read_to_string(&lab.config).unwrap();
+    std::fs::write(&lab.config, text.replace("count = 2", "count = 1")).unwrap();
+    lab.desired.truncate(1);
+    lab.emu.inject(Fault::Hold {
+        at,
+        method: Some(method.to_owned()),
+        path_prefix: Some(path.to_owned()),
+        count: 1,
+    });
+    lab.sighup();
+    assert!(
+        lab.emu.wait_held(1, WAIT).await,
+        "`{method} {path}` never came\n{}",
+        lab.log()
+    );
+    lab.kill_daemon(group);
+    lab.emu.release_held(release);
+    lab.start_daemon();
+    lab.recover(case).await;
+    lab
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_after_the_remove_token_was_minted() {
+    let lab = killed_while_removing(
+        "kill9-remove-token",
+        HoldPoint::After,
+        "POST",
+        REMOVE_TOKEN,
+        true,
+        HoldRelease::Drop,
+    )
+    .await;
+    lab.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_after_github_deleted_the_runner_before_local_clean_up() {
+    let lab = killed_while_removing(
+        "kill9-remove-deleted",
+        HoldPoint::After,
+        "DELETE",
+        AGENTS,
+        true,
+        HoldRelease::Drop,
+    )
+    .await;
+    lab.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_after_config_sh_removed_before_the_agent_forgot_the_runner() {
+    let lab = killed_while_removing(
+        "kill9-remove-files-gone",
+        HoldPoint::After,
+        "DELETE",
+        AGENTS,
+        false,
+        HoldRelease::Proceed,
+    )
+    .await;
+    lab.finish().await;
+}
+
+// ---- API budget ----
+
+/// Requests to GitHub's REST API (`/api/v3`), without `304 Not Modified` answers.
+fn api_requests(emu: &Emulator) -> (u64, u64) {
+    let counts = emu.request_counts();
+    let api = counts
+        .iter()
+        .filter(|(route, _)| {
+            route
+                .split_once(' ')
+                .is_some_and(|(_, p)| p.starts_with("/api/v3"))
+        })
+        .map(|(_, c)| c.count - c.not_modified)
+        .sum();
+    let lists = counts
+        .iter()
+        .filter(|(route, _)| route.starts_with("GET ") && route.ends_with("/actions/runners"))
+        .map(|(_, c)| c.count)
+        .sum();
+    (api, lists)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_budget_at_steady_state_with_ten_runners() {
+    let mut lab = Lab::new(Spec::pat(10)).await;
+    lab.start_daemon();
+    lab.converge().await;
+    // Steady state: one more pass after convergence, then count over a window.
+    let (_, lists0) = api_requests(&lab.emu);
+    lab.wait_for("two resyncs", |lab| api_requests(&lab.emu).1 >= lists0 + 2)
+        .await;
+    let (api1, lists1) = api_requests(&lab.emu);
+    let window = Instant::now();
+    lab.wait_for("a 12 s window", |_| {
+        window.elapsed() >= Duration::from_secs(12)
+    })
+    .await;
+    let (api2, lists2) = api_requests(&lab.emu);
+    let passes = lists2 - lists1;
+    let requests = api2 - api1;
+    assert!(passes >= 4, "too few resyncs in the window: {passes}");
+    // Production defaults: a resync every 60 s; the liveness check (every 5 s) makes no API
+    // call. The daemon ran with a resync every 2 s: per pass × 60 passes an hour.
+    let per_pass = requests as f64 / passes as f64;
+    let per_hour = per_pass * 60.0;
+    let conditional = lab
+        .emu
+        .request_counts()
+        .values()
+        .map(|c| c.not_modified)
+        .sum::<u64>();
+    println!(
+        "BUDGET runners=10 window_s={:.1} resyncs={passes} api_requests_non_304={requests} per_resync={per_pass:.2} extrapolated_per_hour={per_hour:.1} (resync every 2 s here, 60 s in production: per resync x 60; the liveness check makes no API call; 304s so far: {conditional}, i.e. 60/h at worst if every list changed)",
+        window.elapsed().as_secs_f64(),
+    );
+    assert!(per_hour <= 60.0, "over budget: {per_hour:.1} requests/h");
+    lab.finish().await;
+}
