@@ -12,6 +12,7 @@
 //! - [`release`]: runner releases: resolve, download, verify, cache, unpack, install.
 //! - [`runner`]: register, start, stop, remove and purge runners; their status.
 //! - [`service`]: how a runner is run: the runner's systemd unit with our drop-in, or a process.
+//! - [`oneshot`]: `agentctl oneshot`, one ephemeral runner for one job on a throwaway host.
 //! - [`cli`]: the `agentctl` subcommands, thin wrappers over the modules above.
 
 pub mod boards;
@@ -22,6 +23,7 @@ pub mod doctor;
 pub mod exit;
 pub mod github;
 pub mod logging;
+pub mod oneshot;
 pub mod redact;
 pub mod release;
 pub mod runner;

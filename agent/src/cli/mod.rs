@@ -7,6 +7,7 @@ mod daemon;
 mod docs;
 mod doctor;
 mod drain;
+mod oneshot;
 mod release;
 mod runners;
 mod token;
@@ -59,6 +60,8 @@ pub enum Command {
     Man,
     /// Check, as the runner user, that jobs can use this host's hardware, and how to fix it.
     Doctor(doctor::DoctorArgs),
+    /// Throwaway host: register one ephemeral runner, run one job, deregister, power off.
+    Oneshot(oneshot::OneshotArgs),
     /// Runner releases: download, verify, cache, install.
     Release(Box<release::ReleaseArgs>),
     #[command(flatten)]
@@ -91,6 +94,7 @@ fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Completions(args) => docs::completions(&args),
         Command::Man => docs::man(),
         Command::Doctor(args) => doctor::doctor(&cli.config, &args),
+        Command::Oneshot(args) => oneshot::run(&cli.config, &args),
         Command::Release(args) => release::run(*args, &cli.config),
         Command::Runners(command) => runners::run(&cli.config, command),
         Command::Token(args) => token::run(&cli.config, &args),

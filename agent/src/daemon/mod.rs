@@ -31,6 +31,7 @@
 pub mod boards;
 pub mod drain;
 pub mod exits;
+pub mod jit;
 pub mod metrics;
 pub mod plan;
 pub mod ratelimit;
@@ -230,8 +231,17 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
         releases: None,
     };
     let mut resync_at = Instant::now();
+    let mut one_job = jit::Jit::default();
     loop {
         reap();
+        // One-job runners: JIT slots, ephemeral runners to register again at once.
+        let board_gated = |name: &str| daemon.boards.gated(name);
+        if one_job
+            .tick(&daemon.config, &daemon.hostname, board_gated)
+            .await
+        {
+            resync_at = Instant::now();
+        }
         let now = Instant::now();
         let boards_changed = daemon.boards.rescan();
         let pass = now >= resync_at || boards_changed || daemon.needs_pass();
@@ -259,6 +269,7 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
                         daemon.health.clear();
                         daemon.github_circuit = None;
                         daemon.releases = None;
+                        one_job = jit::Jit::default();
                         secrets = watch(&daemon.config);
                         resync_at = Instant::now();
                     }
@@ -312,7 +323,13 @@ fn reap() {
 /// The service state of `runner` (`active`, `inactive`, …), if it can be asked.
 fn service_state(lifecycle: &Lifecycle<'_>, runner: &config::Runner) -> Option<String> {
     let unit = lifecycle.unit(runner).ok()?;
-    let backend = lifecycle.backends.get(runner.service.as_str())?;
+    // A JIT runner's listener is always a process of the daemon.
+    let kind = if jit::is_jit(runner) {
+        config::ServiceKind::Process
+    } else {
+        runner.service
+    };
+    let backend = lifecycle.backends.get(kind.as_str())?;
     backend.status(&unit).ok().map(|status| status.state)
 }
 
@@ -331,6 +348,7 @@ impl Daemon {
             let gated = health.is_some_and(|h| h.gated(now)) || self.boards.gated(&runner.name);
             let was_running = health.is_some_and(|h| h.was_running);
             !gated
+                && !jit::is_jit(runner)
                 && !drain::is_marked(state_dir, &runner.name)
                 && (was_running || runner::LocalRegistration::read(&runner.dir).is_some())
                 && service_state(&lifecycle, runner).is_some_and(|state| state != "active")

@@ -112,9 +112,12 @@ impl Daemon {
                 }
             }
             ExitKind::Deleted { cleaned } => {
-                log::warn!(
-                    "runner `{name}`: its registration was deleted on GitHub; registering it again with a fresh token"
-                );
+                // An ephemeral runner's registration goes after its one job (`jit` says so).
+                if runner.ephemeral == Ephemeral::No {
+                    log::warn!(
+                        "runner `{name}`: its registration was deleted on GitHub; registering it again with a fresh token"
+                    );
+                }
                 if !cleaned {
                     for file in REGISTRATION_FILES {
                         let _ = std::fs::remove_file(runner.dir.join(file));
@@ -216,6 +219,14 @@ impl Daemon {
         let mut desired = Vec::new();
         let mut drained = Vec::new();
         for runner in &config.runners {
+            if super::jit::is_jit(runner) {
+                // `jit` runs its slots; desired only, so that its registration is no ghost.
+                desired.push(DesiredRunner {
+                    name: runner.name.clone(),
+                    labels: Vec::new(),
+                });
+                continue;
+            }
             let running = service_state(&lifecycle, runner).as_deref() == Some("active");
             if running {
                 let health = self.health.entry(runner.name.clone()).or_default();
@@ -293,6 +304,13 @@ impl Daemon {
         // A board that cannot take jobs keeps its runners offline, whatever else holds.
         observed.gates.extend(self.boards.gates());
         for action in plan(&desired, &observed, now) {
+            if let Action::Register(name) | Action::Start(name) | Action::UpdateLabels(name) =
+                &action
+            {
+                if config.runner(name).is_some_and(super::jit::is_jit) {
+                    continue;
+                }
+            }
             if !github_ok && needs_github(&action) {
                 if let Action::Register(name) | Action::UpdateLabels(name) = &action {
                     let health = self.health.entry(name.clone()).or_default();
@@ -456,6 +474,7 @@ impl Daemon {
                 continue;
             };
             if drained.contains(&runner.name)
+                || super::jit::is_jit(runner)
                 || self.health.get(&runner.name).is_some_and(|h| h.gated(now))
                 || runner::LocalRegistration::read(&runner.dir).is_none()
                 || busy_on_github(list, &runner.dir)

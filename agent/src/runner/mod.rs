@@ -387,8 +387,13 @@ impl<'a> Lifecycle<'a> {
     }
 
     fn backend(&self, runner: &Runner) -> Result<&dyn Backend, RunnerError> {
+        // A JIT runner's listener is always a process of the daemon (`daemon::jit`).
+        let kind = match runner.ephemeral {
+            Ephemeral::Jit => crate::config::ServiceKind::Process,
+            _ => runner.service,
+        };
         self.backends
-            .get(runner.service.as_str())
+            .get(kind.as_str())
             .map(|b| b.as_ref())
             .ok_or_else(|| RunnerError::Service {
                 runner: runner.name.clone(),
@@ -415,7 +420,7 @@ impl<'a> Lifecycle<'a> {
         serde_json::from_str(&text).ok()
     }
 
-    fn write_record(&self, record: &Record) -> Result<(), RunnerError> {
+    pub fn write_record(&self, record: &Record) -> Result<(), RunnerError> {
         let dir = self.runners_dir();
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).map_err(io_err(&dir))?;

@@ -1,0 +1,698 @@
+//! One-job runners in the daemon: `ephemeral = "jit"` and plain `ephemeral = true`.
+//!
+//! A **JIT runner** is never configured with `config.sh`. For each job slot the daemon:
+//! 1. resets the runner directory to the verified release (a fresh directory built from the
+//!    release cache's sealed tree and swapped into place, so nothing of the last job stays:
+//!    no work files, no `.runner`, no `.credentials`);
+//! 2. asks GitHub for a just-in-time configuration (`POST …/actions/runners/generate-jitconfig`,
+//!    the runner group id resolved from its configured name, the runner's labels plus the
+//!    defaults `config.sh` would add: `self-hosted`, `Linux`, the arch);
+//! 3. starts `run.sh` through the `process` backend with the configuration in
+//!    `ACTIONS_RUNNER_INPUT_JITCONFIG` (in its environment, never in argv: `run.sh` passes its
+//!    arguments on to `Runner.Listener run`, which reads the input from the environment and
+//!    removes it from its own before any job starts). The slot's registration id is kept in
+//!    `<state_dir>/runners/<name>.jit.json` (no secret in it);
+//! 4. when the listener exits (its one job done, or it failed), deletes the slot's registration
+//!    if GitHub still has it, power-cycles the runner's board if it has power control and no job
+//!    holds it, and starts the next slot.
+//!
+//! A slot whose listener outlives the daemon (`SIGTERM` leaves runners running) is adopted by
+//! the next daemon through its pid file and state file.
+//!
+//! The reconcile loop counts a JIT runner as desired (so that its registration is never taken
+//! for a ghost) but leaves its actions to this module.
+//!
+//! A plain **ephemeral runner** (`ephemeral = true`, `config.sh --ephemeral`) runs under the
+//! normal reconcile loop; after its job GitHub deletes the registration and the listener deletes
+//! its local files. This module then asks for a reconcile pass at once, which registers it
+//! again; for the `process` backend it first resets the directory to the release.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::unistd::{Gid, Uid};
+
+use crate::config::{Config, Ephemeral, Runner, Scope, ServiceKind};
+use crate::github::{Client, GithubError};
+use crate::release::{self, Arch, FetchRequest};
+use crate::runner::{self, Lifecycle, LocalRegistration, Record, Remote, RunnerError};
+use crate::service::{Backend as _, Process, RunAs};
+
+/// The environment variable the listener reads its JIT configuration from.
+pub const JIT_INPUT: &str = "ACTIONS_RUNNER_INPUT_JITCONFIG";
+
+/// How long a slot waits after a deterministic failure (bad credentials, missing permission,
+/// an unknown runner group) before trying again, unless the configuration is reloaded.
+pub const CIRCUIT_OPEN: Duration = Duration::from_secs(3600);
+
+/// Errors of one JIT slot.
+#[derive(Debug, thiserror::Error)]
+pub enum JitError {
+    #[error("JIT runners need GitHub's REST API\n\nhint: configure `pat_file` or `app` instead of `registration_token_file`")]
+    NoRest,
+    #[error("no runner group named `{group}` in `{scope}` (groups: {known})\n\nhint: fix `group` of runner `{runner}`, or create the group on GitHub")]
+    UnknownGroup {
+        runner: String,
+        group: String,
+        scope: String,
+        known: String,
+    },
+    #[error("runner `{runner}` would run as root\n\nhint: set `user` to an unprivileged account")]
+    RootUser { runner: String },
+    #[error("cannot reset `{dir}` to the runner release")]
+    Release {
+        dir: PathBuf,
+        #[source]
+        source: Box<release::ReleaseError>,
+    },
+    #[error("GitHub API: {what}")]
+    Github {
+        what: String,
+        #[source]
+        source: Box<GithubError>,
+    },
+    #[error(transparent)]
+    Runner(#[from] RunnerError),
+    #[error("cannot start runner `{runner}`")]
+    Service {
+        runner: String,
+        #[source]
+        source: crate::service::ServiceError,
+    },
+    #[error("i/o error at `{path}`")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl JitError {
+    /// Whether retrying cannot help until the secret, the permissions or the configuration
+    /// change.
+    fn deterministic(&self) -> bool {
+        match self {
+            JitError::NoRest | JitError::UnknownGroup { .. } | JitError::RootUser { .. } => true,
+            JitError::Github { source, .. } => matches!(
+                **source,
+                GithubError::BadCredentials { .. } | GithubError::MissingPermission { .. }
+            ),
+            _ => false,
+        }
+    }
+}
+
+fn github(what: impl Into<String>) -> impl FnOnce(GithubError) -> JitError {
+    let what = what.into();
+    move |source| JitError::Github {
+        what,
+        source: Box::new(source),
+    }
+}
+
+/// What `<state_dir>/runners/<name>.jit.json` holds: the current slot's registration.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SlotState {
+    /// The JIT registration's runner id.
+    pub id: u64,
+}
+
+/// The state file of `name`'s current slot.
+pub fn state_path(state_dir: &Path, name: &str) -> PathBuf {
+    state_dir.join("runners").join(format!("{name}.jit.json"))
+}
+
+fn read_state(state_dir: &Path, name: &str) -> Option<SlotState> {
+    let text = fs::read_to_string(state_path(state_dir, name)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn write_state(state_dir: &Path, name: &str, state: &SlotState) -> Result<(), JitError> {
+    let path = state_path(state_dir, name);
+    let io = |source| JitError::Io {
+        path: path.clone(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(io)?;
+    }
+    let text = serde_json::to_string(state).map_err(|err| io(std::io::Error::other(err)))?;
+    let staging = path.with_extension("json.tmp");
+    fs::write(&staging, text).map_err(io)?;
+    fs::rename(&staging, &path).map_err(io)
+}
+
+/// Whether `runner` is run by this module as one JIT slot after another.
+pub fn is_jit(runner: &Runner) -> bool {
+    runner.ephemeral == Ephemeral::Jit
+}
+
+/// The labels a JIT runner registers with: the defaults `config.sh` would add (JIT
+/// registrations get none of their own), then the runner's own ([`runner::desired_labels`]).
+pub fn jit_labels(config: &Config, runner: &Runner, hostname: &str, kvm: bool) -> Vec<String> {
+    let arch = Arch::host()
+        .map(|arch| arch.as_str().to_ascii_uppercase())
+        .unwrap_or_else(|_| "X64".to_owned());
+    let mut labels: Vec<String> = vec!["self-hosted".to_owned(), "Linux".to_owned(), arch];
+    for label in runner::desired_labels(config, runner, hostname, kvm) {
+        if !labels
+            .iter()
+            .any(|known| known.eq_ignore_ascii_case(&label))
+        {
+            labels.push(label);
+        }
+    }
+    labels
+}
+
+/// The id of runner group `group` of `scope` (`None`: the default group). A repository has
+/// only the default group, id 1.
+pub async fn group_id(
+    client: &Client,
+    scope: &Scope,
+    runner: &str,
+    group: Option<&str>,
+) -> Result<u64, JitError> {
+    if let Scope::Repo { .. } = scope {
+        return match group {
+            None => Ok(1),
+            Some(name) if name.eq_ignore_ascii_case("default") => Ok(1),
+            Some(name) => Err(JitError::UnknownGroup {
+                runner: runner.to_owned(),
+                group: name.to_owned(),
+                scope: scope.api_prefix(),
+                known: "Default (a repository has no other)".to_owned(),
+            }),
+        };
+    }
+    let groups = client
+        .runner_groups(scope)
+        .await
+        .map_err(github("list the runner groups"))?;
+    let found = match group {
+        Some(name) => groups.iter().find(|g| g.name.eq_ignore_ascii_case(name)),
+        None => groups.iter().find(|g| g.default),
+    };
+    match (found, group) {
+        (Some(found), _) => Ok(found.id),
+        (None, None) => Ok(1),
+        (None, Some(name)) => Err(JitError::UnknownGroup {
+            runner: runner.to_owned(),
+            group: name.to_owned(),
+            scope: scope.api_prefix(),
+            known: groups
+                .iter()
+                .map(|g| format!("`{}`", g.name))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+    }
+}
+
+/// Reset `runner`'s directory to the verified release: a fresh tree from the release cache
+/// (hard links to the sealed tree, directories owned by the runner user) swapped into place.
+/// A work directory outside the runner directory is emptied too. Returns the version.
+pub async fn reset_dir(
+    config: &Config,
+    runner: &Runner,
+    run_as: &RunAs,
+) -> Result<String, JitError> {
+    let release_err = |source| JitError::Release {
+        dir: runner.dir.clone(),
+        source: Box::new(source),
+    };
+    let mut request = FetchRequest::from_config(config, Some(runner)).map_err(release_err)?;
+    request.progress = false;
+    if let Some(parent) = runner.dir.parent() {
+        fs::create_dir_all(parent).map_err(|source| JitError::Io {
+            path: parent.to_path_buf(),
+            source,
+        })?;
+    }
+    let owner = Some((Uid::from_raw(run_as.uid), Gid::from_raw(run_as.gid)));
+    let cached = release::fetch_and_install(&request, &runner.dir, owner)
+        .await
+        .map_err(release_err)?;
+    let work = &runner.work_dir;
+    if work.is_absolute() && !work.starts_with(&runner.dir) && work.components().count() > 2 {
+        match fs::remove_dir_all(work) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(JitError::Io {
+                    path: work.clone(),
+                    source,
+                })
+            }
+        }
+        let io = |source| JitError::Io {
+            path: work.clone(),
+            source,
+        };
+        fs::create_dir_all(work).map_err(io)?;
+        std::os::unix::fs::chown(work, Some(run_as.uid), Some(run_as.gid)).map_err(io)?;
+    }
+    Ok(cached.version.to_string())
+}
+
+/// Delete a runner directory's registration and credentials (the listener's JIT files).
+fn drop_local(dir: &Path) {
+    for file in [
+        ".runner",
+        ".runner_migrated",
+        ".credentials",
+        ".credentials_migrated",
+        ".credentials_rsaparams",
+    ] {
+        let _ = fs::remove_file(dir.join(file));
+    }
+}
+
+/// Power-cycle `runner`'s board between jobs, when it has power control and no live job holds
+/// it. Best effort: a failure is logged (the next job's hooks check the board anyway).
+fn reset_board(config: &Config, runner: &Runner) {
+    let Some(board) = runner.board.as_deref().and_then(|name| config.board(name)) else {
+        return;
+    };
+    if board.power.is_none() {
+        return;
+    }
+    let state_dir = &config.agent.state_dir;
+    match crate::boards::lease::current(state_dir, &board.name) {
+        Ok(Some(lease)) => {
+            log::info!(
+                "board `{}` is held by {}: not resetting it between jobs",
+                board.name,
+                lease.describe()
+            );
+            return;
+        }
+        Ok(None) => {}
+        Err(err) => {
+            log::warn!("cannot read the lease of board `{}`: {err}", board.name);
+            return;
+        }
+    }
+    let ctx = crate::boards::power::PowerContext {
+        mbpoll: PathBuf::from("mbpoll"),
+        roots: crate::boards::identity::Roots::default(),
+        state_dir: state_dir.clone(),
+    };
+    match crate::boards::power::run(board, crate::boards::power::Action::Cycle, &ctx) {
+        Ok(()) => log::info!(
+            "board `{}` power-cycled between jobs of `{}`",
+            board.name,
+            runner.name
+        ),
+        Err(err) => log::warn!(
+            "cannot power-cycle board `{}` between jobs: {err}",
+            board.name
+        ),
+    }
+}
+
+/// Per-runner failure state of a slot.
+#[derive(Debug, Clone, Default)]
+struct Failures {
+    count: u32,
+    until: Option<Instant>,
+}
+
+/// The one-job runners of the daemon. Kept across passes; reset when the configuration is
+/// reloaded (its state lives on disk: pid files and slot state files).
+#[derive(Debug, Default)]
+pub struct Jit {
+    failures: BTreeMap<String, Failures>,
+    /// Ephemeral runners whose directory was reset since their last registration.
+    reset: BTreeSet<String>,
+    /// JIT runners seen drained (said once).
+    drained: BTreeSet<String>,
+    /// JIT runners seen with a board that cannot take jobs (said once).
+    board_gated: BTreeSet<String>,
+}
+
+impl Jit {
+    /// Look after the one-job runners: end finished slots and start new ones (JIT), reset the
+    /// directory of an ephemeral runner whose job is done. Returns whether a reconcile pass is
+    /// wanted now (an ephemeral runner to register again).
+    ///
+    /// `board_gated` says whether a runner's board keeps it offline (missing, ambiguous or
+    /// unhealthy): such a JIT runner takes no new slot.
+    pub async fn tick(
+        &mut self,
+        config: &Config,
+        hostname: &str,
+        board_gated: impl Fn(&str) -> bool,
+    ) -> bool {
+        let mut wants_pass = false;
+        for runner in &config.runners {
+            match runner.ephemeral {
+                Ephemeral::Jit => {
+                    let gated = board_gated(&runner.name);
+                    self.tick_jit(config, hostname, runner, gated).await;
+                }
+                Ephemeral::Yes => wants_pass |= self.tick_ephemeral(config, runner).await,
+                _ => {}
+            }
+        }
+        wants_pass
+    }
+
+    async fn tick_jit(&mut self, config: &Config, hostname: &str, runner: &Runner, gated: bool) {
+        let state_dir = &config.agent.state_dir;
+        let process = Process::new(state_dir);
+        if process.running(&runner.name).is_some() {
+            return;
+        }
+        // No listener: no registration or credentials of a slot stay on disk until the next.
+        drop_local(&runner.dir);
+        if let Some(state) = read_state(state_dir, &runner.name) {
+            self.end_slot(config, runner, &state).await;
+        }
+        if super::drain::is_marked(state_dir, &runner.name) {
+            // Drained (`agentctl drain`): no new slot until `agentctl undrain`.
+            if self.drained.insert(runner.name.clone()) {
+                log::info!(
+                    "JIT runner `{}` is drained: no new slot until `agentctl undrain`",
+                    runner.name
+                );
+            }
+            return;
+        }
+        self.drained.remove(&runner.name);
+        if gated {
+            if self.board_gated.insert(runner.name.clone()) {
+                log::info!(
+                    "JIT runner `{}` takes no new slot while its board cannot take jobs",
+                    runner.name
+                );
+            }
+            return;
+        }
+        self.board_gated.remove(&runner.name);
+        let now = Instant::now();
+        if self
+            .failures
+            .get(&runner.name)
+            .and_then(|f| f.until)
+            .is_some_and(|until| until > now)
+        {
+            return;
+        }
+        match self.start_slot(config, hostname, runner).await {
+            Ok(id) => {
+                log::info!(
+                    "JIT runner `{}` is waiting for a job (id {id})",
+                    runner.name
+                );
+                self.failures.remove(&runner.name);
+            }
+            Err(err) => {
+                let entry = self.failures.entry(runner.name.clone()).or_default();
+                let text = super::error_chain(&err);
+                if err.deterministic() {
+                    entry.until = Some(Instant::now() + CIRCUIT_OPEN);
+                    log::error!(
+                        "JIT runner `{}`: {text}; not trying again for {} min (or until the configuration is reloaded)",
+                        runner.name,
+                        CIRCUIT_OPEN.as_secs() / 60
+                    );
+                } else {
+                    entry.count += 1;
+                    let delay = super::backoff(entry.count);
+                    entry.until = Some(Instant::now() + delay);
+                    log::warn!(
+                        "JIT runner `{}`: {text}; retrying in {} s",
+                        runner.name,
+                        delay.as_secs()
+                    );
+                }
+            }
+        }
+    }
+
+    /// The listener of a slot exited: its registration goes (GitHub deletes a JIT runner after
+    /// its job; one that never got a job would stay), then the board is reset.
+    async fn end_slot(&mut self, config: &Config, runner: &Runner, state: &SlotState) {
+        log::info!(
+            "JIT runner `{}` (id {}) ended its slot",
+            runner.name,
+            state.id
+        );
+        if let Ok(remote @ Remote::Rest { .. }) = Remote::from_config(config) {
+            if let Err(err) = remote.delete_runner(state.id).await {
+                log::warn!(
+                    "cannot delete the registration {} of JIT runner `{}`: {}",
+                    state.id,
+                    runner.name,
+                    super::error_chain(&err)
+                );
+            }
+        }
+        let _ = fs::remove_file(state_path(&config.agent.state_dir, &runner.name));
+        reset_board(config, runner);
+    }
+
+    /// A fresh directory, a JIT configuration, the listener started. Returns the runner id.
+    async fn start_slot(
+        &mut self,
+        config: &Config,
+        hostname: &str,
+        runner: &Runner,
+    ) -> Result<u64, JitError> {
+        let run_as = runner::run_as(&runner.user)?;
+        if run_as.uid == 0 {
+            return Err(JitError::RootUser {
+                runner: runner.name.clone(),
+            });
+        }
+        if runner.service != ServiceKind::Process && !self.failures.contains_key(&runner.name) {
+            log::info!(
+                "JIT runner `{}` runs as a process of the daemon (`service = \"{}\"` does not apply to JIT runners)",
+                runner.name,
+                runner.service.as_str()
+            );
+        }
+        let remote = Remote::from_config(config)?;
+        let Remote::Rest { client, scope } = &remote else {
+            return Err(JitError::NoRest);
+        };
+        let version = reset_dir(config, runner, &run_as).await?;
+        let group = group_id(client, scope, &runner.name, runner.group.as_deref()).await?;
+        let lifecycle = Lifecycle::new(config, hostname.to_owned(), Remote::from_config(config)?);
+        let kvm = runner::kvm_usable(&run_as, &lifecycle.options.kvm_node);
+        let labels = jit_labels(config, runner, hostname, kvm);
+        let work = runner.work_dir.to_string_lossy().into_owned();
+        let jit = match client
+            .generate_jitconfig(scope, &runner.name, group, &labels, Some(&work))
+            .await
+        {
+            Err(GithubError::NameTaken { .. }) => {
+                // A slot of an earlier daemon that never got its job, or one GitHub has not
+                // deleted yet: ours (marker label) and idle, so it goes.
+                self.free_name(client, scope, &lifecycle.marker(), &runner.name)
+                    .await?;
+                client
+                    .generate_jitconfig(scope, &runner.name, group, &labels, Some(&work))
+                    .await
+                    .map_err(github(format!(
+                        "generate a JIT config for `{}`",
+                        runner.name
+                    )))?
+            }
+            other => other.map_err(github(format!(
+                "generate a JIT config for `{}`",
+                runner.name
+            )))?,
+        };
+        let id = jit.runner.id;
+        write_state(&config.agent.state_dir, &runner.name, &SlotState { id })?;
+        lifecycle.write_record(&Record {
+            name: runner.name.clone(),
+            dir: runner.dir.clone(),
+            user: runner.user.clone(),
+            version,
+            service: ServiceKind::Process.as_str().to_owned(),
+            labels,
+        })?;
+        let mut unit = lifecycle.unit(runner)?;
+        unit.env
+            .insert(JIT_INPUT.to_owned(), jit.encoded_jit_config.clone());
+        let started = Process::new(&config.agent.state_dir)
+            .start(&unit)
+            .map_err(|source| JitError::Service {
+                runner: runner.name.clone(),
+                source,
+            });
+        if started.is_err() {
+            let _ = lifecycle.remote.delete_runner(id).await;
+            let _ = fs::remove_file(state_path(&config.agent.state_dir, &runner.name));
+        }
+        started?;
+        Ok(id)
+    }
+
+    async fn free_name(
+        &self,
+        client: &Client,
+        scope: &Scope,
+        marker: &str,
+        name: &str,
+    ) -> Result<(), JitError> {
+        let taken = client
+            .runner_named(scope, name)
+            .await
+            .map_err(github(format!("look up runner `{name}`")))?;
+        let Some(taken) = taken else {
+            return Ok(());
+        };
+        let ours = taken
+            .labels
+            .iter()
+            .any(|l| l.name.eq_ignore_ascii_case(marker));
+        if !ours || taken.busy {
+            return Err(JitError::Github {
+                what: format!("register JIT runner `{name}`"),
+                source: Box::new(GithubError::NameTaken {
+                    url: String::new(),
+                    name: name.to_owned(),
+                    message: if ours {
+                        format!("runner {} of this host is still running a job", taken.id)
+                    } else {
+                        format!(
+                            "runner {} is another host's (it lacks the label `{marker}`)",
+                            taken.id
+                        )
+                    },
+                }),
+            });
+        }
+        log::info!(
+            "deleting the stale JIT registration `{name}` (id {}) of this host",
+            taken.id
+        );
+        match client.delete_runner(scope, taken.id).await {
+            Ok(()) => Ok(()),
+            Err(err) if err.status() == Some(404) => Ok(()),
+            Err(err) => Err(github(format!("delete runner {}", taken.id))(err)),
+        }
+    }
+
+    /// An ephemeral runner that has registered before and has no registration left: its job is
+    /// done. Ask for a pass at once (which registers it again); a `process` runner's directory is
+    /// reset to the release first, once its listener ended (a systemd unit's files live in its
+    /// directory, so those keep theirs).
+    async fn tick_ephemeral(&mut self, config: &Config, runner: &Runner) -> bool {
+        let registered = LocalRegistration::read(&runner.dir).is_some();
+        if registered {
+            self.reset.remove(&runner.name);
+            return false;
+        }
+        let recorded = config
+            .agent
+            .state_dir
+            .join("runners")
+            .join(format!("{}.json", runner.name))
+            .exists();
+        if self.reset.contains(&runner.name) || !recorded || !runner.dir.join("config.sh").exists()
+        {
+            return false;
+        }
+        if runner.service != ServiceKind::Process {
+            log::info!(
+                "ephemeral runner `{}` finished its job: registering it again",
+                runner.name
+            );
+            self.reset.insert(runner.name.clone());
+            return true;
+        }
+        let process = Process::new(&config.agent.state_dir);
+        if process.running(&runner.name).is_some() {
+            return false;
+        }
+        let run_as = match runner::run_as(&runner.user) {
+            Ok(run_as) => run_as,
+            Err(err) => {
+                log::warn!("ephemeral runner `{}`: {err}", runner.name);
+                return false;
+            }
+        };
+        // The pid file of the finished listener.
+        let _ = process.stop(&crate::service::Unit {
+            name: runner.name.clone(),
+            dir: runner.dir.clone(),
+            run_as: run_as.clone(),
+            env: BTreeMap::new(),
+            env_file: None,
+            extra_groups: Vec::new(),
+        });
+        match reset_dir(config, runner, &run_as).await {
+            Ok(_) => {
+                log::info!(
+                    "ephemeral runner `{}` finished its job: directory reset to the release, registering it again",
+                    runner.name
+                );
+                reset_board(config, runner);
+                self.reset.insert(runner.name.clone());
+                true
+            }
+            Err(err) => {
+                log::warn!(
+                    "ephemeral runner `{}`: {}; registering it again in its old directory",
+                    runner.name,
+                    super::error_chain(&err)
+                );
+                self.reset.insert(runner.name.clone());
+                true
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jit_labels_start_with_the_defaults_config_sh_would_add() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("pat");
+        fs::write(&token, "ghp_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa").unwrap();
+        fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let path = dir.path().join("agent.toml");
+        fs::write(
+            &path,
+            "version = 1\n[github]\nurl = \"https://github.com/o/r\"\npat_file = \"pat\"\n\
+             [[runner]]\nname = \"j1\"\nephemeral = \"jit\"\nlabels = [\"linux\", \"lab\"]\n",
+        )
+        .unwrap();
+        let config =
+            crate::config::load_with(&path, &crate::config::LoadOptions::default()).unwrap();
+        let runner = config.runner("j1").unwrap();
+        assert!(is_jit(runner));
+        let labels = jit_labels(&config, runner, "h1", false);
+        assert_eq!(labels[0], "self-hosted");
+        assert_eq!(labels[1], "Linux");
+        assert_eq!(labels.last().map(String::as_str), Some("host-h1"));
+        assert!(labels.iter().any(|l| l == "lab"));
+        // `linux` is the default label already: no duplicate in another case.
+        assert_eq!(
+            labels
+                .iter()
+                .filter(|l| l.eq_ignore_ascii_case("linux"))
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn slot_state_round_trips_and_holds_no_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        write_state(dir.path(), "j1", &SlotState { id: 42 }).unwrap();
+        assert_eq!(read_state(dir.path(), "j1"), Some(SlotState { id: 42 }));
+        let text = fs::read_to_string(state_path(dir.path(), "j1")).unwrap();
+        assert_eq!(text, r#"{"id":42}"#);
+    }
+}
