@@ -192,8 +192,11 @@ fn needs_pass(config: &Config, hostname: &str, failures: &BTreeMap<String, Failu
         let gated = failures.get(&runner.name).is_some_and(|f| {
             f.until.is_some_and(|t| t > now) || f.circuit_until.is_some_and(|t| t > now)
         });
+        // A listener that finds its registration deleted on GitHub removes `.runner` before it
+        // exits (v2.336.0, actions-runner.md §4.3): the agent's record still says it is ours.
         !gated
-            && runner::LocalRegistration::read(&runner.dir).is_some()
+            && (runner::LocalRegistration::read(&runner.dir).is_some()
+                || lifecycle.record(&runner.name).is_some())
             && lifecycle
                 .unit(runner)
                 .ok()
