@@ -153,22 +153,27 @@ pub(crate) fn ensure_boards_dir(state_dir: &Path) -> Result<PathBuf, BoardError>
 /// if needed, owned by root and `gid`, mode 2770 (see [`boards_dir`]). Run as root when a board
 /// runner is registered, so the first job hook (run as the runner user, who cannot create
 /// directories in the state directory) finds it.
+///
+/// A directory that is already right (the package makes it) is left alone: under
+/// `runner-agent.service`'s `RestrictSUIDSGID=yes` even a `chmod` that keeps the setgid bit is
+/// refused (`EPERM`).
 pub fn prepare_boards_dir(state_dir: &Path, gid: u32) -> Result<PathBuf, BoardError> {
+    use std::os::unix::fs::MetadataExt as _;
     let dir = ensure_boards_dir(state_dir)?;
     let create_err = |source| BoardError::CreateDir {
         path: dir.clone(),
         source,
     };
-    // Already so: touch nothing (the daemon watches this directory).
-    let ready = fs::metadata(&dir).is_ok_and(|meta| {
-        use std::os::unix::fs::MetadataExt as _;
-        meta.uid() == 0 && meta.gid() == gid && meta.mode() & 0o7777 == BOARDS_DIR_MODE
-    });
-    if ready {
-        return Ok(dir);
+    let meta = fs::metadata(&dir).map_err(create_err)?;
+    if meta.uid() != 0 || meta.gid() != gid {
+        std::os::unix::fs::chown(&dir, Some(0), Some(gid)).map_err(create_err)?;
     }
-    std::os::unix::fs::chown(&dir, Some(0), Some(gid)).map_err(create_err)?;
-    fs::set_permissions(&dir, fs::Permissions::from_mode(BOARDS_DIR_MODE)).map_err(create_err)?;
+    // chown clears the setgid bit: read the mode again.
+    let mode = fs::metadata(&dir).map_err(create_err)?.mode() & 0o7777;
+    if mode != BOARDS_DIR_MODE {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(BOARDS_DIR_MODE))
+            .map_err(create_err)?;
+    }
     Ok(dir)
 }
 

@@ -350,7 +350,11 @@ impl Daemon {
             !gated
                 && !jit::is_jit(runner)
                 && !drain::is_marked(state_dir, &runner.name)
-                && (was_running || runner::LocalRegistration::read(&runner.dir).is_some())
+                // A listener that finds its registration deleted removes `.runner` before it
+                // exits (actions-runner.md §4.3): the agent's record still says it is ours.
+                && (was_running
+                    || runner::LocalRegistration::read(&runner.dir).is_some()
+                    || lifecycle.record(&runner.name).is_some())
                 && service_state(&lifecycle, runner).is_some_and(|state| state != "active")
         })
     }

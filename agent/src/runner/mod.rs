@@ -452,6 +452,8 @@ impl<'a> Lifecycle<'a> {
         let mut env = crate::boards::env::job_env(board, console.as_ref(), ctx);
         let hooks = self.runners_dir().join(format!("{}.hooks", runner.name));
         fs::create_dir_all(&hooks).map_err(io_err(&hooks))?;
+        // The runner user runs the hooks: whatever the umask (the service's is 0027).
+        fs::set_permissions(&hooks, fs::Permissions::from_mode(0o755)).map_err(io_err(&hooks))?;
         let options = crate::boards::hooks::HookOptions::for_board(board);
         let started = hooks.join("job-started.sh");
         let completed = hooks.join("job-completed.sh");

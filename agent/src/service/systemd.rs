@@ -89,10 +89,14 @@ pub struct DropIn {
 /// start; `SupplementaryGroups=` makes `kvm`/`dialout` explicit, so a job has them even before
 /// the user's membership is fixed and `doctor` can tell. `Restart=on-failure`: `runsvc.sh` exits
 /// 0 on the listener's terminal errors (deleted registration, deprecated version), which must not
-/// loop, and non-zero only when something crashed.
+/// loop, and non-zero only when something crashed. `Before=runner-agent.service` (ordering only):
+/// at shutdown systemd stops the agent before the runners, so the agent never tries to start a
+/// runner that the shutdown is stopping; at boot the runners start first.
 pub fn render_drop_in(drop_in: &DropIn) -> String {
     let mut text = String::from(
         "# written by runner-agent (agentctl register): additions to the unit of the runner's svc.sh\n\
+         [Unit]\n\
+         Before=runner-agent.service\n\
          [Service]\n",
     );
     if !drop_in.supplementary_groups.is_empty() {
@@ -217,18 +221,20 @@ impl Backend for Systemd {
                 unit: None,
             });
         };
-        // `systemctl show` exits 0 for unknown units too; its answer is what counts.
-        let text = self.commands.systemctl(&[
-            "show",
-            "--property=ActiveState,MainPID",
-            "--value",
-            &unit_name,
-        ])?;
-        let mut lines = text.lines();
-        let state = lines.next().unwrap_or("unknown").trim().to_owned();
-        let pid = lines
-            .next()
-            .and_then(|line| line.trim().parse::<u32>().ok())
+        // `systemctl show` exits 0 for unknown units too; its answer is what counts. It prints
+        // the properties in its own order (a service's `MainPID` before the unit's
+        // `ActiveState`), not in the order asked: read them by name.
+        let text =
+            self.commands
+                .systemctl(&["show", "--property=ActiveState,MainPID", &unit_name])?;
+        let property = |name: &str| {
+            text.lines()
+                .find_map(|line| line.trim().strip_prefix(name)?.strip_prefix('='))
+                .map(str::to_owned)
+        };
+        let state = property("ActiveState").unwrap_or_else(|| "unknown".to_owned());
+        let pid = property("MainPID")
+            .and_then(|pid| pid.parse::<u32>().ok())
             .filter(|pid| *pid != 0);
         Ok(ServiceStatus {
             backend: "systemd",
@@ -279,7 +285,7 @@ mod tests {
             &systemctl,
             &format!(
                 "echo \"systemctl $*\" >> {log}\n\
-                 if [ \"$1\" = show ]; then printf 'active\\n4242\\n'; fi\n",
+                 if [ \"$1\" = show ]; then printf 'MainPID=4242\\nActiveState=active\\n'; fi\n",
                 log = log.display()
             ),
         );
@@ -354,7 +360,7 @@ mod tests {
                  systemctl start actions.runner._services.r1.service\n\
                  systemctl daemon-reload\n\
                  systemctl enable actions.runner._services.r1.service\n\
-                 systemctl show --property=ActiveState,MainPID --value actions.runner._services.r1.service\n\
+                 systemctl show --property=ActiveState,MainPID actions.runner._services.r1.service\n\
                  systemctl stop actions.runner._services.r1.service\n\
                  svc.sh uninstall (cwd {dir})\n"
             )
