@@ -29,6 +29,7 @@
 //! is set ([`metrics`]).
 
 pub mod boards;
+pub mod busy;
 pub mod drain;
 pub mod exits;
 pub mod jit;

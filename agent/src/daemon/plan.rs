@@ -23,6 +23,8 @@ pub struct LocalRunner {
     pub id: Option<u64>,
     /// Its service is running.
     pub running: bool,
+    /// It runs a job, as this host sees it ([`super::busy`]).
+    pub busy: bool,
     /// The labels it was registered (or last updated) with.
     pub labels: Vec<String>,
 }
@@ -93,10 +95,10 @@ pub fn plan(desired: &[DesiredRunner], observed: &Observed, now: Instant) -> Vec
                     .find(|l| l.name == want.name && l.running)
                 {
                     // A job running on the board ends first (it fails or finishes on its own).
-                    let busy = observed
-                        .remote
-                        .as_ref()
-                        .is_some_and(|list| list.iter().any(|r| Some(r.id) == local.id && r.busy));
+                    let busy = local.busy
+                        || observed.remote.as_ref().is_some_and(|list| {
+                            list.iter().any(|r| Some(r.id) == local.id && r.busy)
+                        });
                     if !busy {
                         actions.push(Action::Stop(want.name.clone(), reason.clone()));
                     }
@@ -179,6 +181,7 @@ mod tests {
             name: name.to_owned(),
             id,
             running,
+            busy: false,
             labels: vec!["kvm".to_owned(), MARKER.to_owned()],
         }
     }
