@@ -15,8 +15,9 @@
 //! a relative path). Zombies have no command line and do not count.
 //!
 //! [`busy`] combines both views: busy if either says so. Without REST access, or while the list
-//! cannot be read, the local view is the only one. Runners in containers (`service = "container"`)
-//! run their worker under another root file system and are not seen here.
+//! cannot be read, the local view is the only one. A container runner (`service = "container"`)
+//! has its directory mounted at the same path inside, so its worker's `argv[0]` names the same
+//! path and matches too (untested: no test starts a job in a container).
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt as _;

@@ -378,6 +378,20 @@ mod tests {
     }
 
     #[test]
+    fn a_board_gate_waits_for_a_job_seen_on_this_host_without_a_list() {
+        let mut busy = local("r1", Some(7), true);
+        busy.busy = true;
+        let mut seen = observed(vec![busy], None);
+        seen.gates.extend([board_gate("r1")]);
+        assert_eq!(plan(&[want("r1")], &seen, Instant::now()), vec![]);
+        seen.local[0].busy = false;
+        assert!(matches!(
+            plan(&[want("r1")], &seen, Instant::now()).as_slice(),
+            [Action::Stop(name, _)] if name == "r1"
+        ));
+    }
+
+    #[test]
     fn an_open_circuit_means_no_action() {
         let mut seen = observed(vec![local("r1", Some(7), false)], Some(vec![]));
         seen.gates.insert("r1".to_owned(), Gate::Circuit);

@@ -407,10 +407,10 @@ impl Daemon {
         // `disable_update` runners: upgraded by the daemon while idle, on this host and on
         // GitHub's list when it could be read (without REST access, or while the list fails, the
         // host's view alone). Not while GitHub's circuit is open: the upgrade downloads from it.
-        if !self
+        if self
             .github_circuit
             .as_ref()
-            .is_some_and(|c| c.until > Instant::now())
+            .is_none_or(|c| c.until <= Instant::now())
         {
             self.upgrade_idle(&lifecycle, &drained, remote_list.as_deref())
                 .await;

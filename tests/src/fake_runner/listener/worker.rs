@@ -39,13 +39,17 @@ pub mod code {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "messageType")]
 enum Message {
-    NewJobRequest {
-        context: JobContext,
-        #[serde(rename = "gitHubUrl")]
-        github_url: String,
-        request: JobRequest,
-    },
+    NewJobRequest(Box<NewJob>),
     CancelRequest,
+}
+
+/// The job and what the worker needs to run it.
+#[derive(Debug, Serialize, Deserialize)]
+struct NewJob {
+    context: JobContext,
+    #[serde(rename = "gitHubUrl")]
+    github_url: String,
+    request: JobRequest,
 }
 
 /// Whether this process was started as the worker.
@@ -114,15 +118,16 @@ pub fn main(args: &[String]) -> i32 {
         }
     });
     // The real worker gives up after 30 s without a job message.
-    let Ok(Message::NewJobRequest {
-        context,
-        github_url,
-        request,
-    }) = first_rx.recv_timeout(std::time::Duration::from_secs(30))
+    let Ok(Message::NewJobRequest(job)) = first_rx.recv_timeout(std::time::Duration::from_secs(30))
     else {
         diag(log.as_deref(), "ERR ", "no job message received");
         return 1;
     };
+    let NewJob {
+        context,
+        github_url,
+        request,
+    } = *job;
     diag(
         log.as_deref(),
         "INFO",
@@ -263,11 +268,11 @@ pub fn run(
         Err(e) => return failed(format!("cannot start `{}`: {e}\n", program.display())),
     };
     if let Some(mut stdin) = child.stdin.take() {
-        let message = Message::NewJobRequest {
+        let message = Message::NewJobRequest(Box::new(NewJob {
             context,
             github_url,
             request,
-        };
+        }));
         if let Err(e) = send(&mut stdin, &message) {
             let _ = child.kill();
             let _ = child.wait();
