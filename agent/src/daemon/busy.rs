@@ -14,6 +14,12 @@
 //! the packaged unit does not have, so it is only a second way to match (a worker started through
 //! a relative path). Zombies have no command line and do not count.
 //!
+//! The listener announces each job before it starts the worker (`<time>: Running job: <name>`,
+//! then, after the first renewal of the job request, the worker; `<time>: Job <name> completed
+//! with result: <result>` once it ended), so [`job_here`] also counts a job its output announced
+//! and has not reported done, for [`ANNOUNCED_GRACE`]: the moments before the worker appears.
+//! A lost line (a listener killed mid-job, a journal that dropped lines) holds nobody longer.
+//!
 //! [`busy`] combines both views: busy if either says so. Without REST access, or while the list
 //! cannot be read, the local view is the only one. A container runner (`service = "container"`)
 //! has its directory mounted at the same path inside, so its worker's `argv[0]` names the same
@@ -22,8 +28,14 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
-use crate::runner::{LocalRegistration, RemoteRunner};
+use crate::config::Runner;
+use crate::runner::{Lifecycle, LocalRegistration, RemoteRunner};
+
+/// How long a job the listener announced counts as running without a worker process (the real
+/// worker gives up after 30 s without its job message).
+pub const ANNOUNCED_GRACE: Duration = Duration::from_secs(60);
 
 /// The name of the real runner's job process.
 pub const WORKER: &str = "Runner.Worker";
@@ -99,9 +111,49 @@ pub fn workers(dir: &Path) -> Vec<u32> {
     workers_in(Path::new("/proc"), dir)
 }
 
-/// Whether the runner in `dir` runs a job now, as this host sees it.
+/// Whether a job process of the runner in `dir` lives on this host.
 pub fn running_job(dir: &Path) -> bool {
     !workers(dir).is_empty()
+}
+
+/// When the job the listener's `output` (of its current run) announced and has not reported
+/// done started: the time on its last `Running job:` line, if no `completed with result:` line
+/// follows it.
+pub fn announced_job(output: &str) -> Option<SystemTime> {
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    let mut open = None;
+    for line in output.lines() {
+        // `DateTime.UtcNow:u`: `2026-11-23 05:59:01Z: ...`
+        let Some((stamp, rest)) = line.trim_start().split_once("Z: ") else {
+            continue;
+        };
+        if rest.starts_with("Running job: ") {
+            open = time::PrimitiveDateTime::parse(stamp, &format)
+                .ok()
+                .map(|at| SystemTime::from(at.assume_utc()));
+        } else if rest.starts_with("Job ") && rest.contains(" completed with result: ") {
+            open = None;
+        }
+    }
+    open
+}
+
+/// Whether `runner` runs a job, as this host sees it: a live worker process, or a job its
+/// listener announced less than [`ANNOUNCED_GRACE`] ago and has not reported done.
+pub fn job_here(lifecycle: &Lifecycle<'_>, runner: &Runner) -> bool {
+    if running_job(&runner.dir) {
+        return true;
+    }
+    let Some((output, _)) = lifecycle
+        .log_source(runner)
+        .ok()
+        .and_then(|source| super::exits::last_output(&source))
+    else {
+        return false;
+    };
+    announced_job(&output).is_some_and(|at| {
+        SystemTime::now().duration_since(at).unwrap_or_default() < ANNOUNCED_GRACE
+    })
 }
 
 /// Whether GitHub's list says the runner registered in `dir` is busy (`false` without a list).
@@ -112,9 +164,10 @@ pub fn busy_on_github(list: Option<&[RemoteRunner]>, dir: &Path) -> bool {
     list.is_some_and(|list| list.iter().any(|r| r.id == id && r.busy))
 }
 
-/// Whether the runner in `dir` runs a job: on this host, or on GitHub's list when there is one.
-pub fn busy(list: Option<&[RemoteRunner]>, dir: &Path) -> bool {
-    running_job(dir) || busy_on_github(list, dir)
+/// Whether `runner` runs a job: on this host ([`job_here`]), or on GitHub's list when there is
+/// one.
+pub fn busy(lifecycle: &Lifecycle<'_>, runner: &Runner, list: Option<&[RemoteRunner]>) -> bool {
+    job_here(lifecycle, runner) || busy_on_github(list, &runner.dir)
 }
 
 #[cfg(test)]
@@ -227,10 +280,35 @@ mod tests {
             );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        assert!(busy(None, &dir));
+        assert!(running_job(&dir));
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(!workers(&dir).contains(&pid));
-        assert!(!busy(None, &dir));
+        assert!(!running_job(&dir));
+    }
+
+    #[test]
+    fn a_job_announced_and_not_reported_done_is_open_since_its_line() {
+        let at = |text: &str| {
+            let format =
+                time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+            SystemTime::from(
+                time::PrimitiveDateTime::parse(text, &format)
+                    .unwrap()
+                    .assume_utc(),
+            )
+        };
+        let listening = "√ Connected to GitHub\n\nCurrent runner version: '2.336.0'\n\
+                         2026-11-23 11:47:44Z: Listening for Jobs\n";
+        assert_eq!(announced_job(listening), None);
+        let running = format!("{listening}2026-11-23 11:47:45Z: Running job: build (x64)\n");
+        assert_eq!(announced_job(&running), Some(at("2026-11-23 11:47:45")));
+        let done = format!(
+            "{running}2026-11-23 11:50:02Z: Job build (x64) completed with result: Succeeded\n"
+        );
+        assert_eq!(announced_job(&done), None);
+        let next = format!("{done}2026-11-23 11:51:00Z: Running job: test\n");
+        assert_eq!(announced_job(&next), Some(at("2026-11-23 11:51:00")));
+        assert_eq!(announced_job("garbage Z: Running job: x\n"), None);
     }
 }

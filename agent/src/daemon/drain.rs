@@ -101,7 +101,7 @@ pub async fn drain(
         };
         let mut still = Vec::new();
         for runner in left {
-            let busy = super::busy::running_job(&runner.dir)
+            let busy = super::busy::job_here(lifecycle, runner)
                 || list.as_ref().is_some_and(|list| {
                     let id = LocalRegistration::read(&runner.dir).map(|l| l.id);
                     list.iter()

@@ -241,7 +241,10 @@ impl Daemon {
                     name: runner.name.clone(),
                     id,
                     running,
-                    busy: running && busy::running_job(&runner.dir),
+                    // Only a board gate asks (a /proc scan is not free).
+                    busy: running
+                        && self.boards.gated(&runner.name)
+                        && busy::job_here(&lifecycle, runner),
                     labels: lifecycle
                         .record(&runner.name)
                         .map(|r| r.labels)
@@ -254,7 +257,7 @@ impl Daemon {
                 // Drained but running (its enabled unit started it at boot, or a drain whose
                 // command was interrupted): stopped once idle, on this host and on GitHub's list
                 // when there is one, never during a job.
-                if running && !busy::busy(remote_list.as_deref(), &runner.dir) {
+                if running && !busy::busy(&lifecycle, runner, remote_list.as_deref()) {
                     log::info!("runner `{}` is drained and idle: stopping it", runner.name);
                     if let Err(err) = lifecycle.stop(runner) {
                         log::warn!(
@@ -476,7 +479,6 @@ impl Daemon {
                 || super::jit::is_jit(runner)
                 || self.health.get(&runner.name).is_some_and(|h| h.gated(now))
                 || runner::LocalRegistration::read(&runner.dir).is_none()
-                || busy::busy(list, &runner.dir)
             {
                 continue;
             }
@@ -485,6 +487,9 @@ impl Daemon {
             let Some(version) = upgrade::due(installed.as_deref(), Some(target)) else {
                 continue;
             };
+            if busy::busy(lifecycle, runner, list) {
+                continue;
+            }
             let name = &runner.name;
             log::info!(
                 "runner `{name}` (disable_update) runs {}; upgrading it to {version} while it is idle",
@@ -528,7 +533,7 @@ impl Daemon {
         if self.health.get(name).is_some_and(|h| h.gated(now)) {
             return;
         }
-        if busy::busy(list, &record.dir) {
+        if busy::running_job(&record.dir) || busy::busy_on_github(list, &record.dir) {
             log::info!("runner `{name}` is no longer configured; removing it once its job is done");
             return;
         }

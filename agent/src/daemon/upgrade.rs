@@ -89,7 +89,7 @@ pub async fn upgrade(
             dir: dir.clone(),
             source: Box::new(e),
         })?;
-    if super::busy::running_job(dir) {
+    if super::busy::job_here(lifecycle, runner) {
         let _ = fs::remove_dir_all(&staging);
         return Ok(Upgraded::Busy);
     }
