@@ -3,10 +3,11 @@
 //! The real listener has no "finish the job, take no new one" signal: `SIGINT`/`SIGTERM` cancel
 //! the running job (`runsvc.sh` forwards SIGINT, the listener cancels its workers;
 //! actions-runner.md §3.4). So a drain waits for each runner to be idle and stops it then; an
-//! idle runner stops at once. Idle means: no job process of the runner on this host
-//! ([`super::busy`]: the listener's `Runner.Worker` child lives as long as the job) and, with
-//! REST access, `busy: false` on GitHub's runner list. Without REST access
-//! (`registration_token_file`), or while the list cannot be read, the host's view decides alone.
+//! idle runner stops at once. Idle means: no job of the runner on this host ([`super::busy`]:
+//! the listener's `Runner.Worker` child lives as long as the job, and the listener announces
+//! the job just before it starts that child) and, with REST access, `busy: false` on GitHub's
+//! runner list. Without REST access (`registration_token_file`), or while the list cannot be
+//! read, the host's view decides alone.
 //! A drain mark, `<state_dir>/daemon/drain/<name>`, is written first: the daemon does not start a
 //! marked runner again, and stops one it finds running once it is idle (an enabled systemd unit
 //! starts it at boot; `svc.sh stop` does not disable it, actions/runner#2060). `agentctl stop`
