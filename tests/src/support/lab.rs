@@ -463,6 +463,11 @@ impl Lab {
         std::fs::write(&self.config, text.replace(from, to)).unwrap();
     }
 
+    /// Set `key` in every later `agentctl`'s environment (a value naming a lab file).
+    pub fn set_env(&mut self, key: &str, value: impl Into<OsString>) {
+        self.env.push((key.into(), Some(value.into())));
+    }
+
     /// `agentctl --config agent.toml <args>` on this lab's host.
     pub fn command(&self, args: &[&str]) -> Command {
         self.command_as(&self.host, args)
