@@ -7,7 +7,6 @@
 use runner_agent_tests::support::agentctl;
 use runner_agent_tests::support::lab::{self, text, REPO, VERSION};
 use runner_agent_tests::support::publish_fake_release;
-use std::ops::{Deref, DerefMut};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -25,18 +24,7 @@ struct Lab {
     pat: String,
 }
 
-impl Deref for Lab {
-    type Target = lab::Lab;
-    fn deref(&self) -> &lab::Lab {
-        &self.lab
-    }
-}
-
-impl DerefMut for Lab {
-    fn deref_mut(&mut self) -> &mut lab::Lab {
-        &mut self.lab
-    }
-}
+runner_agent_tests::deref_lab!(Lab.lab);
 
 impl Lab {
     async fn new(count: u32) -> Lab {

@@ -13,7 +13,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{BufRead as _, BufReader};
-use std::ops::{Deref, DerefMut};
 use std::os::fd::AsFd as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -30,18 +29,7 @@ const PROMPT: &str = "root@sim:~#";
 /// The shared lab ([`lab::Lab`]) with a fake `mbpoll` path in `agentctl`'s environment.
 struct Lab(lab::Lab);
 
-impl Deref for Lab {
-    type Target = lab::Lab;
-    fn deref(&self) -> &lab::Lab {
-        &self.0
-    }
-}
-
-impl DerefMut for Lab {
-    fn deref_mut(&mut self) -> &mut lab::Lab {
-        &mut self.0
-    }
-}
+runner_agent_tests::deref_lab!(Lab.0);
 
 impl Lab {
     /// An emulator with the fake release and a PAT; [`Lab::write_config`] writes the runners.

@@ -25,7 +25,6 @@
 // Test helpers outside `#[test]` functions may unwrap too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -82,18 +81,7 @@ struct Lab {
     desired: Vec<String>,
 }
 
-impl Deref for Lab {
-    type Target = lab::Lab;
-    fn deref(&self) -> &lab::Lab {
-        &self.lab
-    }
-}
-
-impl DerefMut for Lab {
-    fn deref_mut(&mut self) -> &mut lab::Lab {
-        &mut self.lab
-    }
-}
+runner_agent_tests::deref_lab!(Lab.lab);
 
 /// Publish the fake release `version` with the `.env` knobs (built once per listener build).
 async fn publish(emu: &Emulator, version: &str) {

@@ -5,7 +5,6 @@
 // Test helpers outside `#[test]` functions may unwrap too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::ops::{Deref, DerefMut};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -20,18 +19,7 @@ const WAIT: Duration = Duration::from_secs(30);
 /// The shared lab ([`lab::Lab`]); its log is the spawned `agentctl`'s (daemon or oneshot).
 struct Lab(lab::Lab);
 
-impl Deref for Lab {
-    type Target = lab::Lab;
-    fn deref(&self) -> &lab::Lab {
-        &self.0
-    }
-}
-
-impl DerefMut for Lab {
-    fn deref_mut(&mut self) -> &mut lab::Lab {
-        &mut self.0
-    }
-}
+runner_agent_tests::deref_lab!(Lab.0);
 
 impl Lab {
     /// A lab on repository `octo/hello` whose configuration ends with `runners` (TOML

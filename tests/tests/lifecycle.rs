@@ -4,7 +4,6 @@
 // Test helpers outside `#[test]` functions may unwrap too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::ops::{Deref, DerefMut};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -24,18 +23,7 @@ struct Lab {
     token_file: PathBuf,
 }
 
-impl Deref for Lab {
-    type Target = lab::Lab;
-    fn deref(&self) -> &lab::Lab {
-        &self.lab
-    }
-}
-
-impl DerefMut for Lab {
-    fn deref_mut(&mut self) -> &mut lab::Lab {
-        &mut self.lab
-    }
-}
+runner_agent_tests::deref_lab!(Lab.lab);
 
 impl Lab {
     async fn new(count: u32, labels: &[&str]) -> Lab {

@@ -942,3 +942,24 @@ pub async fn publish_with_env(emu: &Emulator, version: &str, env: &str) {
     .await
     .unwrap();
 }
+
+/// `Deref` and `DerefMut` from a test file's own lab type to the shared [`Lab`] it holds in
+/// `field`, so the file's tests call the shared methods as their own:
+/// `runner_agent_tests::deref_lab!(Lab.lab);` (or `(Lab.0)` for a tuple struct).
+#[macro_export]
+macro_rules! deref_lab {
+    ($ty:ident . $field:tt) => {
+        impl ::std::ops::Deref for $ty {
+            type Target = $crate::support::lab::Lab;
+            fn deref(&self) -> &Self::Target {
+                &self.$field
+            }
+        }
+
+        impl ::std::ops::DerefMut for $ty {
+            fn deref_mut(&mut self) -> &mut Self::Target {
+                &mut self.$field
+            }
+        }
+    };
+}
