@@ -7,7 +7,6 @@
 use runner_agent_tests::support::agentctl;
 use runner_agent_tests::support::lab::{self, text, REPO, VERSION};
 use runner_agent_tests::support::publish_fake_release;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -494,18 +493,11 @@ async fn a_self_update_is_left_to_the_runner_scripts() {
 async fn without_rest_a_registration_deleted_while_the_host_was_down_is_registered_again() {
     let mut lab = Lab::new(1).await;
     let token = lab.emu.registration_token(REPO).unwrap();
-    let file = lab.dir.path().join("registration-token");
-    std::fs::write(&file, &token).unwrap();
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let config = std::fs::read_to_string(&lab.config).unwrap();
-    std::fs::write(
-        &lab.config,
-        config.replace(
-            "pat_file = \"github-pat\"",
-            "registration_token_file = \"registration-token\"",
-        ),
-    )
-    .unwrap();
+    lab.replace_secret(&lab.path("registration-token"), &token);
+    lab.edit_config(
+        "pat_file = \"github-pat\"",
+        "registration_token_file = \"registration-token\"",
+    );
     lab.start_daemon();
     let name = lab.names(1)[0].clone();
     let view = lab
@@ -563,12 +555,7 @@ async fn a_disable_update_runner_is_upgraded_by_the_daemon_once_idle() {
     publish_fake_release(&lab.emu, "2.337.0", &lab.dir.path().join("release-new"))
         .await
         .unwrap();
-    let config = std::fs::read_to_string(&lab.config).unwrap();
-    std::fs::write(
-        &lab.config,
-        config.replace(&format!("version = \"{VERSION}\""), "version = \"2.337.0\""),
-    )
-    .unwrap();
+    lab.edit_config(&format!("version = \"{VERSION}\""), "version = \"2.337.0\"");
     kill(lab.daemon_pid(), Signal::SIGHUP).unwrap();
     let deadline = Instant::now() + WAIT;
     while !lab.log().contains("configuration reloaded") {
@@ -650,18 +637,12 @@ async fn a_drained_runner_found_running_is_stopped_by_the_daemon_once_idle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_registration_token_file_cuts_the_backoff_short() {
     let mut lab = Lab::new(1).await;
-    let file = lab.dir.path().join("registration-token");
-    std::fs::write(&file, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAA").unwrap();
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let config = std::fs::read_to_string(&lab.config).unwrap();
-    std::fs::write(
-        &lab.config,
-        config.replace(
-            "pat_file = \"github-pat\"",
-            "registration_token_file = \"registration-token\"",
-        ),
-    )
-    .unwrap();
+    let file = lab.path("registration-token");
+    lab.replace_secret(&file, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    lab.edit_config(
+        "pat_file = \"github-pat\"",
+        "registration_token_file = \"registration-token\"",
+    );
     lab.start_daemon();
     let name = lab.names(1)[0].clone();
     let rfc3339 = &time::format_description::well_known::Rfc3339;

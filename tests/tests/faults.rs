@@ -523,15 +523,10 @@ async fn a_full_disk_while_downloading_an_update_fails_cleanly_and_recovers() {
         ..Spec::pat(1)
     })
     .await;
-    let text = std::fs::read_to_string(&lab.config).unwrap();
-    std::fs::write(
-        &lab.config,
-        text.replace(
-            "labels = [\"lab\"]",
-            "labels = [\"lab\"]\ndisable_update = true",
-        ),
-    )
-    .unwrap();
+    lab.edit_config(
+        "labels = [\"lab\"]",
+        "labels = [\"lab\"]\ndisable_update = true",
+    );
     publish(&lab.emu, "2.337.0").await;
     lab.start_daemon();
     lab.converge().await;
@@ -544,12 +539,7 @@ async fn a_full_disk_while_downloading_an_update_fails_cleanly_and_recovers() {
     let filler = mount.join("filler");
     std::fs::write(&filler, vec![0u8; (free - (8 << 20)) as usize]).unwrap();
     // The configuration asks for the new version.
-    let text = std::fs::read_to_string(&lab.config).unwrap();
-    std::fs::write(
-        &lab.config,
-        text.replace(&format!("version = \"{VERSION}\""), "version = \"2.337.0\""),
-    )
-    .unwrap();
+    lab.edit_config(&format!("version = \"{VERSION}\""), "version = \"2.337.0\"");
     lab.sighup();
     lab.wait_for("the full disk to be reported", |lab| {
         let log = lab.log();
@@ -750,8 +740,7 @@ async fn killed_while_removing(
     release: HoldRelease,
 ) -> Lab {
     let mut lab = started(2).await;
-    let text = std::fs::read_to_string(&lab.config).unwrap();
-    std::fs::write(&lab.config, text.replace("count = 2", "count = 1")).unwrap();
+    lab.edit_config("count = 2", "count = 1");
     lab.desired.truncate(1);
     lab.emu.inject(Fault::Hold {
         at,

@@ -5,7 +5,6 @@
 // Test helpers outside `#[test]` functions may unwrap too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -417,14 +416,11 @@ async fn a_jit_runners_board_is_power_cycled_between_jobs() {
 async fn oneshot_works_with_a_registration_token_from_the_user_data() {
     let mut lab = Lab::new(ONESHOT_TEMPLATE).await;
     let token = lab.emu.registration_token(REPO).unwrap();
-    let file = lab.dir.path().join("registration-token");
-    std::fs::write(&file, format!("{token}\n")).unwrap();
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let text = std::fs::read_to_string(&lab.config).unwrap().replace(
+    lab::write_secret(&lab.path("registration-token"), &format!("{token}\n"));
+    lab.edit_config(
         "pat_file = \"github-pat\"",
         "registration_token_file = \"registration-token\"",
     );
-    std::fs::write(&lab.config, text).unwrap();
     lab.start_oneshot(&[]);
     let view = lab.oneshot_online().await;
     let job = lab
