@@ -594,22 +594,10 @@ async fn killed_while_registering(
     release: HoldRelease,
 ) -> Lab {
     let mut lab = Lab::new(Spec::pat(1)).await;
-    lab.emu.inject(Fault::Hold {
-        at,
-        method: Some(method.to_owned()),
-        path_prefix: Some(path.to_owned()),
-        count: 1,
-    });
+    lab.hold(at, method, path);
     lab.start_daemon();
-    assert!(
-        lab.emu.wait_held(1, WAIT).await,
-        "`{method} {path}` never came\n{}",
-        lab.log()
-    );
-    lab.kill_daemon(group);
-    lab.emu.release_held(release);
-    lab.start_daemon();
-    lab.recover(case).await;
+    lab.wait_held(method, path).await;
+    lab.restart_after_kill(case, group, release).await;
     lab
 }
 
@@ -710,20 +698,39 @@ async fn kill_9_while_the_runner_starts_and_the_host_loses_power() {
 
 impl Lab {
     async fn hold_then(&mut self, at: HoldPoint, method: &str, path: &str) {
+        self.hold(at, method, path);
+        if self.daemon.is_none() {
+            self.start_daemon();
+        }
+        self.wait_held(method, path).await;
+    }
+
+    /// Hold the next `method path` request at `at`.
+    fn hold(&self, at: HoldPoint, method: &str, path: &str) {
         self.emu.inject(Fault::Hold {
             at,
             method: Some(method.to_owned()),
             path_prefix: Some(path.to_owned()),
             count: 1,
         });
-        if self.daemon.is_none() {
-            self.start_daemon();
-        }
+    }
+
+    /// Wait until the held request came.
+    async fn wait_held(&self, method: &str, path: &str) {
         assert!(
             self.emu.wait_held(1, WAIT).await,
             "`{method} {path}` never came\n{}",
             self.log()
         );
+    }
+
+    /// `kill -9` of the daemon (with `group`, its process group), the held request let go
+    /// with `release`, the daemon started again; converged, recovery time printed as `case`.
+    async fn restart_after_kill(&mut self, case: &str, group: bool, release: HoldRelease) {
+        self.kill_daemon(group);
+        self.emu.release_held(release);
+        self.start_daemon();
+        self.recover(case).await;
     }
 }
 
@@ -742,22 +749,10 @@ async fn killed_while_removing(
     let mut lab = started(2).await;
     lab.edit_config("count = 2", "count = 1");
     lab.desired.truncate(1);
-    lab.emu.inject(Fault::Hold {
-        at,
-        method: Some(method.to_owned()),
-        path_prefix: Some(path.to_owned()),
-        count: 1,
-    });
+    lab.hold(at, method, path);
     lab.sighup();
-    assert!(
-        lab.emu.wait_held(1, WAIT).await,
-        "`{method} {path}` never came\n{}",
-        lab.log()
-    );
-    lab.kill_daemon(group);
-    lab.emu.release_held(release);
-    lab.start_daemon();
-    lab.recover(case).await;
+    lab.wait_held(method, path).await;
+    lab.restart_after_kill(case, group, release).await;
     lab
 }
 
