@@ -895,8 +895,8 @@ fn add_env(tarball: &Path, env: &str) {
 }
 
 /// Build the fake release `version` with `env` as its `.env` once per listener build and
-/// `.env` (shared by the test processes: building and repacking it takes seconds), and
-/// publish it on `emu` with an asset digest and the release-body checksum markers.
+/// `env` (shared by the test processes: building and repacking it takes seconds), and publish
+/// it on `emu` with an asset digest and the release-body checksum markers.
 pub async fn publish_with_env(emu: &Emulator, version: &str, env: &str) {
     let listener = listener_binary();
     let meta = std::fs::metadata(&listener).unwrap();
