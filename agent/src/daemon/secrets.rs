@@ -30,8 +30,19 @@ pub struct Watched {
 
 /// The directories and names to watch for `config`.
 pub fn watched(config: &Config, credentials_dir: Option<&Path>) -> Vec<Watched> {
+    watched_with(config, credentials_dir, &[])
+}
+
+/// [`watched`], and `sources` too: the files systemd copied credentials from
+/// ([`super::credentials`]).
+pub fn watched_with(
+    config: &Config,
+    credentials_dir: Option<&Path>,
+    sources: &[&Path],
+) -> Vec<Watched> {
     let secret = config.github.auth.secret_file();
     let mut files = vec![secret.resolved.clone()];
+    files.extend(sources.iter().map(|s| s.to_path_buf()));
     if secret.configured.is_relative() {
         let config_dir = config.path.parent().unwrap_or(Path::new(""));
         files.push(config_dir.join(&secret.configured));
@@ -82,6 +93,11 @@ pub struct SecretWatch {
 impl SecretWatch {
     /// Watch the secrets of `config`. Directories that do not exist are skipped (logged).
     pub fn new(config: &Config) -> std::io::Result<SecretWatch> {
+        SecretWatch::with_sources(config, &[])
+    }
+
+    /// [`SecretWatch::new`], and the files systemd copied credentials from.
+    pub fn with_sources(config: &Config, sources: &[&Path]) -> std::io::Result<SecretWatch> {
         let credentials_dir = std::env::var_os("CREDENTIALS_DIRECTORY")
             .filter(|d| !d.is_empty())
             .map(PathBuf::from);
@@ -92,7 +108,7 @@ impl SecretWatch {
             | WatchMask::DELETE
             | WatchMask::ATTRIB;
         let mut watches = Vec::new();
-        for watched in watched(config, credentials_dir.as_deref()) {
+        for watched in watched_with(config, credentials_dir.as_deref(), sources) {
             match inotify.watches().add(&watched.dir, mask) {
                 Ok(wd) => {
                     log::debug!("watching `{}` for secret changes", watched.dir.display());
