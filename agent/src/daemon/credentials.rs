@@ -585,4 +585,86 @@ mod tests {
             }
         );
     }
+
+    fn config_with_copy(dir: &Path) -> (Config, PathBuf, PathBuf) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let creds = dir.join("creds");
+        let etc = dir.join("etc");
+        std::fs::create_dir_all(&creds).unwrap();
+        std::fs::create_dir_all(&etc).unwrap();
+        let path = etc.join("agent.toml");
+        std::fs::write(
+            &path,
+            "version = 1\n[github]\nurl = \"https://github.com/o/r\"\npat_file = \"github-pat\"\n",
+        )
+        .unwrap();
+        let copy = creds.join("github-pat");
+        let source = etc.join("github-pat");
+        for (file, value) in [
+            (&copy, "ghp_copy_from_the_start"),
+            (&source, "ghp_copy_from_the_start"),
+        ] {
+            std::fs::write(file, value).unwrap();
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let options = crate::config::LoadOptions {
+            credentials_dir: Some(creds.clone()),
+            ..Default::default()
+        };
+        let config = crate::config::load_with(&path, &options).unwrap();
+        assert_eq!(config.github.auth.secret_file().resolved, copy);
+        (config, copy, source)
+    }
+
+    #[test]
+    fn a_changed_source_is_read_from_then_on_and_a_refused_one_is_not() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let (mut config, copy, source) = config_with_copy(dir.path());
+        let mut rotation = Rotation {
+            found: Some(Found {
+                name: "github-pat".to_owned(),
+                unit: "runner-agent.service".to_owned(),
+                copy: copy.clone(),
+                origin: Origin::File {
+                    path: source.clone(),
+                    setting: format!("LoadCredential=github-pat:{}", source.display()),
+                },
+            }),
+            rotated: false,
+        };
+        // Nothing changed yet: the copy is read.
+        let mut fresh = config.clone();
+        rotation.apply(&mut fresh);
+        assert_eq!(fresh.github.auth.secret_file().resolved, copy);
+
+        // Another file in the watched directory: nothing happens.
+        assert!(!rotation.changed(&dir.path().join("etc/other"), &mut config));
+
+        // A new secret readable by the group is refused, the copy stays.
+        std::fs::write(&source, "ghp_rotated_but_open").unwrap();
+        std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(!rotation.changed(&source, &mut config));
+        assert_eq!(config.github.auth.secret_file().resolved, copy);
+
+        // Mode 0600: picked up, read from the source, registered for redaction.
+        std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(&source, "ghp_rotated_secret_value\n").unwrap();
+        assert!(rotation.changed(&source, &mut config));
+        assert_eq!(config.github.auth.secret_file().resolved, source);
+        assert_eq!(
+            config.github.auth.secret_file().read().unwrap(),
+            "ghp_rotated_secret_value"
+        );
+        assert_eq!(
+            crate::redact::redact("token ghp_rotated_secret_value"),
+            "token ***"
+        );
+
+        // A reloaded configuration resolves to the stale copy again: pointed at the source.
+        let mut reloaded = fresh.clone();
+        let rotation = rotation.renew(&reloaded);
+        rotation.apply(&mut reloaded);
+        assert_eq!(reloaded.github.auth.secret_file().resolved, source);
+    }
 }

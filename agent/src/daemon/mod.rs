@@ -6,7 +6,8 @@
 //! [`Lifecycle`]. Passes are triggered by a periodic resync (with ±10 % jitter), by `SIGHUP`
 //! (reload the configuration; a bad new one is logged and the old one kept), by `SIGCHLD` (a
 //! process-backend runner started by this daemon exited), by a change of a secret file (inotify,
-//! [`secrets`]: the credentials are reloaded and open circuits closed), and by a cheap liveness
+//! [`secrets`]: the credentials are reloaded and open circuits closed; a `LoadCredential=` copy is
+//! read from its source once that changed, [`credentials`]), and by a cheap liveness
 //! check every few seconds of the runners' services (the pid file for the process backend;
 //! `systemctl` state for systemd units, polled, not subscribed). `SIGTERM`/`SIGINT` end the loop
 //! and leave the runners running.

@@ -2,8 +2,9 @@
 //!
 //! Watched: the directory of the configured secret (`pat_file`, the App's `private_key_file`,
 //! `registration_token_file`; for a relative name both next to the configuration and in
-//! `$CREDENTIALS_DIRECTORY`), and `$CREDENTIALS_DIRECTORY` itself when systemd passes
-//! credentials with `LoadCredential=`. Directories, not files: an atomic replace (write a new
+//! `$CREDENTIALS_DIRECTORY`), `$CREDENTIALS_DIRECTORY` itself when systemd passes
+//! credentials with `LoadCredential=`, and the file systemd copied the credential from
+//! ([`super::credentials`]). Directories, not files: an atomic replace (write a new
 //! file, rename it over the old one) gives the file a new inode that a watch on the old one would
 //! never see. [`SecretWatch::changed`] resolves when a watched file was written, renamed into
 //! place, created, removed or had its mode changed; the daemon then reloads the credentials,
