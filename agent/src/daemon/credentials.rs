@@ -309,12 +309,18 @@ pub fn read_source(secret: &SecretFile) -> Result<String, ConfigError> {
 pub struct Rotation {
     found: Option<Found>,
     rotated: bool,
+    /// Asking systemd failed (early in boot the bus may not answer yet): ask again later.
+    unknown: bool,
 }
 
 impl Rotation {
     /// Find where the secret of `config` came from (logged; a credential that cannot be read
     /// again is said once).
     pub fn new(config: &Config) -> Rotation {
+        Rotation::find(config, true)
+    }
+
+    fn find(config: &Config, warn: bool) -> Rotation {
         let Some(credentials_dir) = std::env::var_os("CREDENTIALS_DIRECTORY")
             .filter(|d| !d.is_empty())
             .map(PathBuf::from)
@@ -324,13 +330,27 @@ impl Rotation {
         let secret = config.github.auth.secret_file();
         let found = match lookup(secret, &credentials_dir) {
             Ok(found) => found,
+            Err(err) if !warn => {
+                log::debug!(
+                    "still cannot tell where systemd loaded the credential `{}` from: {}",
+                    secret.resolved.display(),
+                    super::error_chain(&err)
+                );
+                return Rotation {
+                    unknown: true,
+                    ..Rotation::default()
+                };
+            }
             Err(err) => {
                 log::warn!(
                     "cannot tell where systemd loaded the credential `{}` from, a new secret is only seen after a restart: {}; hint: after replacing it, `systemctl restart runner-agent.service`",
                     secret.resolved.display(),
                     super::error_chain(&err)
                 );
-                None
+                return Rotation {
+                    unknown: true,
+                    ..Rotation::default()
+                };
             }
         };
         match &found {
@@ -356,7 +376,18 @@ impl Rotation {
         Rotation {
             found,
             rotated: false,
+            unknown: false,
         }
+    }
+
+    /// If asking systemd failed before, ask again (quietly unless it answers). Whether the
+    /// source to watch changed.
+    pub fn retry(&mut self, config: &Config) -> bool {
+        if !self.unknown {
+            return false;
+        }
+        *self = Rotation::find(config, false);
+        self.source().is_some()
     }
 
     /// [`Rotation::new`] for a reloaded configuration: a source that already changed stays the
@@ -394,6 +425,7 @@ impl Rotation {
     /// A watched file changed: if it is the credential's source, read the new secret from it and
     /// point `config` at it. Whether the secret was picked up from the source.
     pub fn changed(&mut self, path: &Path, config: &mut Config) -> bool {
+        self.retry(config);
         let (Some(found), Some(source)) = (&self.found, self.source()) else {
             return false;
         };
@@ -632,6 +664,7 @@ mod tests {
                 },
             }),
             rotated: false,
+            unknown: false,
         };
         // Nothing changed yet: the copy is read.
         let mut fresh = config.clone();

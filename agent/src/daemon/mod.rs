@@ -251,6 +251,9 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
         let boards_changed = daemon.boards.rescan();
         let pass = now >= resync_at || boards_changed || daemon.needs_pass();
         if pass {
+            if rotation.retry(&daemon.config) {
+                secrets = watch(&daemon.config, &rotation);
+            }
             daemon.reconcile().await;
             resync_at = Instant::now() + jitter(options.resync, 0.1);
         }
@@ -288,7 +291,11 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
             path = secret_changed(&mut secrets) => {
                 log::info!("secret `{}` changed: reloading the credentials", path.display());
                 // The source of a `LoadCredential=` copy: read the secret from there from now on.
+                let watched_source = rotation.source().map(Path::to_owned);
                 rotation.changed(&path, &mut daemon.config);
+                if rotation.source() != watched_source.as_deref() {
+                    secrets = watch(&daemon.config, &rotation);
+                }
                 // Where a relative secret is read may have changed (a file that appeared in
                 // `$CREDENTIALS_DIRECTORY`): resolve it again, nothing else of the configuration.
                 if let Ok(mut new) = load(config_path) {
