@@ -163,8 +163,11 @@ daemon_stage() {
     printf '%s\n' "$new_pat" | in_guest sh -c 'install -m 600 /dev/stdin /etc/runner-agent/github-pat.new && mv /etc/runner-agent/github-pat.new /etc/runner-agent/github-pat'
     check "daemon: the agent picked up the new PAT within 2 s (log: picked up the rotated secret)" \
         within_ms 2000 more_pickups "$picked"
-    more_pickups "$picked" || in_guest journalctl -q -u runner-agent.service -b 2>/dev/null \
-        | grep -i -e credential -e secret -e busctl | tail -n 8 | sed 's/^/        | /'
+    if ! more_pickups "$picked"; then
+        in_guest journalctl -q -u runner-agent.service -b 2>/dev/null | tail -n 25 | sed 's/^/        | /'
+        local apid; apid=$(main_pid runner-agent.service)
+        in_guest sh -c "for f in /proc/$apid/fdinfo/*; do grep -H inotify \$f; done; ls -li /etc/runner-agent" | sed 's/^/        | /'
+    fi
     expect "daemon: the old PAT is revoked on GitHub" True \
         "$(emu POST /tokens/revoke "{\"token\": \"$pat\"}" | jq_py "d['revoked']")"
     daemon_heal e2e-kvm-1 "deleted after the PAT was replaced"

@@ -89,6 +89,9 @@ pub fn watched_with(
 pub struct SecretWatch {
     stream: EventStream<Vec<u8>>,
     watches: Vec<(WatchDescriptor, Watched)>,
+    /// A change seen, and when its events have settled: kept across a cancelled
+    /// [`SecretWatch::changed`] (the daemon's `select!` drops it when another branch wins).
+    pending: Option<(PathBuf, tokio::time::Instant)>,
 }
 
 impl SecretWatch {
@@ -122,7 +125,11 @@ impl SecretWatch {
             }
         }
         let stream = inotify.into_event_stream(vec![0u8; 4096])?;
-        Ok(SecretWatch { stream, watches })
+        Ok(SecretWatch {
+            stream,
+            watches,
+            pending: None,
+        })
     }
 
     fn matters(&self, wd: &WatchDescriptor, name: Option<&OsString>) -> Option<PathBuf> {
@@ -135,26 +142,30 @@ impl SecretWatch {
         hit.then(|| watched.dir.join(name))
     }
 
-    /// Wait for a change of a watched secret; the path that changed.
+    /// Wait for a change of a watched secret; the path that changed. Cancel-safe: a change seen
+    /// by a call that was dropped is returned by the next one.
     pub async fn changed(&mut self) -> PathBuf {
         loop {
+            if let Some((path, settled)) = self.pending.clone() {
+                // A writer's create + write + close, or several files at once: one change.
+                let settle = tokio::time::sleep_until(settled);
+                tokio::pin!(settle);
+                loop {
+                    tokio::select! {
+                        _ = &mut settle => break,
+                        next = self.stream.next() => if next.is_none() { break },
+                    }
+                }
+                self.pending = None;
+                return path;
+            }
             let Some(event) = self.stream.next().await else {
                 return std::future::pending().await;
             };
             let Ok(event) = event else { continue };
-            let Some(path) = self.matters(&event.wd, event.name.as_ref()) else {
-                continue;
-            };
-            // A writer's create + write + close, or several files at once: one change.
-            let settle = tokio::time::sleep(SETTLE);
-            tokio::pin!(settle);
-            loop {
-                tokio::select! {
-                    _ = &mut settle => break,
-                    next = self.stream.next() => if next.is_none() { break },
-                }
+            if let Some(path) = self.matters(&event.wd, event.name.as_ref()) {
+                self.pending = Some((path, tokio::time::Instant::now() + SETTLE));
             }
-            return path;
         }
     }
 }
@@ -215,6 +226,22 @@ mod tests {
         std::fs::write(dir.path().join("unrelated"), "x").unwrap();
         std::fs::write(dir.path().join(".pat.new"), "ghp_new").unwrap();
         std::fs::rename(dir.path().join(".pat.new"), dir.path().join("pat")).unwrap();
+        let changed = tokio::time::timeout(Duration::from_secs(5), watch.changed())
+            .await
+            .unwrap();
+        assert_eq!(changed, dir.path().join("pat"));
+    }
+
+    #[tokio::test]
+    async fn a_change_seen_by_a_cancelled_wait_is_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), "pat");
+        let mut watch = SecretWatch::new(&config).unwrap();
+        std::fs::write(dir.path().join(".pat.new"), "ghp_new").unwrap();
+        std::fs::rename(dir.path().join(".pat.new"), dir.path().join("pat")).unwrap();
+        // The wait is dropped while the change settles (another branch of a `select!` won).
+        let cancelled = tokio::time::timeout(Duration::from_millis(10), watch.changed()).await;
+        assert!(cancelled.is_err());
         let changed = tokio::time::timeout(Duration::from_secs(5), watch.changed())
             .await
             .unwrap();
