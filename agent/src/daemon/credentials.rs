@@ -5,7 +5,8 @@
 //! daemon resolved. When the configured secret was found in `$CREDENTIALS_DIRECTORY`, the daemon
 //! asks systemd where it came from: its own unit (from `/proc/self/cgroup`) and the unit's
 //! `LoadCredential=` and `LoadCredentialEncrypted=` properties, read over D-Bus with `busctl`
-//! (`systemctl show` of systemd 252 prints these as `[unprintable]`). The source file is watched
+//! (`systemctl show` of systemd 252 prints these as `[unprintable]`; when the bus does not answer
+//! yet, it is asked again on each pass and secret change). The source file is watched
 //! ([`super::secrets`]); once it changes, the secret is read from the source (checked like a
 //! secret next to the configuration: a regular file, not empty, mode `0600` or `0400`, owned by
 //! the agent's user) and every later reload reads it from there too. A credential systemd cannot
