@@ -10,8 +10,8 @@
 #     opens /dev/kvm (and the board's tty) as that user and succeeds;
 #   - `systemctl reboot` of the container: the same runner ids come back online, no registration;
 #   - a runner deleted on GitHub is registered again and online within DAEMON_HEAL_SECS;
-#   - the PAT file replaced by a new PAT and the old one revoked: still healthy (a registration
-#     made after that works);
+#   - the PAT file replaced by a new PAT and the old one revoked: picked up within 2 s without a
+#     restart of the agent (same MainPID), still healthy (a registration made after that works);
 #   - `apt-get purge runner-agent`: no registration of this host on GitHub, no runner unit, no
 #     runner directory.
 #
@@ -153,19 +153,28 @@ daemon_stage() {
     # --- a registration deleted on GitHub --------------------------------------------------------
     daemon_heal e2e-kvm-2 "deleted on GitHub"
 
-    # --- the PAT replaced, the old one revoked --------------------------------------------------
-    local new_pat
+    # --- the PAT replaced, the old one revoked: picked up without a restart -----------------------
+    # systemd copies a LoadCredential= file only when the service starts; the agent watches the
+    # source the unit names and reads the new PAT from there.
+    local new_pat agent_pid picked
+    agent_pid=$(main_pid runner-agent.service)
+    picked=$(pickups)
     new_pat=$(emu POST /tokens '{"kind": "classic", "scopes": ["repo"]}' | jq_py "d['token']")
     printf '%s\n' "$new_pat" | in_guest sh -c 'install -m 600 /dev/stdin /etc/runner-agent/github-pat.new && mv /etc/runner-agent/github-pat.new /etc/runner-agent/github-pat'
+    check "daemon: the agent picked up the new PAT within 2 s (log: picked up the rotated secret)" \
+        within_ms 2000 more_pickups "$picked"
+    if ! more_pickups "$picked"; then
+        in_guest journalctl -q -u runner-agent.service -b 2>/dev/null | tail -n 25 | sed 's/^/        | /'
+        local apid; apid=$(main_pid runner-agent.service)
+        in_guest sh -c "for f in /proc/$apid/fdinfo/*; do grep -H inotify \$f; done; ls -li /etc/runner-agent" | sed 's/^/        | /'
+    fi
     expect "daemon: the old PAT is revoked on GitHub" True \
         "$(emu POST /tokens/revoke "{\"token\": \"$pat\"}" | jq_py "d['revoked']")"
-    # systemd copies a LoadCredential= file when the service starts: a new secret takes a restart.
-    # The runners keep running and registered through it.
-    check "daemon: systemctl restart runner-agent (LoadCredential= is read at start)" \
-        in_guest systemctl restart runner-agent.service
     daemon_heal e2e-kvm-1 "deleted after the PAT was replaced"
+    expect "daemon: the new PAT took no restart of the agent (same MainPID)" "$agent_pid" "$(main_pid runner-agent.service)"
+    check "daemon: after the new PAT, every runner is online" wait_for 30 all_online
     for name in e2e-board e2e-kvm-2; do
-        expect "daemon: the agent's restart left $name's registration alone" "${DAEMON_IDS[$name]}" "$(runner_id "$name")"
+        expect "daemon: the new PAT left $name's registration alone" "${DAEMON_IDS[$name]}" "$(runner_id "$name")"
     done
     check "daemon: the agent's log has no PAT" bash -c \
         "! nsenter -t $(leader) -a journalctl -q -u runner-agent.service | grep -qF -e '$pat' -e '$new_pat'"
@@ -319,6 +328,17 @@ daemon_heal() {
     expect "daemon: still exactly the configured registrations" \
         "$(printf '%s\n' "${DAEMON_RUNNERS[@]}" | sort | xargs)" "$(emu_names)"
     DAEMON_IDS[$name]=$new
+}
+# pickups: how often the agent said it read a rotated secret from its LoadCredential= source
+pickups() { in_guest journalctl -q -u runner-agent.service 2>/dev/null | grep -c 'picked up the rotated secret'; }
+more_pickups() { [ "$(pickups)" -gt "$1" ]; }
+# within_ms MS COMMAND...: COMMAND succeeds within MS milliseconds (polled every 0.1 s)
+within_ms() {
+    local end=$(( $(date +%s%3N) + $1 )); shift
+    until "$@" >/dev/null 2>&1; do
+        [ "$(date +%s%3N)" -lt "$end" ] || return 1
+        sleep 0.1
+    done
 }
 renewed() { local id; id=$(runner_id "$1"); [ -n "$id" ] && [ "$id" != "$2" ] && runner_online "$1"; }
 

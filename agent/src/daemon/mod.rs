@@ -6,7 +6,8 @@
 //! [`Lifecycle`]. Passes are triggered by a periodic resync (with ±10 % jitter), by `SIGHUP`
 //! (reload the configuration; a bad new one is logged and the old one kept), by `SIGCHLD` (a
 //! process-backend runner started by this daemon exited), by a change of a secret file (inotify,
-//! [`secrets`]: the credentials are reloaded and open circuits closed), and by a cheap liveness
+//! [`secrets`]: the credentials are reloaded and open circuits closed; a `LoadCredential=` copy is
+//! read from its source once that changed, [`credentials`]), and by a cheap liveness
 //! check every few seconds of the runners' services (the pid file for the process backend;
 //! `systemctl` state for systemd units, polled, not subscribed). `SIGTERM`/`SIGINT` end the loop
 //! and leave the runners running.
@@ -31,6 +32,7 @@
 
 pub mod boards;
 pub mod busy;
+pub mod credentials;
 pub mod drain;
 pub mod exits;
 pub mod jit;
@@ -179,8 +181,9 @@ fn load(path: &Path) -> Result<Config, String> {
     config::load(path).map_err(|err| crate::redact::redact(&err.to_string()).into_owned())
 }
 
-fn watch(config: &Config) -> Option<secrets::SecretWatch> {
-    match secrets::SecretWatch::new(config) {
+fn watch(config: &Config, rotation: &credentials::Rotation) -> Option<secrets::SecretWatch> {
+    let sources: Vec<&Path> = rotation.source().into_iter().collect();
+    match secrets::SecretWatch::with_sources(config, &sources) {
         Ok(watch) => Some(watch),
         Err(err) => {
             log::warn!("cannot watch the secret files, a new secret needs `systemctl reload runner-agent`: {err}");
@@ -215,7 +218,9 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
     let mut int = sig(SignalKind::interrupt(), "SIGINT")?;
     let mut hup = sig(SignalKind::hangup(), "SIGHUP")?;
     let mut chld = sig(SignalKind::child(), "SIGCHLD")?;
-    let mut secrets = watch(&config);
+    // A secret systemd copied (`LoadCredential=`): where from, to pick up a new one there.
+    let mut rotation = credentials::Rotation::new(&config);
+    let mut secrets = watch(&config, &rotation);
     log::info!(
         "daemon started with {} runner(s), resync every {} s",
         config.runners.len(),
@@ -248,6 +253,9 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
         let boards_changed = daemon.boards.rescan();
         let pass = now >= resync_at || boards_changed || daemon.needs_pass();
         if pass {
+            if rotation.retry(&daemon.config) {
+                secrets = watch(&daemon.config, &rotation);
+            }
             daemon.reconcile().await;
             resync_at = Instant::now() + jitter(options.resync, 0.1);
         }
@@ -260,7 +268,9 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
             _ = int.recv() => break,
             _ = hup.recv() => {
                 match load(config_path) {
-                    Ok(new) => {
+                    Ok(mut new) => {
+                        rotation = std::mem::take(&mut rotation).renew(&new);
+                        rotation.apply(&mut new);
                         log::info!("configuration reloaded from `{}`", config_path.display());
                         daemon.listing = Listing::new(&new);
                         daemon.boards = boards::BoardWatch::new(
@@ -272,7 +282,7 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
                         daemon.github_circuit = None;
                         daemon.releases = None;
                         one_job = jit::Jit::default();
-                        secrets = watch(&daemon.config);
+                        secrets = watch(&daemon.config, &rotation);
                         resync_at = Instant::now();
                     }
                     Err(report) => log::error!(
@@ -282,12 +292,20 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
             }
             path = secret_changed(&mut secrets) => {
                 log::info!("secret `{}` changed: reloading the credentials", path.display());
+                // The source of a `LoadCredential=` copy: read the secret from there from now on.
+                let watched_source = rotation.source().map(Path::to_owned);
+                rotation.changed(&path, &mut daemon.config);
+                if rotation.source() != watched_source.as_deref() {
+                    secrets = watch(&daemon.config, &rotation);
+                }
                 // Where a relative secret is read may have changed (a file that appeared in
                 // `$CREDENTIALS_DIRECTORY`): resolve it again, nothing else of the configuration.
-                if let Ok(new) = load(config_path) {
+                if let Ok(mut new) = load(config_path) {
+                    rotation = std::mem::take(&mut rotation).renew(&new);
+                    rotation.apply(&mut new);
                     if new.github.auth != daemon.config.github.auth {
                         daemon.config.github.auth = new.github.auth;
-                        secrets = watch(&daemon.config);
+                        secrets = watch(&daemon.config, &rotation);
                     }
                 }
                 daemon.listing = Listing::new(&daemon.config);

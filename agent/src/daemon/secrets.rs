@@ -2,8 +2,9 @@
 //!
 //! Watched: the directory of the configured secret (`pat_file`, the App's `private_key_file`,
 //! `registration_token_file`; for a relative name both next to the configuration and in
-//! `$CREDENTIALS_DIRECTORY`), and `$CREDENTIALS_DIRECTORY` itself when systemd passes
-//! credentials with `LoadCredential=`. Directories, not files: an atomic replace (write a new
+//! `$CREDENTIALS_DIRECTORY`), `$CREDENTIALS_DIRECTORY` itself when systemd passes
+//! credentials with `LoadCredential=`, and the file systemd copied the credential from
+//! ([`super::credentials`]). Directories, not files: an atomic replace (write a new
 //! file, rename it over the old one) gives the file a new inode that a watch on the old one would
 //! never see. [`SecretWatch::changed`] resolves when a watched file was written, renamed into
 //! place, created, removed or had its mode changed; the daemon then reloads the credentials,
@@ -30,8 +31,19 @@ pub struct Watched {
 
 /// The directories and names to watch for `config`.
 pub fn watched(config: &Config, credentials_dir: Option<&Path>) -> Vec<Watched> {
+    watched_with(config, credentials_dir, &[])
+}
+
+/// [`watched`], and `sources` too: the files systemd copied credentials from
+/// ([`super::credentials`]).
+pub fn watched_with(
+    config: &Config,
+    credentials_dir: Option<&Path>,
+    sources: &[&Path],
+) -> Vec<Watched> {
     let secret = config.github.auth.secret_file();
     let mut files = vec![secret.resolved.clone()];
+    files.extend(sources.iter().map(|s| s.to_path_buf()));
     if secret.configured.is_relative() {
         let config_dir = config.path.parent().unwrap_or(Path::new(""));
         files.push(config_dir.join(&secret.configured));
@@ -77,11 +89,19 @@ pub fn watched(config: &Config, credentials_dir: Option<&Path>) -> Vec<Watched> 
 pub struct SecretWatch {
     stream: EventStream<Vec<u8>>,
     watches: Vec<(WatchDescriptor, Watched)>,
+    /// A change seen, and when its events have settled: kept across a cancelled
+    /// [`SecretWatch::changed`] (the daemon's `select!` drops it when another branch wins).
+    pending: Option<(PathBuf, tokio::time::Instant)>,
 }
 
 impl SecretWatch {
     /// Watch the secrets of `config`. Directories that do not exist are skipped (logged).
     pub fn new(config: &Config) -> std::io::Result<SecretWatch> {
+        SecretWatch::with_sources(config, &[])
+    }
+
+    /// [`SecretWatch::new`], and the files systemd copied credentials from.
+    pub fn with_sources(config: &Config, sources: &[&Path]) -> std::io::Result<SecretWatch> {
         let credentials_dir = std::env::var_os("CREDENTIALS_DIRECTORY")
             .filter(|d| !d.is_empty())
             .map(PathBuf::from);
@@ -92,7 +112,7 @@ impl SecretWatch {
             | WatchMask::DELETE
             | WatchMask::ATTRIB;
         let mut watches = Vec::new();
-        for watched in watched(config, credentials_dir.as_deref()) {
+        for watched in watched_with(config, credentials_dir.as_deref(), sources) {
             match inotify.watches().add(&watched.dir, mask) {
                 Ok(wd) => {
                     log::debug!("watching `{}` for secret changes", watched.dir.display());
@@ -105,7 +125,11 @@ impl SecretWatch {
             }
         }
         let stream = inotify.into_event_stream(vec![0u8; 4096])?;
-        Ok(SecretWatch { stream, watches })
+        Ok(SecretWatch {
+            stream,
+            watches,
+            pending: None,
+        })
     }
 
     fn matters(&self, wd: &WatchDescriptor, name: Option<&OsString>) -> Option<PathBuf> {
@@ -118,26 +142,30 @@ impl SecretWatch {
         hit.then(|| watched.dir.join(name))
     }
 
-    /// Wait for a change of a watched secret; the path that changed.
+    /// Wait for a change of a watched secret; the path that changed. Cancel-safe: a change seen
+    /// by a call that was dropped is returned by the next one.
     pub async fn changed(&mut self) -> PathBuf {
         loop {
+            if let Some((path, settled)) = self.pending.clone() {
+                // A writer's create + write + close, or several files at once: one change.
+                let settle = tokio::time::sleep_until(settled);
+                tokio::pin!(settle);
+                loop {
+                    tokio::select! {
+                        _ = &mut settle => break,
+                        next = self.stream.next() => if next.is_none() { break },
+                    }
+                }
+                self.pending = None;
+                return path;
+            }
             let Some(event) = self.stream.next().await else {
                 return std::future::pending().await;
             };
             let Ok(event) = event else { continue };
-            let Some(path) = self.matters(&event.wd, event.name.as_ref()) else {
-                continue;
-            };
-            // A writer's create + write + close, or several files at once: one change.
-            let settle = tokio::time::sleep(SETTLE);
-            tokio::pin!(settle);
-            loop {
-                tokio::select! {
-                    _ = &mut settle => break,
-                    next = self.stream.next() => if next.is_none() { break },
-                }
+            if let Some(path) = self.matters(&event.wd, event.name.as_ref()) {
+                self.pending = Some((path, tokio::time::Instant::now() + SETTLE));
             }
-            return path;
         }
     }
 }
@@ -198,6 +226,22 @@ mod tests {
         std::fs::write(dir.path().join("unrelated"), "x").unwrap();
         std::fs::write(dir.path().join(".pat.new"), "ghp_new").unwrap();
         std::fs::rename(dir.path().join(".pat.new"), dir.path().join("pat")).unwrap();
+        let changed = tokio::time::timeout(Duration::from_secs(5), watch.changed())
+            .await
+            .unwrap();
+        assert_eq!(changed, dir.path().join("pat"));
+    }
+
+    #[tokio::test]
+    async fn a_change_seen_by_a_cancelled_wait_is_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), "pat");
+        let mut watch = SecretWatch::new(&config).unwrap();
+        std::fs::write(dir.path().join(".pat.new"), "ghp_new").unwrap();
+        std::fs::rename(dir.path().join(".pat.new"), dir.path().join("pat")).unwrap();
+        // The wait is dropped while the change settles (another branch of a `select!` won).
+        let cancelled = tokio::time::timeout(Duration::from_millis(10), watch.changed()).await;
+        assert!(cancelled.is_err());
         let changed = tokio::time::timeout(Duration::from_secs(5), watch.changed())
             .await
             .unwrap();
