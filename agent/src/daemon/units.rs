@@ -205,24 +205,13 @@ impl UnitWatch {
 async fn watch(tx: tokio::sync::mpsc::Sender<UnitStop>, system: bool, private: PathBuf) {
     let mut warned = false;
     loop {
-        let connected = if system {
-            connect(&private).await
-        } else {
-            connect_private(&private).await
-        };
-        match connected {
-            Ok((conn, kind)) => {
-                match forward(&conn, kind, &tx).await {
-                    Ok(()) => log::info!(
-                        "the connection to systemd over {} ended; connecting again",
-                        kind.describe()
-                    ),
-                    Err(err) => log::warn!(
-                        "runner units: {}; the liveness check stands in until it is back",
-                        super::error_chain(&err)
-                    ),
-                }
+        match session(&tx, system, &private).await {
+            Ok(kind) => {
                 warned = false;
+                log::info!(
+                    "the connection to systemd through {} ended; connecting again",
+                    kind.describe()
+                );
             }
             Err(err) if !warned => {
                 warned = true;
@@ -241,17 +230,34 @@ async fn watch(tx: tokio::sync::mpsc::Sender<UnitStop>, system: bool, private: P
     }
 }
 
-/// The system bus, else systemd's private socket at `private`.
-pub async fn connect(private: &Path) -> Result<(zbus::Connection, BusKind), UnitsError> {
-    let system = match zbus::connection::Builder::system() {
-        Ok(builder) => builder.build().await,
-        Err(err) => Err(err),
-    };
-    match system {
-        Ok(conn) => return Ok((conn, BusKind::System)),
-        Err(err) => log::debug!("no system bus ({err}), trying `{}`", private.display()),
+/// One watch session: the system bus (when `system`), else systemd's private socket at
+/// `private`; forwards stops until the connection ends.
+async fn session(
+    tx: &tokio::sync::mpsc::Sender<UnitStop>,
+    system: bool,
+    private: &Path,
+) -> Result<BusKind, UnitsError> {
+    if system {
+        let conn = match zbus::connection::Builder::system() {
+            Ok(builder) => builder.build().await,
+            Err(err) => Err(err),
+        };
+        // A system bus without systemd on it (a container's own dbus) is no bus for this.
+        match conn {
+            Ok(conn) => match forward(&conn, BusKind::System, tx).await {
+                Ok(()) => return Ok(BusKind::System),
+                Err(err) => log::debug!(
+                    "no runner unit events on the system bus ({}), trying `{}`",
+                    super::error_chain(&err),
+                    private.display()
+                ),
+            },
+            Err(err) => log::debug!("no system bus ({err}), trying `{}`", private.display()),
+        }
     }
-    connect_private(private).await
+    let (conn, kind) = connect_private(private).await?;
+    forward(&conn, kind, tx).await?;
+    Ok(kind)
 }
 
 /// systemd's private socket at `path`: peer-to-peer, no bus daemon.
@@ -323,9 +329,9 @@ async fn forward(
         let Some(path) = header.path().map(|p| p.as_str().to_owned()) else {
             continue;
         };
-        let Ok((interface, changed, _invalidated)) = msg
-            .body()
-            .deserialize::<(String, HashMap<String, OwnedValue>, Vec<String>)>()
+        let Ok((interface, changed, _invalidated)) =
+            msg.body()
+                .deserialize::<(String, HashMap<String, OwnedValue>, Vec<String>)>()
         else {
             continue;
         };
@@ -399,7 +405,8 @@ mod tests {
             .collect()
     }
 
-    const RUNNER_PATH: &str = "/org/freedesktop/systemd1/unit/actions_2erunner_2e_5fservices_2ee2e_2dkvm_2d1_2eservice";
+    const RUNNER_PATH: &str =
+        "/org/freedesktop/systemd1/unit/actions_2erunner_2e_5fservices_2ee2e_2dkvm_2d1_2eservice";
 
     #[test]
     fn object_paths_decode_to_unit_names() {
@@ -481,10 +488,7 @@ mod tests {
             match member.as_str() {
                 "Subscribe" => {
                     conn.reply(&header, &()).await.unwrap();
-                    for path in [
-                        "/org/freedesktop/systemd1/unit/cron_2eservice",
-                        RUNNER_PATH,
-                    ] {
+                    for path in ["/org/freedesktop/systemd1/unit/cron_2eservice", RUNNER_PATH] {
                         let changed = props(&[("ActiveState", "deactivating")]);
                         conn.emit_signal(
                             None::<&str>,
@@ -558,7 +562,10 @@ mod tests {
         let err = connect_private(&path).await.unwrap_err();
         assert_eq!(
             err.to_string(),
-            format!("cannot connect to systemd's private socket `{}`", path.display())
+            format!(
+                "cannot connect to systemd's private socket `{}`",
+                path.display()
+            )
         );
     }
 }
