@@ -9,8 +9,8 @@
 //! [`secrets`]: the credentials are reloaded and open circuits closed), and by a cheap liveness
 //! check every few seconds of the runners' services (the pid file for the process backend;
 //! `systemctl` state for systemd units). A systemd runner unit that stops is also told by systemd
-//! over D-Bus ([`units`]: the system bus, else systemd's private socket), so it is acted on at
-//! once; the liveness check is the fallback. `SIGTERM`/`SIGINT` end the loop and leave the
+//! over D-Bus ([`units`]: the system bus), so it is acted on at once; the liveness check is the
+//! fallback (and the only way without a system bus). `SIGTERM`/`SIGINT` end the loop and leave the
 //! runners running.
 //!
 //! Healing: a runner that stopped is started again, except that its output says why

@@ -1,14 +1,15 @@
 //! Runner units stopping, told by systemd over D-Bus (the `systemd` service backend).
 //!
-//! [`UnitWatch::start`] connects to the system bus, or, where there is none (minimal hosts and
-//! containers without `dbus-daemon`), to systemd's private socket `/run/systemd/private`
-//! (peer-to-peer, what `systemctl` uses as root), calls `Manager.Subscribe` and listens to
+//! [`UnitWatch::start`] connects to the system bus, calls `Manager.Subscribe` and listens to
 //! `PropertiesChanged` of the `actions.runner.*.service` units. A unit whose `ActiveState`
 //! becomes `inactive` or `failed` is a [`UnitStop`] for the daemon's loop, which then looks at
 //! its runners at once instead of at its next liveness check. Before it is handed on, the stop
 //! waits (briefly) for the unit's last lines to reach the journal, where [`super::exits`] reads
-//! why the listener stopped. When neither bus can be reached the daemon says so once and keeps
-//! polling; the watch keeps trying to connect in the background.
+//! why the listener stopped. Without a system bus (minimal hosts and containers without
+//! `dbus-daemon`) the daemon says so once and keeps polling; the watch keeps trying to connect in
+//! the background. systemd's private socket `/run/systemd/private` (peer-to-peer, what
+//! `systemctl` uses as root) is supported by [`connect_private`] and tested against a stand-in,
+//! but not used yet: see [`UnitWatch::start`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -43,6 +44,10 @@ pub enum UnitsError {
         #[source]
         source: std::io::Error,
     },
+    #[error("no bus to reach systemd")]
+    NoBus,
+    #[error("the D-Bus session ended abruptly: {reason}")]
+    Panicked { reason: String },
     #[error("cannot talk to systemd over D-Bus ({bus})")]
     Bus {
         bus: &'static str,
@@ -175,18 +180,21 @@ impl Drop for UnitWatch {
 }
 
 impl UnitWatch {
-    /// Start watching in a task of the current runtime: the system bus, else
-    /// [`PRIVATE_SOCKET`].
+    /// Start watching in a task of the current runtime, through the system bus.
+    ///
+    /// Not through [`PRIVATE_SOCKET`] yet: systemd marks what it sends there with the sender
+    /// `org.freedesktop.systemd1`, which zbus 5 takes for a unique name and panics on
+    /// (`message/fields.rs`, "Invalid field reconstruction", seen in tests/e2e/daemon.sh).
     pub fn start() -> UnitWatch {
-        UnitWatch::spawn(true, PathBuf::from(PRIVATE_SOCKET))
+        UnitWatch::spawn(true, None)
     }
 
-    /// Start watching through a private socket at `path` only (tests).
+    /// Start watching through a peer-to-peer socket at `path` only (tests).
     pub fn start_private(path: &Path) -> UnitWatch {
-        UnitWatch::spawn(false, path.to_owned())
+        UnitWatch::spawn(false, Some(path.to_owned()))
     }
 
-    fn spawn(system: bool, private: PathBuf) -> UnitWatch {
+    fn spawn(system: bool, private: Option<PathBuf>) -> UnitWatch {
         let (tx, stops) = tokio::sync::mpsc::channel(64);
         let task = tokio::spawn(watch(tx, system, private));
         UnitWatch { stops, task }
@@ -202,10 +210,21 @@ impl UnitWatch {
 }
 
 /// Connect, subscribe and forward stops until the connection ends; then again.
-async fn watch(tx: tokio::sync::mpsc::Sender<UnitStop>, system: bool, private: PathBuf) {
+async fn watch(tx: tokio::sync::mpsc::Sender<UnitStop>, system: bool, private: Option<PathBuf>) {
     let mut warned = false;
     loop {
-        match session(&tx, system, &private).await {
+        // In a task of its own: a panic inside zbus ends the session, not the watch.
+        let session = {
+            let tx = tx.clone();
+            let private = private.clone();
+            tokio::spawn(async move { session(&tx, system, private.as_deref()).await })
+        };
+        let result = session.await.unwrap_or_else(|err| {
+            Err(UnitsError::Panicked {
+                reason: err.to_string(),
+            })
+        });
+        match result {
             Ok(kind) => {
                 warned = false;
                 log::info!(
@@ -217,7 +236,7 @@ async fn watch(tx: tokio::sync::mpsc::Sender<UnitStop>, system: bool, private: P
                 warned = true;
                 log::warn!(
                     "runner units: {}; a unit that stops is seen at the next liveness check only\n\
-                     hint: run the agent as root on a host whose PID 1 is systemd (`{PRIVATE_SOCKET}`), or start `dbus`",
+                     hint: start the system bus (`dbus`) so that systemd can tell the agent",
                     super::error_chain(&err)
                 );
             }
@@ -235,8 +254,9 @@ async fn watch(tx: tokio::sync::mpsc::Sender<UnitStop>, system: bool, private: P
 async fn session(
     tx: &tokio::sync::mpsc::Sender<UnitStop>,
     system: bool,
-    private: &Path,
+    private: Option<&Path>,
 ) -> Result<BusKind, UnitsError> {
+    let mut system_error = None;
     if system {
         let conn = match zbus::connection::Builder::system() {
             Ok(builder) => builder.build().await,
@@ -246,15 +266,19 @@ async fn session(
         match conn {
             Ok(conn) => match forward(&conn, BusKind::System, tx).await {
                 Ok(()) => return Ok(BusKind::System),
-                Err(err) => log::debug!(
-                    "no runner unit events on the system bus ({}), trying `{}`",
-                    super::error_chain(&err),
-                    private.display()
-                ),
+                Err(err) => system_error = Some(err),
             },
-            Err(err) => log::debug!("no system bus ({err}), trying `{}`", private.display()),
+            Err(source) => {
+                system_error = Some(UnitsError::Bus {
+                    bus: "system bus",
+                    source,
+                })
+            }
         }
     }
+    let Some(private) = private else {
+        return Err(system_error.unwrap_or(UnitsError::NoBus));
+    };
     let (conn, kind) = connect_private(private).await?;
     forward(&conn, kind, tx).await?;
     Ok(kind)
