@@ -52,7 +52,7 @@ pub enum UnitsError {
     Bus {
         bus: &'static str,
         #[source]
-        source: zbus::Error,
+        source: Box<zbus::Error>,
     },
 }
 
@@ -271,7 +271,7 @@ async fn session(
             Err(source) => {
                 system_error = Some(UnitsError::Bus {
                     bus: "system bus",
-                    source,
+                    source: Box::new(source),
                 })
             }
         }
@@ -299,18 +299,18 @@ pub async fn connect_private(path: &Path) -> Result<(zbus::Connection, BusKind),
         .await
         .map_err(|source| UnitsError::Bus {
             bus: "private socket",
-            source,
+            source: Box::new(source),
         })?;
     Ok((conn, BusKind::Private))
 }
 
 fn bus_error(kind: BusKind) -> impl Fn(zbus::Error) -> UnitsError {
     move |source| UnitsError::Bus {
+        source: Box::new(source),
         bus: match kind {
             BusKind::System => "system bus",
             BusKind::Private => "private socket",
         },
-        source,
     }
 }
 
