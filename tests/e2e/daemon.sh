@@ -12,6 +12,11 @@
 #   - a runner deleted on GitHub is registered again and online within DAEMON_HEAL_SECS;
 #   - the PAT file replaced by a new PAT and the old one revoked: picked up within 2 s without a
 #     restart of the agent (same MainPID), still healthy (a registration made after that works);
+#   - runner units stopping are told by systemd over D-Bus (units.rs), with the daemon's liveness
+#     check and resync set to an hour so that only the event can act: a deleted registration (the
+#     listener cleans up and exits 0) and a session conflict (exit 5); `agentctl status` names
+#     each exit, the first is registered again, the second waits for the old session and starts
+#     again; without a system bus the daemon says so (with a hint) and keeps running;
 #   - `apt-get purge runner-agent`: no registration of this host on GitHub, no runner unit, no
 #     runner directory.
 #
@@ -179,6 +184,8 @@ daemon_stage() {
     check "daemon: the agent's log has no PAT" bash -c \
         "! nsenter -t $(leader) -a journalctl -q -u runner-agent.service | grep -qF -e '$pat' -e '$new_pat'"
 
+    daemon_unit_events
+
     # --- purge ---------------------------------------------------------------------------------
     out=$(in_guest env DEBIAN_FRONTEND=noninteractive apt-get purge -y -q runner-agent 2>&1); rc=$?
     expect "daemon: apt-get purge exits 0" 0 "$rc"
@@ -194,6 +201,81 @@ daemon_stage() {
     check "daemon: purge removed /etc/runner-agent" in_guest test ! -e /etc/runner-agent
     check "daemon: no runner process is left" bash -c "! nsenter -t $(leader) -a pgrep -u runner >/dev/null"
 }
+
+# daemon_unit_events: runner unit exits reach the daemon as D-Bus events (system bus, then the
+# private socket), their reasons are shown by `agentctl status` and healed as exits.rs says.
+daemon_unit_events() {
+    local since name unit old t0 main listener
+    # Only an event can start a pass: no liveness check, no resync within the test.
+    in_guest sh -c 'printf "%s\n" "[Service]" "ExecStart=" \
+        "ExecStart=/usr/bin/agentctl daemon --check-secs 3600 --resync-secs 3600 --session-wait-secs 10" \
+        > /etc/systemd/system/runner-agent.service.d/e2e-events.conf && systemctl daemon-reload'
+    check "dbus: the guest runs a system bus" in_guest systemctl is-active --quiet dbus.service
+    since=$(in_guest date '+%Y-%m-%d %H:%M:%S')
+    check "dbus: restart runner-agent with --check-secs 3600 --resync-secs 3600" \
+        in_guest systemctl restart runner-agent.service
+    check "dbus: the daemon watches the runner units through the system bus" \
+        wait_for 20 agent_log "$since" 'watching the runner units through the system bus'
+    wait_for 30 all_online
+
+    # A registration deleted on GitHub: the listener removes its configuration and exits 0.
+    name=e2e-kvm-2 unit=actions.runner._services.e2e-kvm-2.service
+    old=$(runner_id "$name") t0=$SECONDS
+    check "dbus: $name deleted on GitHub" emu DELETE "/runners/$old"
+    check "dbus: the daemon was told that $unit stopped (system bus)" \
+        wait_for 30 agent_log "$since" "runner unit \`$unit\` stopped: inactive (dead), exit status 0"
+    check "dbus: $name registered again and online (no poll for an hour)" wait_for 40 renewed "$name" "$old"
+    log "dbus: $name deleted to online again through the unit event: $((SECONDS - t0)) s"
+    check "dbus: agentctl status names the deleted registration" wait_for 10 status_says \
+        "  $name: running, [0-9]* restart(s), last exit 0 (registration deleted on GitHub (local configuration removed by the runner))$"
+    DAEMON_IDS[$name]=$(runner_id "$name")
+
+    # A session conflict: the listener killed (its session stays open on GitHub), runsvc.sh
+    # starts another, which meets that session, gives up with exit 5 and the unit stops.
+    name=e2e-kvm-1 unit=actions.runner._services.e2e-kvm-1.service
+    wait_for 30 runner_online "$name"
+    old=$(runner_id "$name")
+    printf '%s\n' FAKE_RUNNER_SESSION_CONFLICT_SECONDS=1 FAKE_RUNNER_SESSION_RETRY_SECONDS=1 \
+        | in_guest sh -c "cat > /var/lib/runner-agent/runners/$name/.env && chmod 644 /var/lib/runner-agent/runners/$name/.env"
+    main=$(main_pid "$unit")
+    since=$(in_guest date '+%Y-%m-%d %H:%M:%S')
+    # No pgrep or kill in the minbase guest: the listener is the child of runsvc.sh named so.
+    listener=$(in_guest sh -c "for d in /proc/[0-9]*; do [ \"\$(cat \$d/comm 2>/dev/null)\" = Runner.Listener ] \
+        && grep -q '^PPid:[[:space:]]*$main\$' \$d/status && echo \${d#/proc/}; done" | head -n 1)
+    check "dbus: $name's listener killed (pid ${listener:-none})" in_guest sh -c "kill -KILL ${listener:-none}"
+    check "dbus: the daemon was told that $unit stopped (system bus)" \
+        wait_for 40 agent_log "$since" "runner unit \`$unit\` stopped: inactive (dead), exit status 0"
+    check "dbus: agentctl status names the session conflict and waits" wait_for 10 status_says \
+        "  $name: session-conflict, [0-9]* restart(s), last exit 5 (session conflict)$"
+    check "dbus: the daemon does not start $name during the wait" bash -c \
+        "! nsenter -t $(leader) -a systemctl is-active --quiet $unit"
+    # The old session expires on GitHub (90 s without a poll); the daemon's wait ends after 10 s.
+    emu POST /clock/advance '{"seconds": 120}' >/dev/null
+    check "dbus: after the wait, $name is online again with the same registration" \
+        wait_for 40 same_online "$name" "$old"
+    check "dbus: agentctl status says $name runs again" wait_for 10 status_says "  $name: running, "
+    in_guest rm -f "/var/lib/runner-agent/runners/$name/.env"
+
+    # No system bus: the daemon says so once and keeps running on its liveness check.
+    in_guest systemctl stop dbus.socket dbus.service >/dev/null 2>&1
+    check "dbus: the system bus is stopped" bash -c "! nsenter -t $(leader) -a systemctl is-active --quiet dbus.socket dbus.service"
+    since=$(in_guest date '+%Y-%m-%d %H:%M:%S')
+    check "dbus: restart runner-agent without a system bus" in_guest systemctl restart runner-agent.service
+    check "dbus: without a system bus the daemon says it relies on its liveness check, with a hint" \
+        wait_for 20 agent_log "$since" 'hint: start the system bus (`dbus`) so that systemd can tell the agent'
+    check "dbus: without a system bus the agent stays active" in_guest systemctl is-active --quiet runner-agent.service
+
+    # Back to the packaged settings.
+    in_guest sh -c 'rm -f /etc/systemd/system/runner-agent.service.d/e2e-events.conf && systemctl daemon-reload
+        systemctl start dbus.socket dbus.service && systemctl restart runner-agent.service'
+    expect "dbus: still exactly the configured registrations" \
+        "$(printf '%s\n' "${DAEMON_RUNNERS[@]}" | sort | xargs)" "$(emu_names)"
+}
+# agent_log SINCE TEXT: the agent's journal since SINCE has TEXT.
+agent_log() { in_guest journalctl -q -o cat -u runner-agent.service --since "$1" | grep -qF -- "$2"; }
+# status_says REGEX: a line of `agentctl status` starts with a match of REGEX (basic regex).
+status_says() { in_guest agentctl status 2>/dev/null | grep -q -- "^$1"; }
+same_online() { [ "$(runner_id "$1")" = "$2" ] && runner_online "$1"; }
 
 # The configuration: two KVM runners and one on the fake board, each with a label of its own.
 daemon_config() {

@@ -9,8 +9,10 @@
 //! [`secrets`]: the credentials are reloaded and open circuits closed; a `LoadCredential=` copy is
 //! read from its source once that changed, [`credentials`]), and by a cheap liveness
 //! check every few seconds of the runners' services (the pid file for the process backend;
-//! `systemctl` state for systemd units, polled, not subscribed). `SIGTERM`/`SIGINT` end the loop
-//! and leave the runners running.
+//! `systemctl` state for systemd units). A systemd runner unit that stops is also told by systemd
+//! over D-Bus ([`units`]: the system bus), so it is acted on at once; the liveness check is the
+//! fallback (and the only way without a system bus). `SIGTERM`/`SIGINT` end the loop and leave the
+//! runners running.
 //!
 //! Healing: a runner that stopped is started again, except that its output says why
 //! ([`exits`]): a session conflict (exit 5) waits [`Options::session_wait`] for the old session to
@@ -42,6 +44,7 @@ pub mod ratelimit;
 mod reconcile;
 pub mod secrets;
 pub mod state;
+pub mod units;
 pub mod upgrade;
 
 use std::collections::BTreeMap;
@@ -192,6 +195,21 @@ fn watch(config: &Config, rotation: &credentials::Rotation) -> Option<secrets::S
     }
 }
 
+/// Whether a runner of `config` runs as a systemd unit (and the D-Bus watch is of use).
+fn uses_units(config: &Config) -> bool {
+    config
+        .runners
+        .iter()
+        .any(|r| r.service == config::ServiceKind::Systemd && !jit::is_jit(r))
+}
+
+async fn unit_stopped(watch: &mut Option<units::UnitWatch>) -> units::UnitStop {
+    match watch {
+        Some(watch) => watch.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn secret_changed(watch: &mut Option<secrets::SecretWatch>) -> PathBuf {
     match watch {
         Some(watch) => watch.changed().await,
@@ -221,6 +239,7 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
     // A secret systemd copied (`LoadCredential=`): where from, to pick up a new one there.
     let mut rotation = credentials::Rotation::new(&config);
     let mut secrets = watch(&config, &rotation);
+    let mut unit_watch = uses_units(&config).then(units::UnitWatch::start);
     log::info!(
         "daemon started with {} runner(s), resync every {} s",
         config.runners.len(),
@@ -262,7 +281,8 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
         daemon.write_state(pass);
         let wait = options
             .check
-            .min(resync_at.saturating_duration_since(Instant::now()));
+            .min(resync_at.saturating_duration_since(Instant::now()))
+            .min(daemon.next_gate_end());
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -283,6 +303,9 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
                         daemon.releases = None;
                         one_job = jit::Jit::default();
                         secrets = watch(&daemon.config, &rotation);
+                        if unit_watch.is_none() && uses_units(&daemon.config) {
+                            unit_watch = Some(units::UnitWatch::start());
+                        }
                         resync_at = Instant::now();
                     }
                     Err(report) => log::error!(
@@ -316,6 +339,10 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
                 resync_at = Instant::now();
             }
             _ = chld.recv() => {}
+            stop = unit_stopped(&mut unit_watch) => {
+                // The next turn's liveness check sees it and runs a pass.
+                log::info!("runner unit `{}` stopped: {}", stop.unit, stop.describe());
+            }
             () = daemon.boards.changed() => {}
             _ = tokio::time::sleep(wait) => {}
         }
@@ -354,6 +381,20 @@ fn service_state(lifecycle: &Lifecycle<'_>, runner: &config::Runner) -> Option<S
 }
 
 impl Daemon {
+    /// How long until the first runner's wait (backoff, session conflict, update, circuit) ends;
+    /// the loop wakes then even when its liveness check is slow.
+    fn next_gate_end(&self) -> Duration {
+        let now = Instant::now();
+        self.health
+            .values()
+            .flat_map(|h| [h.until, h.circuit_until])
+            .flatten()
+            .filter(|at| *at > now)
+            .map(|at| at - now)
+            .min()
+            .unwrap_or(Duration::MAX)
+    }
+
     /// A cheap local check: did a runner stop (or is a registered one not running), out of
     /// backoff and not drained?
     fn needs_pass(&self) -> bool {
