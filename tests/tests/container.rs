@@ -11,28 +11,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use runner_agent_tests::emulator::{Emulator, EmulatorOptions, PatSpec, RunnerView};
-use runner_agent_tests::support::{agentctl, publish_fake_release};
+use runner_agent_tests::emulator::RunnerView;
+use runner_agent_tests::support::lab::{self, text, REPO};
 
-const REPO: &str = "octo/hello";
-const VERSION: &str = "2.336.0";
 const HOST: &str = "ctrhost";
 const WAIT: Duration = Duration::from_secs(60);
 /// Groups only the container's `--group-add` gives the runner user: the KVM node's, the pty's.
 const KVM_GID: u32 = 64_231;
 const TTY_GID: u32 = 64_232;
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// The test image, with an engine up; `None` (after saying why, loudly) when Docker cannot run
 /// here and this is not CI.
@@ -83,55 +73,26 @@ fn docker_text(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// The shared lab ([`lab::Lab`]) with the name of its one container runner.
 struct Lab {
-    emu: Emulator,
-    dir: tempfile::TempDir,
-    config: PathBuf,
+    lab: lab::Lab,
     name: String,
 }
 
+runner_agent_tests::deref_lab!(Lab.lab);
+
 impl Lab {
     fn agentctl(&self, args: &[&str]) -> Output {
-        Command::new(agentctl())
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .env("RUNNER_AGENT_HOSTNAME", HOST)
-            .env("DOCKER_HOST", "unix:///run/docker.sock")
-            .env_remove("CREDENTIALS_DIRECTORY")
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> Output {
-        let out = self.agentctl(args);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "agentctl {args:?}: {}",
-            text(&out)
-        );
-        out
+        self.run(args)
     }
 
     async fn wait_runner(&self, what: &str, pred: impl Fn(Option<&RunnerView>) -> bool) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let found = self
-                .emu
-                .runners(Some(REPO))
-                .into_iter()
-                .find(|r| r.name == self.name);
-            if pred(found.as_ref()) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "runner {} never {what}: {found:?}",
-                self.name
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let what = format!("runner {} {what}", self.name);
+        self.lab
+            .wait_until(&what, || {
+                pred(self.runners().iter().find(|r| r.name == self.name))
+            })
+            .await;
     }
 
     fn container_state(&self) -> String {
@@ -150,24 +111,21 @@ async fn a_container_runner_registers_runs_a_job_with_the_devices_and_purges_cle
     let Some(image) = prepare() else {
         return;
     };
-    let emu = Emulator::start(EmulatorOptions {
-        long_poll: Duration::from_secs(1),
-        ..EmulatorOptions::default()
-    })
-    .await
-    .unwrap();
-    emu.create_repo(REPO, false).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
-    publish_fake_release(&emu, VERSION, &root.join("release"))
-        .await
-        .unwrap();
-    // A PAT: the agent mints registration and remove tokens with it (and can deregister).
-    let token = emu.add_pat(PatSpec::classic(&["repo"]));
-    let token_file = root.join("github-pat");
-    std::fs::write(&token_file, &token).unwrap();
-    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Container names are global on the engine: one per test run.
+    let name = format!("ctr-{}", std::process::id());
+    // A PAT (the default): the agent mints registration and remove tokens with it (and can
+    // deregister).
+    let mut lab = lab::Lab::builder()
+        .host(HOST)
+        .env("DOCKER_HOST", "unix:///run/docker.sock")
+        .kvm(true)
+        .service("container")
+        .labels(None)
+        .wait(WAIT)
+        .start()
+        .await;
+    let root = lab.root().to_path_buf();
+    let token = lab.pat.clone().unwrap();
 
     // A private KVM node (the host's stays root:root 0600) and the board's console, a real pty,
     // each openable only through a group the runner user does not have on the host.
@@ -188,36 +146,12 @@ async fn a_container_runner_registers_runs_a_job_with_the_devices_and_purges_cle
     let link = root.join("usb-Sim_Board_0001-if00-port0");
     std::os::unix::fs::symlink(&slave, &link).unwrap();
 
-    // Container names are global on the engine: one per test run.
-    let name = format!("ctr-{}", std::process::id());
-    let config = root.join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"version = 1
-
-[agent]
-cache_dir = "{root}/cache"
-state_dir = "{root}/state"
-
-[github]
-url = "{url}"
-pat_file = "github-pat"
-
-[host]
-kvm = true
-
-[container]
-image = "{image}"
-kvm_device = "{kvm}"
-
-[defaults]
-user = "ra-runner"
-root = "{root}/runners"
-version = "{VERSION}"
-service = "container"
-
-[[runner]]
+    lab.settings.sections = format!(
+        "[container]\nimage = \"{image}\"\nkvm_device = \"{}\"\n",
+        kvm.display()
+    );
+    lab.settings.runners = format!(
+        r#"[[runner]]
 name = "{name}"
 board = "sim-1"
 
@@ -228,17 +162,11 @@ env = {{ BOARD_DTB = "sim.dtb" }}
 path = "{link}"
 baud = 115200
 "#,
-            root = root.display(),
-            url = emu.web_url_for(REPO),
-            kvm = kvm.display(),
-            link = link.display(),
-        ),
-    )
-    .unwrap();
+        link = link.display(),
+    );
+    lab.write_config();
     let lab = Lab {
-        emu,
-        dir,
-        config,
+        lab,
         name: name.clone(),
     };
     let container = format!("runner-agent-{name}");

@@ -4,28 +4,26 @@
 // Test helpers outside `#[test]` functions may unwrap too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use runner_agent_tests::support::{agentctl, publish_fake_release};
-use std::os::unix::fs::PermissionsExt as _;
+use runner_agent_tests::support::agentctl;
+use runner_agent_tests::support::lab::{self, text, REPO, VERSION};
+use runner_agent_tests::support::publish_fake_release;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use runner_agent_tests::emulator::{Emulator, EmulatorOptions, PatSpec, RunnerView};
+use runner_agent_tests::emulator::PatSpec;
 
-const REPO: &str = "octo/hello";
-const VERSION: &str = "2.336.0";
-const HOST: &str = "labhost";
 const WAIT: Duration = Duration::from_secs(30);
 
+/// The shared lab ([`lab::Lab`]) of `count` counted runners, with this file's PAT at hand.
 struct Lab {
-    emu: Emulator,
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    daemon: Option<Child>,
+    lab: lab::Lab,
     pat: String,
 }
+
+runner_agent_tests::deref_lab!(Lab.lab);
 
 impl Lab {
     async fn new(count: u32) -> Lab {
@@ -34,273 +32,25 @@ impl Lab {
 
     /// A lab whose configuration has `defaults` added to `[defaults]` and `extra` at the end.
     async fn with(count: u32, defaults: &str, extra: &str) -> Lab {
-        let emu = Emulator::start(EmulatorOptions {
-            long_poll: Duration::from_secs(1),
-            ..EmulatorOptions::default()
-        })
-        .await
-        .unwrap();
-        emu.create_repo(REPO, false).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        publish_fake_release(&emu, VERSION, &dir.path().join("release"))
-            .await
-            .unwrap();
-        let pat = emu.add_pat(PatSpec::classic(&["repo"]));
-        let file = dir.path().join("github-pat");
-        std::fs::write(&file, &pat).unwrap();
-        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let root = dir.path();
-        let text = format!(
-            r#"version = 1
-
-[agent]
-cache_dir = "{root}/cache"
-state_dir = "{root}/state"
-
-[github]
-url = "{url}"
-pat_file = "github-pat"
-
-[host]
-kvm = false
-
-[defaults]
-user = "ra-runner"
-root = "{root}/runners"
-version = "{VERSION}"
-service = "process"
-labels = ["lab"]
-{defaults}
-
-[[runner]]
-name_template = "{{hostname}}-{{index}}"
-count = {count}
-{extra}
-"#,
-            root = root.display(),
-            url = emu.web_url_for(REPO),
-        );
-        let config = dir.path().join("agent.toml");
-        std::fs::write(&config, text).unwrap();
-        Lab {
-            emu,
-            dir,
-            config,
-            daemon: None,
-            pat,
-        }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(agentctl());
-        command
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .env("RUNNER_AGENT_HOSTNAME", HOST)
-            .env_remove("CREDENTIALS_DIRECTORY");
-        command
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join("daemon.log")
-    }
-
-    fn start_daemon(&mut self) {
-        self.start_daemon_with(&[]);
-    }
-
-    fn start_daemon_with(&mut self, extra: &[&str]) {
-        let log = std::fs::File::create(self.log_path()).unwrap();
-        let mut args = vec!["daemon", "--resync-secs", "2", "--check-secs", "1"];
-        args.extend_from_slice(extra);
-        let child = self
-            .command(&args)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.daemon = Some(child);
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
-    }
-
-    fn names(&self, count: u32) -> Vec<String> {
-        (1..=count).map(|i| format!("{HOST}-{i}")).collect()
-    }
-
-    fn pid(&self, name: &str) -> Option<i32> {
-        let path = self
-            .dir
-            .path()
-            .join("state/runners")
-            .join(format!("{name}.pid"));
-        let text = std::fs::read_to_string(path).ok()?;
-        let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-        value["pid"].as_i64().map(|p| p as i32)
-    }
-
-    async fn wait_runner(
-        &self,
-        name: &str,
-        what: &str,
-        pred: impl Fn(&RunnerView) -> bool,
-    ) -> RunnerView {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let found = self
-                .emu
-                .runners(Some(REPO))
-                .into_iter()
-                .find(|r| r.name == name);
-            if let Some(r) = &found {
-                if pred(r) {
-                    return r.clone();
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "runner {name} never {what}: {found:?}\ndaemon log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn status_json(&self) -> serde_json::Value {
-        let out = self.command(&["status", "--json"]).output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-        serde_json::from_slice(&out.stdout).unwrap()
+        let lab = lab::Lab::builder()
+            .defaults(defaults)
+            .count(count, extra)
+            .wait(WAIT)
+            .start()
+            .await;
+        let pat = lab.pat.clone().unwrap();
+        Lab { lab, pat }
     }
 
     /// The daemon's view of runner `name` in `status --json`.
     fn daemon_view(status: &serde_json::Value, name: &str) -> serde_json::Value {
-        status["runners"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["name"] == name)
-            .map(|r| r["daemon"].clone())
-            .unwrap_or_default()
-    }
-
-    /// Poll `agentctl status --json` until `pred` holds.
-    async fn wait_status(
-        &self,
-        what: &str,
-        pred: impl Fn(&serde_json::Value) -> bool,
-    ) -> serde_json::Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let status = self.status_json();
-            if pred(&status) {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "status never showed {what}: {status:#}\ndaemon log:\n{}\nrunner logs:\n{}",
-                self.log(),
-                self.runner_logs()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Every runner's own output (the process backend's log).
-    fn runner_logs(&self) -> String {
-        let mut out = String::new();
-        if let Ok(entries) = std::fs::read_dir(self.dir.path().join("runners")) {
-            for entry in entries.flatten() {
-                let log = entry.path().join("_diag/agent-run.log");
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                out.push_str(&format!("--- {}\n{text}", log.display()));
-            }
-        }
-        out
-    }
-
-    fn runner_dir(&self, name: &str) -> PathBuf {
-        self.dir.path().join("runners").join(name)
-    }
-
-    fn alive(&self, name: &str) -> bool {
-        self.pid(name)
-            .is_some_and(|pid| kill(Pid::from_raw(pid), None).is_ok())
-    }
-
-    fn daemon_pid(&self) -> Pid {
-        Pid::from_raw(self.daemon.as_ref().unwrap().id() as i32)
+        lab::Lab::daemon_view(status, name)
     }
 
     /// Write a file the way secret managers do: a new file renamed over the old one.
     fn replace_secret(&self, path: &std::path::Path, value: &str) {
-        let staging = path.with_extension("new");
-        std::fs::write(&staging, value).unwrap();
-        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600)).unwrap();
-        std::fs::rename(&staging, path).unwrap();
+        lab::write_secret(path, value);
     }
-
-    async fn wait_runner_any(&self, what: &str, pred: impl Fn(&RunnerView) -> bool) -> RunnerView {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(r) = self.emu.runners(Some(REPO)).into_iter().find(|r| pred(r)) {
-                return r;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no runner {what}\ndaemon log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Wait for the daemon to exit, with a deadline.
-    fn wait_exit(&mut self) -> Option<i32> {
-        let child = self.daemon.as_mut().unwrap();
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                self.daemon = None;
-                return status.code();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not exit:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.daemon {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        // The runners outlive the daemon by design: end their sessions.
-        if let Ok(entries) = std::fs::read_dir(self.dir.path().join("state/runners")) {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if let Some(pid) = name.strip_suffix(".pid").and_then(|n| self.pid(n)) {
-                    let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
-                }
-            }
-        }
-    }
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -749,18 +499,11 @@ async fn a_self_update_is_left_to_the_runner_scripts() {
 async fn without_rest_a_registration_deleted_while_the_host_was_down_is_registered_again() {
     let mut lab = Lab::new(1).await;
     let token = lab.emu.registration_token(REPO).unwrap();
-    let file = lab.dir.path().join("registration-token");
-    std::fs::write(&file, &token).unwrap();
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let config = std::fs::read_to_string(&lab.config).unwrap();
-    std::fs::write(
-        &lab.config,
-        config.replace(
-            "pat_file = \"github-pat\"",
-            "registration_token_file = \"registration-token\"",
-        ),
-    )
-    .unwrap();
+    lab.replace_secret(&lab.path("registration-token"), &token);
+    lab.edit_config(
+        "pat_file = \"github-pat\"",
+        "registration_token_file = \"registration-token\"",
+    );
     lab.start_daemon();
     let name = lab.names(1)[0].clone();
     let view = lab
@@ -818,12 +561,7 @@ async fn a_disable_update_runner_is_upgraded_by_the_daemon_once_idle() {
     publish_fake_release(&lab.emu, "2.337.0", &lab.dir.path().join("release-new"))
         .await
         .unwrap();
-    let config = std::fs::read_to_string(&lab.config).unwrap();
-    std::fs::write(
-        &lab.config,
-        config.replace(&format!("version = \"{VERSION}\""), "version = \"2.337.0\""),
-    )
-    .unwrap();
+    lab.edit_config(&format!("version = \"{VERSION}\""), "version = \"2.337.0\"");
     kill(lab.daemon_pid(), Signal::SIGHUP).unwrap();
     let deadline = Instant::now() + WAIT;
     while !lab.log().contains("configuration reloaded") {
@@ -905,18 +643,12 @@ async fn a_drained_runner_found_running_is_stopped_by_the_daemon_once_idle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_registration_token_file_cuts_the_backoff_short() {
     let mut lab = Lab::new(1).await;
-    let file = lab.dir.path().join("registration-token");
-    std::fs::write(&file, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAA").unwrap();
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let config = std::fs::read_to_string(&lab.config).unwrap();
-    std::fs::write(
-        &lab.config,
-        config.replace(
-            "pat_file = \"github-pat\"",
-            "registration_token_file = \"registration-token\"",
-        ),
-    )
-    .unwrap();
+    let file = lab.path("registration-token");
+    lab.replace_secret(&file, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    lab.edit_config(
+        "pat_file = \"github-pat\"",
+        "registration_token_file = \"registration-token\"",
+    );
     lab.start_daemon();
     let name = lab.names(1)[0].clone();
     let rfc3339 = &time::format_description::well_known::Rfc3339;

@@ -12,162 +12,42 @@
 // Test helpers outside `#[test]` functions may unwrap too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use runner_agent_tests::support::{agentctl, publish_fake_release};
 use std::io::{BufRead as _, BufReader};
 use std::os::fd::AsFd as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-use runner_agent_tests::emulator::{
-    Emulator, EmulatorOptions, JobStatus, JobView, PatSpec, RunnerView,
-};
+use runner_agent_tests::emulator::JobStatus;
+use runner_agent_tests::support::lab::{self, text, REPO};
 
-const REPO: &str = "octo/hello";
-const VERSION: &str = "2.336.0";
-const HOST: &str = "labhost";
 const WAIT: Duration = Duration::from_secs(45);
 const PROMPT: &str = "root@sim:~#";
 
-struct Lab {
-    emu: Emulator,
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    daemon: Option<Child>,
-}
+/// The shared lab ([`lab::Lab`]) with a fake `mbpoll` path in `agentctl`'s environment.
+struct Lab(lab::Lab);
+
+runner_agent_tests::deref_lab!(Lab.0);
 
 impl Lab {
-    /// An emulator with the fake release and a PAT; a configuration with `runners_and_boards`.
+    /// An emulator with the fake release and a PAT; [`Lab::write_config`] writes the runners.
     async fn new() -> Lab {
-        let emu = Emulator::start(EmulatorOptions {
-            long_poll: Duration::from_secs(1),
-            ..EmulatorOptions::default()
-        })
-        .await
-        .unwrap();
-        emu.create_repo(REPO, false).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        publish_fake_release(&emu, VERSION, &dir.path().join("release"))
-            .await
-            .unwrap();
-        let pat = emu.add_pat(PatSpec::classic(&["repo"]));
-        let file = dir.path().join("github-pat");
-        std::fs::write(&file, pat).unwrap();
-        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let config = dir.path().join("agent.toml");
-        Lab {
-            emu,
-            dir,
-            config,
-            daemon: None,
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn write_config(&self, runners_and_boards: &str) {
-        let root = self.dir.path();
-        let text = format!(
-            r#"version = 1
-
-[agent]
-cache_dir = "{root}/cache"
-state_dir = "{root}/state"
-
-[github]
-url = "{url}"
-pat_file = "github-pat"
-
-[host]
-kvm = false
-
-[defaults]
-user = "ra-runner"
-root = "{root}/runners"
-version = "{VERSION}"
-service = "process"
-labels = ["lab"]
-
-{runners_and_boards}"#,
-            root = root.display(),
-            url = self.emu.web_url_for(REPO),
-        );
-        std::fs::write(&self.config, text).unwrap();
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(agentctl());
-        command
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .env("RUNNER_AGENT_HOSTNAME", HOST)
-            .env("RUNNER_AGENT_MBPOLL", self.path("mbpoll"))
-            .env_remove("CREDENTIALS_DIRECTORY")
+        let mut lab = lab::Lab::builder()
             .env_remove("RUNNER_NAME")
             .env_remove("GITHUB_RUN_ID")
-            .stdin(Stdio::null());
-        command
+            .wait(WAIT)
+            .start()
+            .await;
+        let mbpoll = lab.path("mbpoll");
+        lab.set_env("RUNNER_AGENT_MBPOLL", mbpoll);
+        Lab(lab)
     }
 
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().unwrap()
-    }
-
-    fn start_daemon(&mut self) {
-        let log = std::fs::File::create(self.path("daemon.log")).unwrap();
-        let child = self
-            .command(&["daemon", "--resync-secs", "2", "--check-secs", "1"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.daemon = Some(child);
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
-    }
-
-    async fn wait_runner(
-        &self,
-        name: &str,
-        what: &str,
-        pred: impl Fn(&RunnerView) -> bool,
-    ) -> RunnerView {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let found = self
-                .emu
-                .runners(Some(REPO))
-                .into_iter()
-                .find(|r| r.name == name);
-            if let Some(r) = &found {
-                if pred(r) {
-                    return r.clone();
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "runner {name} never {what}: {found:?}\ndaemon log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn wait_job(&self, job: u64) -> JobView {
-        match self.emu.wait_job(job, WAIT).await {
-            Ok(view) => view,
-            Err(err) => panic!("job {job}: {err}\ndaemon log:\n{}", self.log()),
-        }
+    /// The configuration with `runners_and_boards` at its end.
+    fn write_config(&self, runners_and_boards: &str) {
+        self.write_config_with(|config| config.runners = runners_and_boards.to_owned());
     }
 
     /// `agentctl status --json`'s entry for `runner`.
@@ -212,39 +92,6 @@ labels = ["lab"]
             .cloned()
             .unwrap()
     }
-
-    fn pid(&self, name: &str) -> Option<i32> {
-        let text =
-            std::fs::read_to_string(self.path("state/runners").join(format!("{name}.pid"))).ok()?;
-        let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-        value["pid"].as_i64().map(|p| p as i32)
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.daemon {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        // The runners outlive the daemon by design: end their sessions.
-        if let Ok(entries) = std::fs::read_dir(self.path("state/runners")) {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if let Some(pid) = name.strip_suffix(".pid").and_then(|n| self.pid(n)) {
-                    let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
-                }
-            }
-        }
-    }
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// A pty whose slave only the runner user may open (as a udev rule for the board would set).

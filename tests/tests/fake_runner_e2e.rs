@@ -1098,3 +1098,135 @@ async fn disableupdate_is_stored_and_keeps_the_old_version_running() {
         "2.336.0"
     );
 }
+
+/// The processes whose parent is `parent`: (pid, argv).
+fn children_of(parent: u32) -> Vec<(u32, Vec<String>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let ppid = stat
+            .rfind(')')
+            .and_then(|at| stat[at + 1..].split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid != Some(parent) {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let argv = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        out.push((pid, argv));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_job_runs_in_a_runner_worker_child_that_lives_as_long_as_the_job() {
+    let emu = emulator().await;
+    let inst = install("2.336.0");
+    let root = &inst.root;
+    assert_eq!(configure(&emu, root, "worker", &[]).status.code(), Some(0));
+    let mut command = listener(root);
+    // Its own process group, as under the process backend (which signals the whole group).
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let mut run = Running::start(command);
+    run.wait_for("Listening for Jobs");
+    let listener_pid = run.child.id();
+    assert!(children_of(listener_pid).is_empty());
+
+    // A job that runs until the test lets it finish.
+    let shared = shared_dir(&inst);
+    let (started, go) = (shared.join("started"), shared.join("go"));
+    let script = format!(
+        "touch {}; while [ ! -e {} ]; do sleep 0.1; done; echo done",
+        started.display(),
+        go.display()
+    );
+    let job = emu.queue_job(REPO, &["self-hosted"], &script).unwrap();
+    run.wait_for(&format!("Running job: job {job}"));
+    wait_file(&started).await;
+    // `<root>/bin/Runner.Worker spawnclient <in> <out>`, a child of the listener, in `bin`.
+    let workers = children_of(listener_pid);
+    let [(worker, argv)] = workers.as_slice() else {
+        panic!("not one child of the listener: {workers:?}");
+    };
+    let bin = root.join("bin");
+    assert_eq!(
+        argv,
+        &[
+            bin.join("Runner.Worker").display().to_string(),
+            "spawnclient".to_owned(),
+            "0".to_owned(),
+            "1".to_owned()
+        ]
+    );
+    let proc_dir = PathBuf::from(format!("/proc/{worker}"));
+    assert_eq!(
+        std::fs::read_to_string(proc_dir.join("comm"))
+            .unwrap()
+            .trim(),
+        "Runner.Worker"
+    );
+    assert_eq!(
+        std::fs::read_link(proc_dir.join("exe")).unwrap(),
+        bin.join("Runner.Worker")
+    );
+    assert_eq!(std::fs::read_link(proc_dir.join("cwd")).unwrap(), bin);
+    let log = std::fs::read_dir(root.join("_diag"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with("Worker_") && name.ends_with("-utc.log")
+        })
+        .expect("no _diag/Worker_*-utc.log");
+    assert!(std::fs::read_to_string(&log)
+        .unwrap()
+        .contains(&format!("Job message received: job {job}")));
+
+    // The job ends: the worker with it, and the listener says so.
+    std::fs::write(&go, "").unwrap();
+    let done = emu.wait_job(job, WAIT).await.unwrap();
+    assert_eq!(done.result.as_deref(), Some("succeeded"), "{done:?}");
+    assert_eq!(done.output.as_deref(), Some("done\n"));
+    run.wait_for(&format!("Job job {job} completed with result: Succeeded"));
+    let deadline = Instant::now() + WAIT;
+    while !children_of(listener_pid).is_empty() {
+        assert!(Instant::now() < deadline, "the worker outlived its job");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(std::fs::read_to_string(&log)
+        .unwrap()
+        .contains(&format!("Job job {job} completed with result: succeeded")));
+
+    // SIGINT to the whole group (what a stopped service gets) cancels a running job.
+    std::fs::remove_file(&started).unwrap();
+    let job = emu
+        .queue_job(
+            REPO,
+            &["self-hosted"],
+            &format!("touch {}; sleep 300", started.display()),
+        )
+        .unwrap();
+    wait_file(&started).await;
+    assert_eq!(children_of(listener_pid).len(), 1);
+    nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(listener_pid as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let (code, lines) = run.wait_exit();
+    assert_eq!(code, Some(0), "{lines}");
+    assert!(
+        lines.contains(&format!("Job job {job} completed with result: Canceled")),
+        "{lines}"
+    );
+    let done = emu.wait_job(job, WAIT).await.unwrap();
+    assert_eq!(done.result.as_deref(), Some("cancelled"), "{done:?}");
+}

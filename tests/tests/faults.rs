@@ -25,25 +25,16 @@
 // Test helpers outside `#[test]` functions may unwrap too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::Read as _;
-use std::os::unix::fs::PermissionsExt as _;
-use std::os::unix::process::CommandExt as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use runner_agent_tests::emulator::{
-    generate_app_key, AssetSource, Emulator, EmulatorOptions, Fault, HoldPoint, HoldRelease,
-    InstallationSpec, PatSpec, RateLimitKind, ReleaseOptions,
+    generate_app_key, Emulator, EmulatorOptions, Fault, HoldPoint, HoldRelease, PatSpec,
+    RateLimitKind,
 };
-use runner_agent_tests::fake_runner::{build_release, listener_binary, ReleaseSpec};
-use runner_agent_tests::support::agentctl;
+use runner_agent_tests::support::lab::{self, pem_lines, write_secret, REPO, VERSION};
 
-const REPO: &str = "octo/hello";
-const VERSION: &str = "2.336.0";
-const HOST: &str = "labhost";
 const WAIT: Duration = Duration::from_secs(40);
 const REGISTRATION_TOKEN: &str = "/api/v3/repos/octo/hello/actions/runners/registration-token";
 const REMOVE_TOKEN: &str = "/api/v3/repos/octo/hello/actions/runners/remove-token";
@@ -84,312 +75,60 @@ impl Spec {
     }
 }
 
+/// The shared lab ([`lab::Lab`]) with the names the case wants registered.
 struct Lab {
-    emu: Emulator,
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    daemon: Option<Child>,
+    lab: lab::Lab,
     desired: Vec<String>,
-    /// Secrets that may have left the emulator's books (revoked PATs, rotated keys).
-    secrets: Vec<String>,
-    app: Option<u64>,
-    cache_mount: Option<PathBuf>,
 }
 
-/// Rewrite a release tarball with `.env` added at its root.
-fn add_env(tarball: &Path, env: &str) {
-    let mut raw = Vec::new();
-    std::fs::File::open(tarball)
-        .unwrap()
-        .read_to_end(&mut raw)
-        .unwrap();
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&raw[..]));
-    let out = std::fs::File::create(tarball).unwrap();
-    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
-        out,
-        flate2::Compression::fast(),
-    ));
-    let mut dot = false;
-    for entry in archive.entries().unwrap() {
-        let mut entry = entry.unwrap();
-        let path = entry.path().unwrap().into_owned();
-        dot |= path.starts_with("./");
-        let mut header = entry.header().clone();
-        let mut data = Vec::new();
-        entry.read_to_end(&mut data).unwrap();
-        builder.append_data(&mut header, &path, &data[..]).unwrap();
-    }
-    let mut header = tar::Header::new_gnu();
-    header.set_size(env.len() as u64);
-    header.set_mode(0o644);
-    header.set_mtime(0);
-    let name = if dot { "./.env" } else { ".env" };
-    builder
-        .append_data(&mut header, name, env.as_bytes())
-        .unwrap();
-    builder.into_inner().unwrap().finish().unwrap();
-}
+runner_agent_tests::deref_lab!(Lab.lab);
 
-/// Build the fake release `version` (with the `.env` knobs) once per listener build, shared by
-/// the suite's test processes (building and repacking it takes seconds), and publish it.
+/// Publish the fake release `version` with the `.env` knobs (built once per listener build).
 async fn publish(emu: &Emulator, version: &str) {
-    let listener = listener_binary();
-    let meta = std::fs::metadata(&listener).unwrap();
-    let stamp = meta
-        .modified()
-        .unwrap()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let shared = std::env::temp_dir().join(format!(
-        "runner-agent-faults-{version}-{stamp}-{}",
-        meta.len()
-    ));
-    let tarball = shared.join(format!("actions-runner-linux-x64-{version}.tar.gz"));
-    if !tarball.is_file() {
-        let staging = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
-        let built = build_release(
-            &ReleaseSpec {
-                version: version.into(),
-                arch: "x64".into(),
-                listener,
-                pad_bytes: 0,
-                pad_files: 0,
-            },
-            staging.path(),
-        )
-        .unwrap();
-        add_env(&built.path, FAST_RUNNER_ENV);
-        // Another test process may have won the race: then its copy is used.
-        let _ = std::fs::rename(staging.path(), &shared);
-    }
-    emu.publish_release(
-        version,
-        vec![("linux-x64".to_owned(), AssetSource::Path(tarball))],
-        ReleaseOptions {
-            digest: true,
-            body_markers: true,
-        },
-    )
-    .await
-    .unwrap();
-}
-
-fn write_secret(path: &Path, text: &str) {
-    // Replace atomically, as an administrator's tooling would.
-    let staging = path.with_extension("new");
-    std::fs::write(&staging, text).unwrap();
-    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600)).unwrap();
-    std::fs::rename(&staging, path).unwrap();
+    lab::publish_with_env(emu, version, FAST_RUNNER_ENV).await;
 }
 
 impl Lab {
     async fn new(spec: Spec) -> Lab {
-        let emu = Emulator::start(EmulatorOptions {
-            long_poll: Duration::from_secs(1),
-            exhausted_primary_reset_secs: spec.primary_reset_secs,
-            ..EmulatorOptions::default()
-        })
-        .await
-        .unwrap();
-        emu.create_repo(REPO, false).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        publish(&emu, VERSION).await;
-        let root = dir.path();
-        let mut secrets = Vec::new();
-        let mut app = None;
-        let auth = match spec.auth {
-            Auth::Pat => {
-                let pat = emu.add_pat(PatSpec::classic(&["repo"]));
-                write_secret(&root.join("github-pat"), &pat);
-                secrets.push(pat);
-                "pat_file = \"github-pat\"".to_owned()
-            }
-            Auth::App => {
-                let key = generate_app_key().unwrap();
-                let id = emu
-                    .add_app(
-                        &key.public_key_pem,
-                        vec![InstallationSpec {
-                            id: 42,
-                            account: "octo".into(),
-                            permissions: [("administration".to_owned(), "write".to_owned())]
-                                .into_iter()
-                                .collect(),
-                        }],
-                    )
-                    .unwrap();
-                write_secret(&root.join("github-app.pem"), &key.private_key_pem);
-                secrets.extend(pem_lines(&key.private_key_pem));
-                app = Some(id);
-                format!(
-                    "app = {{ app_id = {id}, installation_id = 42, private_key_file = \"github-app.pem\" }}"
-                )
-            }
-        };
-        let cache_mount = spec.cache_tmpfs.map(|size| {
-            let mount = root.join("cache");
-            std::fs::create_dir_all(&mount).unwrap();
-            let status = Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-                .arg(&mount)
-                .status()
-                .unwrap();
-            assert!(status.success(), "cannot mount a tmpfs (root needed)");
-            mount
-        });
-        let text = format!(
-            r#"version = 1
-
-[agent]
-cache_dir = "{root}/cache"
-state_dir = "{root}/state"
-
-[github]
-url = "{url}"
-{auth}
-
-[host]
-kvm = false
-
-[defaults]
-user = "ra-runner"
-root = "{root}/runners"
-version = "{VERSION}"
-service = "process"
-labels = ["lab"]
-
-[[runner]]
-name_template = "{{hostname}}-{{index}}"
-count = {count}
-{extra}"#,
-            root = root.display(),
-            url = emu.web_url_for(REPO),
-            count = spec.count,
-            extra = spec.extra,
-        );
-        let config = root.join("agent.toml");
-        std::fs::write(&config, text).unwrap();
-        Lab {
-            emu,
-            config,
-            daemon: None,
-            desired: (1..=spec.count).map(|i| format!("{HOST}-{i}")).collect(),
-            secrets,
-            app,
-            cache_mount,
-            dir,
-        }
-    }
-
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.root().join("daemon.log")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
-    }
-
-    /// The daemon with fast timings.
-    fn start_daemon(&mut self) {
-        self.start_daemon_with(&[
-            "--resync-secs",
-            "2",
-            "--check-secs",
-            "1",
-            "--backoff-base-ms",
-            "500",
-            "--backoff-cap-secs",
-            "4",
-            "--session-wait-secs",
-            "2",
-        ]);
-    }
-
-    fn start_daemon_with(&mut self, timing: &[&str]) {
-        assert!(self.daemon.is_none());
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .unwrap();
-        let child = Command::new(agentctl())
-            .arg("--config")
-            .arg(&self.config)
-            .arg("daemon")
-            .args(timing)
-            .env("RUNNER_AGENT_HOSTNAME", HOST)
+        let mut builder = lab::Lab::builder()
+            .emulator(EmulatorOptions {
+                long_poll: Duration::from_secs(1),
+                exhausted_primary_reset_secs: spec.primary_reset_secs,
+                ..EmulatorOptions::default()
+            })
+            .release_env(FAST_RUNNER_ENV)
+            .count(spec.count, &spec.extra)
             .env("RUST_LOG", "info")
-            .env_remove("CREDENTIALS_DIRECTORY")
-            .stdout(Stdio::null())
-            .stderr(log)
+            // The daemon with fast timings.
+            .daemon_flags(&[
+                "--resync-secs",
+                "2",
+                "--check-secs",
+                "1",
+                "--backoff-base-ms",
+                "500",
+                "--backoff-cap-secs",
+                "4",
+                "--session-wait-secs",
+                "2",
+            ])
             // Its own process group: `kill_daemon(true)` kills it with its `config.sh`.
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        self.daemon = Some(child);
-    }
-
-    /// `kill -9` of the daemon: with `group`, of its process group (its `config.sh` too).
-    fn kill_daemon(&mut self, group: bool) {
-        let mut child = self.daemon.take().expect("daemon running");
-        let pid = child.id() as i32;
-        let target = if group { -pid } else { pid };
-        kill(Pid::from_raw(target), Signal::SIGKILL).unwrap();
-        child.wait().unwrap();
-    }
-
-    fn sighup(&self) {
-        let pid = self.daemon.as_ref().unwrap().id() as i32;
-        kill(Pid::from_raw(pid), Signal::SIGHUP).unwrap();
-    }
-
-    fn runner_dir(&self, name: &str) -> PathBuf {
-        self.root().join("runners").join(name)
-    }
-
-    fn pid(&self, name: &str) -> Option<i32> {
-        let path = self
-            .root()
-            .join("state/runners")
-            .join(format!("{name}.pid"));
-        let text = std::fs::read_to_string(path).ok()?;
-        let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-        value["pid"].as_i64().map(|p| p as i32)
-    }
-
-    /// `kill -9` of every runner process (their process groups), as a power cut does.
-    fn kill_runners(&self) {
-        let Ok(entries) = std::fs::read_dir(self.root().join("state/runners")) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(pid) = name.strip_suffix(".pid").and_then(|n| self.pid(n)) {
-                let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
-            }
+            .process_group()
+            .wait(WAIT);
+        if spec.auth == Auth::App {
+            builder = builder.auth(lab::Auth::App);
         }
+        if let Some(size) = spec.cache_tmpfs {
+            builder = builder.cache_tmpfs(size);
+        }
+        let lab = builder.start().await;
+        let desired = lab.names(spec.count);
+        Lab { lab, desired }
     }
 
-    fn local_id(&self, name: &str) -> Option<u64> {
-        let raw = std::fs::read(self.runner_dir(name).join(".runner")).ok()?;
-        let raw = raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&raw);
-        let value: serde_json::Value = serde_json::from_slice(raw).ok()?;
-        value["agentId"].as_u64()
-    }
-
-    fn requests(&self, route_part: &str) -> u64 {
-        self.emu
-            .request_counts()
-            .iter()
-            .filter(|(route, _)| route.contains(route_part))
-            .map(|(_, c)| c.count)
-            .sum()
+    /// The daemon with `timing` instead of the fast timings.
+    fn start_daemon_with(&mut self, timing: &[&str]) {
+        self.lab.start_daemon_exact(timing);
     }
 
     /// Why the lab is not converged yet (`None` when it is): GitHub holds exactly the desired
@@ -480,54 +219,13 @@ count = {count}
     }
 
     async fn wait_for(&self, what: &str, mut ok: impl FnMut(&Lab) -> bool) {
-        let deadline = Instant::now() + WAIT;
-        while !ok(self) {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}\ndaemon log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        self.lab.wait_until(what, || ok(self)).await;
     }
 
     /// The case's end: converged, and no secret in the daemon's log.
-    async fn finish(mut self) {
+    async fn finish(self) {
         self.converge().await;
-        let log = self.log();
-        let mut secrets = self.emu.minted_tokens();
-        secrets.append(&mut self.secrets);
-        for secret in secrets.iter().filter(|s| s.len() >= 16) {
-            assert!(
-                !log.contains(secret.as_str()),
-                "a secret is in the daemon's log:\n{log}"
-            );
-        }
-        assert!(!log.contains("PRIVATE KEY"), "{log}");
-    }
-}
-
-/// The base64 lines of a PEM key: any of them in a log is a leak.
-fn pem_lines(pem: &str) -> Vec<String> {
-    pem.lines()
-        .filter(|l| !l.starts_with("-----") && l.len() >= 32)
-        .map(str::to_owned)
-        .collect()
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.daemon {
-            let pid = child.id() as i32;
-            let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
-            let _ = child.wait();
-        }
-        self.emu.release_held(HoldRelease::Drop);
-        // The runners outlive the daemon by design.
-        self.kill_runners();
-        if let Some(mount) = &self.cache_mount {
-            let _ = Command::new("umount").arg("-l").arg(mount).status();
-        }
+        self.assert_no_secret_in_log();
     }
 }
 
@@ -825,15 +523,10 @@ async fn a_full_disk_while_downloading_an_update_fails_cleanly_and_recovers() {
         ..Spec::pat(1)
     })
     .await;
-    let text = std::fs::read_to_string(&lab.config).unwrap();
-    std::fs::write(
-        &lab.config,
-        text.replace(
-            "labels = [\"lab\"]",
-            "labels = [\"lab\"]\ndisable_update = true",
-        ),
-    )
-    .unwrap();
+    lab.edit_config(
+        "labels = [\"lab\"]",
+        "labels = [\"lab\"]\ndisable_update = true",
+    );
     publish(&lab.emu, "2.337.0").await;
     lab.start_daemon();
     lab.converge().await;
@@ -846,12 +539,7 @@ async fn a_full_disk_while_downloading_an_update_fails_cleanly_and_recovers() {
     let filler = mount.join("filler");
     std::fs::write(&filler, vec![0u8; (free - (8 << 20)) as usize]).unwrap();
     // The configuration asks for the new version.
-    let text = std::fs::read_to_string(&lab.config).unwrap();
-    std::fs::write(
-        &lab.config,
-        text.replace(&format!("version = \"{VERSION}\""), "version = \"2.337.0\""),
-    )
-    .unwrap();
+    lab.edit_config(&format!("version = \"{VERSION}\""), "version = \"2.337.0\"");
     lab.sighup();
     lab.wait_for("the full disk to be reported", |lab| {
         let log = lab.log();
@@ -906,22 +594,10 @@ async fn killed_while_registering(
     release: HoldRelease,
 ) -> Lab {
     let mut lab = Lab::new(Spec::pat(1)).await;
-    lab.emu.inject(Fault::Hold {
-        at,
-        method: Some(method.to_owned()),
-        path_prefix: Some(path.to_owned()),
-        count: 1,
-    });
+    lab.hold(at, method, path);
     lab.start_daemon();
-    assert!(
-        lab.emu.wait_held(1, WAIT).await,
-        "`{method} {path}` never came\n{}",
-        lab.log()
-    );
-    lab.kill_daemon(group);
-    lab.emu.release_held(release);
-    lab.start_daemon();
-    lab.recover(case).await;
+    lab.wait_held(method, path).await;
+    lab.restart_after_kill(case, group, release).await;
     lab
 }
 
@@ -1022,20 +698,39 @@ async fn kill_9_while_the_runner_starts_and_the_host_loses_power() {
 
 impl Lab {
     async fn hold_then(&mut self, at: HoldPoint, method: &str, path: &str) {
+        self.hold(at, method, path);
+        if self.daemon.is_none() {
+            self.start_daemon();
+        }
+        self.wait_held(method, path).await;
+    }
+
+    /// Hold the next `method path` request at `at`.
+    fn hold(&self, at: HoldPoint, method: &str, path: &str) {
         self.emu.inject(Fault::Hold {
             at,
             method: Some(method.to_owned()),
             path_prefix: Some(path.to_owned()),
             count: 1,
         });
-        if self.daemon.is_none() {
-            self.start_daemon();
-        }
+    }
+
+    /// Wait until the held request came.
+    async fn wait_held(&self, method: &str, path: &str) {
         assert!(
             self.emu.wait_held(1, WAIT).await,
             "`{method} {path}` never came\n{}",
             self.log()
         );
+    }
+
+    /// `kill -9` of the daemon (with `group`, its process group), the held request let go
+    /// with `release`, the daemon started again; converged, recovery time printed as `case`.
+    async fn restart_after_kill(&mut self, case: &str, group: bool, release: HoldRelease) {
+        self.kill_daemon(group);
+        self.emu.release_held(release);
+        self.start_daemon();
+        self.recover(case).await;
     }
 }
 
@@ -1052,25 +747,12 @@ async fn killed_while_removing(
     release: HoldRelease,
 ) -> Lab {
     let mut lab = started(2).await;
-    let text = std::fs::read_to_string(&lab.config).unwrap();
-    std::fs::write(&lab.config, text.replace("count = 2", "count = 1")).unwrap();
+    lab.edit_config("count = 2", "count = 1");
     lab.desired.truncate(1);
-    lab.emu.inject(Fault::Hold {
-        at,
-        method: Some(method.to_owned()),
-        path_prefix: Some(path.to_owned()),
-        count: 1,
-    });
+    lab.hold(at, method, path);
     lab.sighup();
-    assert!(
-        lab.emu.wait_held(1, WAIT).await,
-        "`{method} {path}` never came\n{}",
-        lab.log()
-    );
-    lab.kill_daemon(group);
-    lab.emu.release_held(release);
-    lab.start_daemon();
-    lab.recover(case).await;
+    lab.wait_held(method, path).await;
+    lab.restart_after_kill(case, group, release).await;
     lab
 }
 

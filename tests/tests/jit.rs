@@ -5,203 +5,41 @@
 // Test helpers outside `#[test]` functions may unwrap too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use runner_agent_tests::emulator::{Emulator, EmulatorOptions, JobStatus, PatSpec, RunnerView};
-use runner_agent_tests::support::{agentctl, publish_fake_release};
+use runner_agent_tests::emulator::{JobStatus, RunnerView};
+use runner_agent_tests::support::lab::{self, REPO};
 
-const REPO: &str = "octo/hello";
-const VERSION: &str = "2.336.0";
-const HOST: &str = "labhost";
 const WAIT: Duration = Duration::from_secs(30);
 
-struct Lab {
-    emu: Emulator,
-    /// The scope runners register to (`octo/hello`, or an organization).
-    scope: String,
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    child: Option<Child>,
-}
+/// The shared lab ([`lab::Lab`]); its log is the spawned `agentctl`'s (daemon or oneshot).
+struct Lab(lab::Lab);
+
+runner_agent_tests::deref_lab!(Lab.0);
 
 impl Lab {
     /// A lab on repository `octo/hello` whose configuration ends with `runners` (TOML
     /// `[[runner]]` tables).
     async fn new(runners: &str) -> Lab {
-        let emu = Emulator::start(EmulatorOptions {
-            long_poll: Duration::from_secs(1),
-            ..EmulatorOptions::default()
-        })
-        .await
-        .unwrap();
-        emu.create_repo(REPO, false).unwrap();
-        Lab::with(emu, REPO, &["repo"], runners).await
+        Lab::with(lab::Lab::builder(), runners).await
     }
 
-    /// A lab on `scope` of `emu` (already created), with a classic PAT of `scopes`.
-    async fn with(emu: Emulator, scope: &str, scopes: &[&str], runners: &str) -> Lab {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        publish_fake_release(&emu, VERSION, &dir.path().join("release"))
-            .await
-            .unwrap();
-        let pat = emu.add_pat(PatSpec::classic(scopes));
-        let file = dir.path().join("github-pat");
-        std::fs::write(&file, pat).unwrap();
-        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let root = dir.path();
-        let text = format!(
-            r#"version = 1
-
-[agent]
-cache_dir = "{root}/cache"
-state_dir = "{root}/state"
-
-[github]
-url = "{url}"
-pat_file = "github-pat"
-
-[host]
-kvm = false
-
-[defaults]
-user = "ra-runner"
-root = "{root}/runners"
-version = "{VERSION}"
-service = "process"
-labels = ["lab"]
-
-{runners}
-"#,
-            root = root.display(),
-            url = emu.web_url_for(scope),
-        );
-        let config = dir.path().join("agent.toml");
-        std::fs::write(&config, text).unwrap();
-        Lab {
-            emu,
-            scope: scope.to_owned(),
-            dir,
-            config,
-            child: None,
-        }
+    /// A lab of `builder` (its scope and PAT) whose configuration ends with `runners`.
+    async fn with(builder: lab::LabBuilder, runners: &str) -> Lab {
+        Lab(builder
+            .runners(runners)
+            .log_name("agentctl.log")
+            .wait(WAIT)
+            .start()
+            .await)
     }
 
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(agentctl());
-        command
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .env("RUNNER_AGENT_HOSTNAME", HOST)
-            .env_remove("CREDENTIALS_DIRECTORY");
-        command
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join("agentctl.log")
-    }
-
-    fn spawn(&mut self, mut command: Command) {
-        let log = std::fs::File::create(self.log_path()).unwrap();
-        let child = command.stdout(Stdio::null()).stderr(log).spawn().unwrap();
-        self.child = Some(child);
-    }
-
-    fn start_daemon(&mut self) {
-        let command = self.command(&["daemon", "--resync-secs", "2", "--check-secs", "1"]);
-        self.spawn(command);
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
-    }
-
-    fn runner_dir(&self, name: &str) -> PathBuf {
-        self.dir.path().join("runners").join(name)
-    }
-
-    fn pid(&self, name: &str) -> Option<i32> {
-        let path = self
-            .dir
-            .path()
-            .join("state/runners")
-            .join(format!("{name}.pid"));
-        let text = std::fs::read_to_string(path).ok()?;
-        let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-        value["pid"].as_i64().map(|p| p as i32)
-    }
-
+    /// The first runner of the scope for which `pred` holds.
     async fn wait_runner(&self, what: &str, pred: impl Fn(&RunnerView) -> bool) -> RunnerView {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let runners = self.emu.runners(Some(&self.scope));
-            if let Some(found) = runners.iter().find(|r| pred(r)) {
-                return found.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no runner {what}: {runners:?}\nlog:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn run_job(
-        &self,
-        labels: &[&str],
-        script: &str,
-    ) -> runner_agent_tests::emulator::JobView {
-        let id = self.emu.queue_job(&self.scope, labels, script).unwrap();
-        let job = self.emu.wait_job(id, WAIT).await;
-        assert!(
-            job.is_ok(),
-            "job {id} did not complete: {job:?}\nlog:\n{}",
-            self.log()
-        );
-        job.unwrap()
-    }
-
-    /// Wait for the spawned `agentctl` to exit, with a deadline.
-    fn wait_exit(&mut self) -> Option<i32> {
-        let child = self.child.as_mut().unwrap();
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                self.child = None;
-                return status.code();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agentctl did not exit:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        // Runners outlive the daemon by design: end their sessions.
-        if let Ok(entries) = std::fs::read_dir(self.dir.path().join("state/runners")) {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if let Some(pid) = name.strip_suffix(".pid").and_then(|n| self.pid(n)) {
-                    let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
-                }
-            }
-        }
+        self.0.wait_runner_any(what, pred).await
     }
 }
 
@@ -460,7 +298,7 @@ async fn oneshot_deregisters_and_exits_0_on_sigterm_while_idle_without_powering_
     let mut lab = Lab::new(ONESHOT_TEMPLATE).await;
     lab.start_oneshot(&["--name-prefix", "spot"]);
     let view = lab.oneshot_online().await;
-    let pid = lab.child.as_ref().unwrap().id() as i32;
+    let pid = lab.daemon.as_ref().unwrap().id() as i32;
     kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
     assert_eq!(lab.wait_exit(), Some(0), "{}", lab.log());
     lab.assert_gone(&view);
@@ -490,19 +328,14 @@ async fn oneshot_deregisters_after_its_idle_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jit_runner_of_an_organization_joins_its_runner_group_by_name() {
-    let emu = Emulator::start(EmulatorOptions {
-        long_poll: Duration::from_secs(1),
-        ..EmulatorOptions::default()
-    })
-    .await
-    .unwrap();
-    emu.create_org("octo-lab").unwrap();
-    let group = emu
-        .create_runner_group("octo-lab", "lab-kvm", true)
-        .unwrap();
     let runners = "[[runner]]\nname = \"jit-org\"\nephemeral = \"jit\"\ngroup = \"LAB-kvm\"\n\n\
                    [[runner]]\nname = \"jit-nogroup\"\nephemeral = \"jit\"\ngroup = \"nope\"\n";
-    let mut lab = Lab::with(emu, "octo-lab", &["admin:org"], runners).await;
+    let builder = lab::Lab::builder().org("octo-lab").pat(&["admin:org"]);
+    let mut lab = Lab::with(builder, runners).await;
+    let group = lab
+        .emu
+        .create_runner_group("octo-lab", "lab-kvm", true)
+        .unwrap();
     lab.start_daemon();
     let view = lab
         .wait_runner("jit-org online", |r| {
@@ -583,14 +416,11 @@ async fn a_jit_runners_board_is_power_cycled_between_jobs() {
 async fn oneshot_works_with_a_registration_token_from_the_user_data() {
     let mut lab = Lab::new(ONESHOT_TEMPLATE).await;
     let token = lab.emu.registration_token(REPO).unwrap();
-    let file = lab.dir.path().join("registration-token");
-    std::fs::write(&file, format!("{token}\n")).unwrap();
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let text = std::fs::read_to_string(&lab.config).unwrap().replace(
+    lab::write_secret(&lab.path("registration-token"), &format!("{token}\n"));
+    lab.edit_config(
         "pat_file = \"github-pat\"",
         "registration_token_file = \"registration-token\"",
     );
-    std::fs::write(&lab.config, text).unwrap();
     lab.start_oneshot(&[]);
     let view = lab.oneshot_online().await;
     let job = lab
@@ -629,7 +459,7 @@ async fn oneshot_on_sigterm_during_a_job_says_so_and_deregisters_when_the_job_en
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let pid = lab.child.as_ref().unwrap().id() as i32;
+    let pid = lab.daemon.as_ref().unwrap().id() as i32;
     kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
     while !lab.log().contains("is running a job") {
         assert!(
@@ -639,7 +469,7 @@ async fn oneshot_on_sigterm_during_a_job_says_so_and_deregisters_when_the_job_en
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(lab.child.as_mut().unwrap().try_wait().unwrap().is_none());
+    assert!(lab.daemon.as_mut().unwrap().try_wait().unwrap().is_none());
     std::fs::write(&go, "").unwrap();
     let job = lab.emu.wait_job(id, WAIT).await.unwrap();
     assert_eq!(job.result.as_deref(), Some("succeeded"), "{job:?}");

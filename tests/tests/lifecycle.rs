@@ -4,36 +4,26 @@
 // Test helpers outside `#[test]` functions may unwrap too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use runner_agent_tests::support::{agentctl, publish_fake_release};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use runner_agent_tests::emulator::{Emulator, EmulatorOptions, Fault, PatSpec, RunnerView};
+use runner_agent_tests::emulator::{Fault, PatSpec, RunnerView};
+use runner_agent_tests::support::lab::{self, counted, text, HOST, REPO, VERSION};
 
-const REPO: &str = "octo/hello";
-const VERSION: &str = "2.336.0";
-const HOST: &str = "labhost";
 const WAIT: Duration = Duration::from_secs(60);
 
-/// An emulator with the fake release published, a configuration for `count` process runners
-/// authenticated with a raw registration token.
+/// The shared lab ([`lab::Lab`]): `count` process runners authenticated with a raw
+/// registration token, or a PAT.
 struct Lab {
-    emu: Emulator,
-    dir: tempfile::TempDir,
-    config: PathBuf,
+    lab: lab::Lab,
     token_file: PathBuf,
-    /// The PAT, when the configuration uses `pat_file`.
-    pat: Option<String>,
 }
 
-/// The `[[runner]]` table of `count` runners named `{hostname}-{index}`.
-fn counted(count: u32) -> String {
-    format!("[[runner]]\nname_template = \"{{hostname}}-{{index}}\"\ncount = {count}\n")
-}
+runner_agent_tests::deref_lab!(Lab.lab);
 
 impl Lab {
     async fn new(count: u32, labels: &[&str]) -> Lab {
@@ -46,143 +36,38 @@ impl Lab {
     }
 
     async fn with(pat: Option<PatSpec>, runners: &str, labels: &[&str]) -> Lab {
-        let emu = Emulator::start(EmulatorOptions {
-            long_poll: Duration::from_secs(1),
-            ..EmulatorOptions::default()
-        })
-        .await
-        .unwrap();
-        emu.create_repo(REPO, false).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        publish_fake_release(&emu, VERSION, &dir.path().join("release"))
-            .await
-            .unwrap();
-        let token_file = dir.path().join("registration-token");
-        let pat = pat.map(|spec| emu.add_pat(spec));
-        let lab = Lab {
-            config: dir.path().join("agent.toml"),
-            token_file,
-            emu,
-            dir,
-            pat,
+        let auth = match pat {
+            Some(spec) => lab::Auth::Pat(spec),
+            None => lab::Auth::RegistrationToken,
         };
-        match &lab.pat {
-            Some(pat) => {
-                let file = lab.dir.path().join("github-pat");
-                std::fs::write(&file, pat).unwrap();
-                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
-            }
-            None => {
-                lab.fresh_token();
-            }
+        let lab = lab::Lab::builder()
+            .auth(auth)
+            .runners(runners)
+            .labels(Some(labels))
+            .wait(WAIT)
+            .start()
+            .await;
+        Lab {
+            token_file: lab.path("registration-token"),
+            lab,
         }
-        lab.write_config(runners, labels);
-        lab
     }
 
     fn write_config(&self, runners: &str, labels: &[&str]) {
-        let root = self.dir.path();
-        let labels: Vec<String> = labels.iter().map(|l| format!("\"{l}\"")).collect();
-        let text = format!(
-            r#"version = 1
-
-[agent]
-cache_dir = "{root}/cache"
-state_dir = "{root}/state"
-
-[github]
-url = "{url}"
-{auth}
-
-[host]
-kvm = false
-
-[defaults]
-user = "ra-runner"
-root = "{root}/runners"
-version = "{VERSION}"
-service = "process"
-labels = [{labels}]
-
-{runners}"#,
-            auth = if self.pat.is_some() {
-                "pat_file = \"github-pat\""
-            } else {
-                "registration_token_file = \"registration-token\""
-            },
-            root = root.display(),
-            url = self.emu.web_url_for(REPO),
-            labels = labels.join(", "),
-        );
-        std::fs::write(&self.config, text).unwrap();
-    }
-
-    /// Write a freshly minted registration token, mode 0600.
-    fn fresh_token(&self) -> String {
-        let token = self.emu.registration_token(REPO).unwrap();
-        std::fs::write(&self.token_file, &token).unwrap();
-        std::fs::set_permissions(&self.token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-        token
+        self.write_config_with(|config| {
+            config.runners = runners.to_owned();
+            config.labels = Some(labels.iter().map(|l| (*l).to_owned()).collect());
+        });
     }
 
     fn agentctl(&self, args: &[&str]) -> Output {
-        self.agentctl_as(HOST, args)
+        self.run(args)
     }
 
     /// `agentctl` on a host called `host`.
     fn agentctl_as(&self, host: &str, args: &[&str]) -> Output {
-        Command::new(agentctl())
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .env("RUNNER_AGENT_HOSTNAME", host)
-            .env_remove("CREDENTIALS_DIRECTORY")
-            .output()
-            .unwrap()
+        self.command_as(host, args).output().unwrap()
     }
-
-    fn runner_dir(&self, name: &str) -> PathBuf {
-        self.dir.path().join("runners").join(name)
-    }
-
-    fn names(&self, count: u32) -> Vec<String> {
-        (1..=count).map(|i| format!("{HOST}-{i}")).collect()
-    }
-
-    async fn wait_runner(
-        &self,
-        name: &str,
-        what: &str,
-        pred: impl Fn(&RunnerView) -> bool,
-    ) -> RunnerView {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let found = self
-                .emu
-                .runners(Some(REPO))
-                .into_iter()
-                .find(|r| r.name == name);
-            if let Some(r) = &found {
-                if pred(r) {
-                    return r.clone();
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "runner {name} never {what}: {found:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// Every process's command line, for the token check.

@@ -2,18 +2,21 @@
 //!
 //! The real listener has no "finish the job, take no new one" signal: `SIGINT`/`SIGTERM` cancel
 //! the running job (`runsvc.sh` forwards SIGINT, the listener cancels its workers;
-//! actions-runner.md §3.4). So a drain waits for each runner to be idle on GitHub (`busy: false`
-//! in the runner list) and stops it then; an idle runner stops at once. A drain mark,
-//! `<state_dir>/daemon/drain/<name>`, is written first: the daemon does not start a marked runner
-//! again, and stops one it finds running once it is idle (an enabled systemd unit starts it at
-//! boot; `svc.sh stop` does not disable it, actions/runner#2060). `agentctl stop` sets the same
-//! mark (a runner stopped on purpose stays stopped); `agentctl start`, `agentctl register` and
-//! `agentctl undrain` remove it.
+//! actions-runner.md §3.4). So a drain waits for each runner to be idle and stops it then; an
+//! idle runner stops at once. Idle means: no job of the runner on this host ([`super::busy`]:
+//! the listener's `Runner.Worker` child lives as long as the job, and the listener announces
+//! the job just before it starts that child) and, with REST access, `busy: false` on GitHub's
+//! runner list. Without REST access (`registration_token_file`), or while the list cannot be
+//! read, the host's view decides alone.
+//! A drain mark, `<state_dir>/daemon/drain/<name>`, is written first: the daemon does not start a
+//! marked runner again, and stops one it finds running once it is idle (an enabled systemd unit
+//! starts it at boot; `svc.sh stop` does not disable it, actions/runner#2060). `agentctl stop`
+//! sets the same mark (a runner stopped on purpose stays stopped); `agentctl start`,
+//! `agentctl register` and `agentctl undrain` remove it.
 //!
-//! A job may still be assigned in the instant between GitHub's `busy: false` and the stop (GitHub
-//! itself says persistent runners may be assigned jobs while shutting down); the listener then
-//! cancels it and GitHub reports it. Without REST access (`registration_token_file`) there is no
-//! `busy` to read: the drain says so and stops at once.
+//! A job may still be assigned in the instant between the last look and the stop (GitHub itself
+//! says persistent runners may be assigned jobs while shutting down); the listener then cancels
+//! it and GitHub reports it.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -81,26 +84,30 @@ pub async fn drain(
             source,
         })?;
     }
-    if !lifecycle.remote.has_rest() {
-        log::warn!(
-            "cannot see whether the runners are busy, stopping them now (a running job is cancelled): {}",
-            lifecycle.remote.no_rest_reason().unwrap_or_default()
-        );
-    }
     let started = Instant::now();
     let deadline = started + timeout;
     let mut left: Vec<&Runner> = runners.to_vec();
     let mut out = Vec::new();
     let mut first = true;
     loop {
-        let list = lifecycle.remote.runners().await?;
+        let list = match lifecycle.remote.runners().await {
+            Ok(list) => list,
+            Err(err) => {
+                log::warn!(
+                    "cannot read GitHub's runner list, going by the jobs seen on this host: {}",
+                    crate::redact::redact(&err.to_string())
+                );
+                None
+            }
+        };
         let mut still = Vec::new();
         for runner in left {
-            let busy = list.as_ref().is_some_and(|list| {
-                let id = LocalRegistration::read(&runner.dir).map(|l| l.id);
-                list.iter()
-                    .any(|r| Some(r.id) == id && r.busy && r.status == "online")
-            });
+            let busy = super::busy::job_here(lifecycle, runner)
+                || list.as_ref().is_some_and(|list| {
+                    let id = LocalRegistration::read(&runner.dir).map(|l| l.id);
+                    list.iter()
+                        .any(|r| Some(r.id) == id && r.busy && r.status == "online")
+                });
             if busy {
                 still.push(runner);
                 continue;

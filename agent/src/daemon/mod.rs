@@ -17,7 +17,8 @@
 //! (exit 1 with the "deleted" message, or exit 0 after the runner removed its own configuration)
 //! is registered again with a fresh token. Runners no longer configured are deregistered and
 //! removed. Drained runners ([`drain`]) stay stopped. Runners with `disable_update = true` are
-//! upgraded by the daemon while idle ([`upgrade`]). A board runner follows its board
+//! upgraded by the daemon while idle ([`upgrade`]; idle on this host, [`busy`], and on GitHub's
+//! list when there is one). A board runner follows its board
 //! ([`boards`]): stopped, still registered, while the board is missing, ambiguous or unhealthy,
 //! and started again with its job environment resolved anew when the board is back.
 //!
@@ -30,6 +31,7 @@
 //! is set ([`metrics`]).
 
 pub mod boards;
+pub mod busy;
 pub mod drain;
 pub mod exits;
 pub mod jit;

@@ -23,6 +23,8 @@ pub struct LocalRunner {
     pub id: Option<u64>,
     /// Its service is running.
     pub running: bool,
+    /// It runs a job, as this host sees it ([`super::busy`]).
+    pub busy: bool,
     /// The labels it was registered (or last updated) with.
     pub labels: Vec<String>,
 }
@@ -93,10 +95,10 @@ pub fn plan(desired: &[DesiredRunner], observed: &Observed, now: Instant) -> Vec
                     .find(|l| l.name == want.name && l.running)
                 {
                     // A job running on the board ends first (it fails or finishes on its own).
-                    let busy = observed
-                        .remote
-                        .as_ref()
-                        .is_some_and(|list| list.iter().any(|r| Some(r.id) == local.id && r.busy));
+                    let busy = local.busy
+                        || observed.remote.as_ref().is_some_and(|list| {
+                            list.iter().any(|r| Some(r.id) == local.id && r.busy)
+                        });
                     if !busy {
                         actions.push(Action::Stop(want.name.clone(), reason.clone()));
                     }
@@ -179,6 +181,7 @@ mod tests {
             name: name.to_owned(),
             id,
             running,
+            busy: false,
             labels: vec!["kvm".to_owned(), MARKER.to_owned()],
         }
     }
@@ -370,6 +373,20 @@ mod tests {
         seen.remote.as_mut().unwrap()[0].busy = false;
         assert!(matches!(
             plan(&[want("r1"), want("r2")], &seen, Instant::now()).as_slice(),
+            [Action::Stop(name, _)] if name == "r1"
+        ));
+    }
+
+    #[test]
+    fn a_board_gate_waits_for_a_job_seen_on_this_host_without_a_list() {
+        let mut busy = local("r1", Some(7), true);
+        busy.busy = true;
+        let mut seen = observed(vec![busy], None);
+        seen.gates.extend([board_gate("r1")]);
+        assert_eq!(plan(&[want("r1")], &seen, Instant::now()), vec![]);
+        seen.local[0].busy = false;
+        assert!(matches!(
+            plan(&[want("r1")], &seen, Instant::now()).as_slice(),
             [Action::Stop(name, _)] if name == "r1"
         ));
     }

@@ -1,9 +1,9 @@
 //! One reconcile pass: observe, plan ([`super::plan`]), apply.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Instant, SystemTime};
 
+use super::busy;
 use super::exits::{self, ExitKind};
 use super::{
     deterministic, deterministic_github, drain, error_chain, plan, service_state, Action, Circuit,
@@ -70,13 +70,6 @@ fn needs_github(action: &Action) -> bool {
         action,
         Action::Register(_) | Action::UpdateLabels(_) | Action::Remove(_) | Action::DeleteGhost(..)
     )
-}
-
-fn busy_on_github(list: Option<&[RemoteRunner]>, dir: &Path) -> bool {
-    let Some(id) = runner::LocalRegistration::read(dir).map(|l| l.id) else {
-        return false;
-    };
-    list.is_some_and(|list| list.iter().any(|r| r.id == id && r.busy))
 }
 
 impl Daemon {
@@ -258,6 +251,10 @@ impl Daemon {
                     name: runner.name.clone(),
                     id,
                     running,
+                    // Only a board gate asks (a /proc scan is not free).
+                    busy: running
+                        && self.boards.gated(&runner.name)
+                        && busy::job_here(&lifecycle, runner),
                     labels: lifecycle
                         .record(&runner.name)
                         .map(|r| r.labels)
@@ -268,11 +265,9 @@ impl Daemon {
                 drained.push(runner.name.clone());
                 observed.gates.insert(runner.name.clone(), Gate::Circuit);
                 // Drained but running (its enabled unit started it at boot, or a drain whose
-                // command was interrupted): stopped once idle on GitHub, never during a job.
-                if running
-                    && remote_list.is_some()
-                    && !busy_on_github(remote_list.as_deref(), &runner.dir)
-                {
+                // command was interrupted): stopped once idle, on this host and on GitHub's list
+                // when there is one, never during a job.
+                if running && !busy::busy(&lifecycle, runner, remote_list.as_deref()) {
                     log::info!("runner `{}` is drained and idle: stopping it", runner.name);
                     if let Err(err) = lifecycle.stop(runner) {
                         log::warn!(
@@ -307,6 +302,7 @@ impl Daemon {
                 name: record.name.clone(),
                 id: runner::LocalRegistration::read(&record.dir).map(|l| l.id),
                 running: false,
+                busy: false,
                 labels: record.labels.clone(),
             });
         }
@@ -431,8 +427,14 @@ impl Daemon {
             }
         }
 
-        // `disable_update` runners: upgraded by the daemon while idle (GitHub's view says so).
-        if github_ok && remote_list.is_some() {
+        // `disable_update` runners: upgraded by the daemon while idle, on this host and on
+        // GitHub's list when it could be read (without REST access, or while the list fails, the
+        // host's view alone). Not while GitHub's circuit is open: the upgrade downloads from it.
+        if self
+            .github_circuit
+            .as_ref()
+            .is_none_or(|c| c.until <= Instant::now())
+        {
             self.upgrade_idle(&lifecycle, &drained, remote_list.as_deref())
                 .await;
         }
@@ -497,7 +499,6 @@ impl Daemon {
                 || super::jit::is_jit(runner)
                 || self.health.get(&runner.name).is_some_and(|h| h.gated(now))
                 || runner::LocalRegistration::read(&runner.dir).is_none()
-                || busy_on_github(list, &runner.dir)
             {
                 continue;
             }
@@ -506,6 +507,9 @@ impl Daemon {
             let Some(version) = upgrade::due(installed.as_deref(), Some(target)) else {
                 continue;
             };
+            if busy::busy(lifecycle, runner, list) {
+                continue;
+            }
             let name = &runner.name;
             log::info!(
                 "runner `{name}` (disable_update) runs {}; upgrading it to {version} while it is idle",
@@ -513,6 +517,12 @@ impl Daemon {
             );
             let outcome = upgrade::upgrade(lifecycle, runner, version).await;
             let health = self.health.entry(name.clone()).or_default();
+            if matches!(outcome, Ok(upgrade::Upgraded::Busy)) {
+                log::info!(
+                    "runner `{name}` took a job during the download; upgrading it after the job"
+                );
+                continue;
+            }
             health.exit_seen = false;
             if let Err(err) = outcome {
                 let text = error_chain(&err);
@@ -543,7 +553,7 @@ impl Daemon {
         if self.health.get(name).is_some_and(|h| h.gated(now)) {
             return;
         }
-        if busy_on_github(list, &record.dir) {
+        if busy::running_job(&record.dir) || busy::busy_on_github(list, &record.dir) {
             log::info!("runner `{name}` is no longer configured; removing it once its job is done");
             return;
         }

@@ -47,12 +47,22 @@ pub fn due(installed: Option<&str>, target: Option<Version>) -> Option<Version> 
     target.filter(|t| *t > installed)
 }
 
-/// Stop `runner`, upgrade its directory to `version`, record it, start it again.
+/// What [`upgrade`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upgraded {
+    /// Upgraded and started again.
+    Done,
+    /// The runner took a job while the release was downloaded: left alone, for a later pass.
+    Busy,
+}
+
+/// Stop `runner`, upgrade its directory to `version`, record it, start it again; unless it
+/// started a job (seen on this host, [`super::busy`]) while the new release was downloaded.
 pub async fn upgrade(
     lifecycle: &Lifecycle<'_>,
     runner: &Runner,
     version: Version,
-) -> Result<(), RunnerError> {
+) -> Result<Upgraded, RunnerError> {
     let run_as = runner::run_as(&runner.user)?;
     let dir = &runner.dir;
     let name = dir
@@ -79,6 +89,10 @@ pub async fn upgrade(
             dir: dir.clone(),
             source: Box::new(e),
         })?;
+    if super::busy::job_here(lifecycle, runner) {
+        let _ = fs::remove_dir_all(&staging);
+        return Ok(Upgraded::Busy);
+    }
     lifecycle.stop(runner)?;
     let result = swap_in(dir, &staging, version, run_as.uid, run_as.gid);
     let _ = fs::remove_dir_all(&staging);
@@ -88,7 +102,7 @@ pub async fn upgrade(
         write_record(&lifecycle.config.agent.state_dir, &record)?;
     }
     log::info!("runner `{}` upgraded to {version}", runner.name);
-    lifecycle.start(runner)
+    lifecycle.start(runner).map(|()| Upgraded::Done)
 }
 
 fn write_record(state_dir: &Path, record: &Record) -> Result<(), RunnerError> {

@@ -1,5 +1,5 @@
 //! Builds `actions-runner-linux-<arch>-<ver>.tar.gz` with the real layout: root scripts,
-//! `bin/` (the fake `Runner.Listener`, templates, `runsvc.sh`), `externals/` (optionally padded
+//! `bin/` (the fake `Runner.Listener` and its `Runner.Worker`, templates, `runsvc.sh`), `externals/` (optionally padded
 //! with many files of incompressible bytes so the archive has the size and file count of a real
 //! release). Entries are named `./…` as in the real tarball; modes are kept.
 
@@ -220,6 +220,12 @@ pub fn build_release(spec: &ReleaseSpec, out_dir: &Path) -> Result<BuiltRelease,
             file_entry(&mut tar, p, *mode, text.as_bytes())?;
         }
         file_entry(&mut tar, "bin/Runner.Listener", 0o755, &listener)?;
+        // The per-job process: the same program, which dispatches on its name (a hard link, so
+        // that its executable, `comm` and `argv[0]` all say `Runner.Worker`, as the real one's).
+        let mut worker = header("bin/Runner.Worker", 0, 0o755, tar::EntryType::Link);
+        worker.set_link_name("./bin/Runner.Listener")?;
+        worker.set_cksum();
+        tar.append(&worker, std::io::empty())?;
         file_entry(
             &mut tar,
             "bin/runnerversion",

@@ -10,6 +10,10 @@
 //!   secret registered with the emulator (PROTOCOL.md), not a real RSA key.
 //! - `bin/runnerversion` and `bin/runnerarch` carry the version and arch, since one compiled
 //!   listener serves every fake version and arch.
+//! - `bin/Runner.Worker` is a hard link to `bin/Runner.Listener` (one program, dispatching on its
+//!   name). As the real one, the listener starts it per job as `<bin>/Runner.Worker spawnclient
+//!   <in> <out>`; its pipes are its stdin and stdout, which carry JSON lines
+//!   ([`listener::worker`]).
 //!
 //! Knobs for test speed (environment of the listener and scripts; defaults are the real values):
 //! - `FAKE_RUNNER_SESSION_CONFLICT_SECONDS` (240): how long a session conflict is retried

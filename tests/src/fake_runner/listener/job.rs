@@ -7,10 +7,10 @@ use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The body of a `PipelineAgentJobRequest` message.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JobRequest {
     pub job_id: serde_json::Value,
@@ -33,7 +33,7 @@ impl JobRequest {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Step {
     #[serde(default)]
     pub name: String,
@@ -41,7 +41,7 @@ pub struct Step {
 }
 
 /// How a job ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobOutcome {
     /// `succeeded`, `failed` or `cancelled`.
     pub result: String,
@@ -50,7 +50,7 @@ pub struct JobOutcome {
 }
 
 /// What a job needs from the runner.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobContext {
     pub runner_name: String,
     pub arch_label: String,

@@ -9,6 +9,7 @@ pub mod job;
 pub mod run;
 pub mod store;
 pub mod update;
+pub mod worker;
 
 use std::path::PathBuf;
 
@@ -152,7 +153,12 @@ Examples:
 /// Entry point of `bin/Runner.Listener`: parses the command line and the environment inputs,
 /// loads `.env`, runs the command and returns the process exit code.
 pub fn main() -> i32 {
+    let argv0 = std::env::args().next().unwrap_or_default();
     let argv: Vec<String> = std::env::args().skip(1).collect();
+    // `bin/Runner.Worker` is this same program (a hard link), started once per job.
+    if worker::is_worker(&argv0, &argv) {
+        return worker::main(&argv);
+    }
     let mut settings = Settings::parse(&argv);
     // Before any thread exists: read and wipe ACTIONS_RUNNER_INPUT_*.
     settings.take_env_inputs();

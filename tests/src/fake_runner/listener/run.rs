@@ -9,9 +9,10 @@ use tokio::task::JoinHandle;
 use super::args::Settings;
 use super::client::{CallError, Client, Message};
 use super::configure::arch_label;
-use super::job::{self, CancelHandle, JobContext, JobOutcome, JobRequest};
+use super::job::{JobContext, JobOutcome, JobRequest};
 use super::store::{self, CredentialData, Root, RunnerSettings};
 use super::update::{self, Refresh};
+use super::worker::{self, WorkerCancel};
 use super::{code, say, say_error, usage, utc_now};
 
 const REGISTRATION_DELETED: &str = "Failed to create a session. The runner registration has been \
@@ -116,7 +117,7 @@ struct Listener {
 
 struct RunningJob {
     request: JobRequest,
-    cancel: CancelHandle,
+    cancel: WorkerCancel,
 }
 
 async fn join_opt<T>(handle: &mut Option<JoinHandle<T>>) -> Result<T, tokio::task::JoinError> {
@@ -361,11 +362,17 @@ impl Listener {
             arch_label: arch_label(&self.root),
             work_dir: self.work_dir(),
         };
-        let cancel = CancelHandle::default();
+        let cancel = WorkerCancel::default();
         let c2 = cancel.clone();
         let r2 = request.clone();
         let github_url = self.runner.git_hub_url.clone();
-        let handle = tokio::task::spawn_blocking(move || job::run_job(&ctx, &r2, &github_url, &c2));
+        // The worker sits beside the running listener (`bin`, or `bin.<version>` after an update).
+        let bin = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(std::path::Path::to_path_buf))
+            .unwrap_or_else(|| self.root.path("bin"));
+        let handle =
+            tokio::task::spawn_blocking(move || worker::run(&bin, ctx, r2, github_url, &c2));
         (RunningJob { request, cancel }, handle)
     }
 

@@ -1,5 +1,7 @@
-//! What the integration tests share: the binaries of this build, and a lab emulator with the
-//! fake runner release published on it.
+//! What the integration tests share: the binaries of this build, a lab emulator with the
+//! fake runner release published on it, and [`lab`], the whole lab of the agent's tests.
+
+pub mod lab;
 
 use std::path::{Path, PathBuf};
 

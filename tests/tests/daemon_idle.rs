@@ -1,0 +1,447 @@
+//! Knowing a runner runs a job without GitHub's runner list: `disable_update` upgrades and
+//! `agentctl drain` with a registration token only (no REST access), and with REST access while
+//! the list fails. Against the GitHub emulator and the fake runner release (whose listener runs
+//! each job in a `bin/Runner.Worker` child, as the real one), process backend, runners as
+//! `ra-runner`.
+
+// Test helpers outside `#[test]` functions may unwrap too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use runner_agent_tests::emulator::{Emulator, EmulatorOptions, Fault, PatSpec, RunnerView};
+use runner_agent_tests::support::{agentctl, publish_fake_release};
+
+const REPO: &str = "octo/hello";
+const VERSION: &str = "2.336.0";
+const HOST: &str = "labhost";
+const WAIT: Duration = Duration::from_secs(30);
+
+/// How the daemon and `agentctl` reach GitHub.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// A PAT: GitHub's runner list is there.
+    Pat,
+    /// `registration_token_file` only: no REST access, no runner list.
+    RegistrationToken,
+}
+
+struct Lab {
+    emu: Emulator,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    daemon: Option<Child>,
+}
+
+impl Lab {
+    async fn new(count: u32, access: Access, defaults: &str) -> Lab {
+        let emu = Emulator::start(EmulatorOptions {
+            long_poll: Duration::from_secs(1),
+            ..EmulatorOptions::default()
+        })
+        .await
+        .unwrap();
+        emu.create_repo(REPO, false).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        publish_fake_release(&emu, VERSION, &dir.path().join("release"))
+            .await
+            .unwrap();
+        let (secret, key) = match access {
+            Access::Pat => (emu.add_pat(PatSpec::classic(&["repo"])), "pat_file"),
+            Access::RegistrationToken => (
+                emu.registration_token(REPO).unwrap(),
+                "registration_token_file",
+            ),
+        };
+        let file = dir.path().join("secret");
+        std::fs::write(&file, &secret).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let root = dir.path();
+        let text = format!(
+            r#"version = 1
+
+[agent]
+cache_dir = "{root}/cache"
+state_dir = "{root}/state"
+
+[github]
+url = "{url}"
+{key} = "secret"
+
+[host]
+kvm = false
+
+[defaults]
+user = "ra-runner"
+root = "{root}/runners"
+version = "{VERSION}"
+service = "process"
+labels = ["lab"]
+{defaults}
+
+[[runner]]
+name_template = "{{hostname}}-{{index}}"
+count = {count}
+"#,
+            root = root.display(),
+            url = emu.web_url_for(REPO),
+        );
+        let config = dir.path().join("agent.toml");
+        std::fs::write(&config, text).unwrap();
+        Lab {
+            emu,
+            dir,
+            config,
+            daemon: None,
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(agentctl());
+        command
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env("RUNNER_AGENT_HOSTNAME", HOST)
+            .env_remove("CREDENTIALS_DIRECTORY");
+        command
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("daemon.log")
+    }
+
+    fn start_daemon(&mut self) {
+        let log = std::fs::File::create(self.log_path()).unwrap();
+        let child = self
+            .command(&["daemon", "--resync-secs", "2", "--check-secs", "1"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.daemon = Some(child);
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn names(&self, count: u32) -> Vec<String> {
+        (1..=count).map(|i| format!("{HOST}-{i}")).collect()
+    }
+
+    fn pid(&self, name: &str) -> Option<i32> {
+        let path = self
+            .dir
+            .path()
+            .join("state/runners")
+            .join(format!("{name}.pid"));
+        let text = std::fs::read_to_string(path).ok()?;
+        let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+        value["pid"].as_i64().map(|p| p as i32)
+    }
+
+    fn alive(&self, name: &str) -> bool {
+        self.pid(name)
+            .is_some_and(|pid| kill(Pid::from_raw(pid), None).is_ok())
+    }
+
+    fn runner_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join("runners").join(name)
+    }
+
+    /// Every runner's own output (the process backend's log).
+    fn runner_logs(&self) -> String {
+        let mut out = String::new();
+        if let Ok(entries) = std::fs::read_dir(self.dir.path().join("runners")) {
+            for entry in entries.flatten() {
+                let log = entry.path().join("_diag/agent-run.log");
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                out.push_str(&format!("--- {}\n{text}", log.display()));
+            }
+        }
+        out
+    }
+
+    async fn wait_runner(
+        &self,
+        name: &str,
+        what: &str,
+        pred: impl Fn(&RunnerView) -> bool,
+    ) -> RunnerView {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let found = self
+                .emu
+                .runners(Some(REPO))
+                .into_iter()
+                .find(|r| r.name == name);
+            if let Some(r) = &found {
+                if pred(r) {
+                    return r.clone();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "runner {name} never {what}: {found:?}\ndaemon log:\n{}\nrunner logs:\n{}",
+                self.log(),
+                self.runner_logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn wait_for(&self, what: &str, mut pred: impl FnMut() -> bool) {
+        let deadline = Instant::now() + WAIT;
+        while !pred() {
+            assert!(
+                Instant::now() < deadline,
+                "never {what}\ndaemon log:\n{}\nrunner logs:\n{}",
+                self.log(),
+                self.runner_logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn status_json(&self) -> serde_json::Value {
+        let out = self.command(&["status", "--json"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Waits until the daemon wrote its state at least twice after now (two full passes).
+    async fn wait_two_passes(&self) {
+        let after = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
+        self.wait_for("two daemon passes", || {
+            self.status_json()["daemon"]["updated_at"]
+                .as_str()
+                .and_then(|t| {
+                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .is_some_and(|t| t >= after)
+        })
+        .await;
+    }
+
+    /// Queues a job that signals it started (a file) and runs until the test lets it finish.
+    /// Returns the job id, the "started" file and the "go" file.
+    async fn held_job(&self) -> (u64, PathBuf, PathBuf) {
+        // Written by the job, as the runner user.
+        let signals = self.dir.path().join("signals");
+        std::fs::create_dir_all(&signals).unwrap();
+        std::fs::set_permissions(&signals, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let started = signals.join("started");
+        let go = signals.join("go");
+        let job = self
+            .emu
+            .queue_job(
+                REPO,
+                &["lab"],
+                &format!(
+                    "touch {}; while [ ! -e {} ]; do sleep 0.1; done; echo done",
+                    started.display(),
+                    go.display()
+                ),
+            )
+            .unwrap();
+        self.wait_for("the job started", || started.exists()).await;
+        (job, started, go)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.daemon {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // The runners outlive the daemon by design: end them (and their jobs).
+        if let Ok(entries) = std::fs::read_dir(self.dir.path().join("state/runners")) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if let Some(pid) = name.strip_suffix(".pid").and_then(|n| self.pid(n)) {
+                    let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The `Runner.Worker` processes whose `argv[0]` lies under `dir` (what the daemon looks for).
+fn workers_of(dir: &Path) -> usize {
+    runner_agent::daemon::busy::workers(dir).len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_rest_a_disable_update_runner_is_upgraded_after_its_job_not_during_it() {
+    let mut lab = Lab::new(1, Access::RegistrationToken, "disable_update = true").await;
+    lab.start_daemon();
+    let name = lab.names(1)[0].clone();
+    let view = lab
+        .wait_runner(&name, "online", |r| r.status == "online")
+        .await;
+    assert!(view.disable_update);
+    let (job, _started, go) = lab.held_job().await;
+    // The job runs in the listener's `Runner.Worker` child, as with the real runner.
+    assert_eq!(
+        workers_of(&lab.runner_dir(&name)),
+        1,
+        "{}",
+        lab.runner_logs()
+    );
+    let diag = std::fs::read_dir(lab.runner_dir(&name).join("_diag"))
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with("Worker_"));
+    assert!(diag, "no _diag/Worker_*.log");
+    let pid = lab.pid(&name).unwrap();
+
+    // A newer release is published and configured while the job runs.
+    publish_fake_release(&lab.emu, "2.337.0", &lab.dir.path().join("release-new"))
+        .await
+        .unwrap();
+    let config = std::fs::read_to_string(&lab.config).unwrap();
+    std::fs::write(
+        &lab.config,
+        config.replace(&format!("version = \"{VERSION}\""), "version = \"2.337.0\""),
+    )
+    .unwrap();
+    kill(
+        Pid::from_raw(lab.daemon.as_ref().unwrap().id() as i32),
+        Signal::SIGHUP,
+    )
+    .unwrap();
+    lab.wait_for("the configuration reloaded", || {
+        lab.log().contains("configuration reloaded")
+    })
+    .await;
+    // Passes after the reload: the daemon has no GitHub view of `busy`, yet leaves the job alone.
+    lab.wait_two_passes().await;
+    assert!(!lab.log().contains("upgrading it"), "{}", lab.log());
+    assert_eq!(lab.pid(&name), Some(pid), "the runner was restarted");
+    assert!(lab.alive(&name));
+    assert_eq!(
+        lab.emu.job(job).unwrap().result,
+        None,
+        "the job ended early"
+    );
+
+    // The job ends on its own: succeeded, not cancelled; then the runner is upgraded in place.
+    std::fs::write(&go, "").unwrap();
+    let done = lab.emu.wait_job(job, WAIT).await.unwrap();
+    assert_eq!(done.result.as_deref(), Some("succeeded"), "{done:?}");
+    let upgraded = lab
+        .wait_runner(&name, "upgraded", |r| {
+            r.version == "2.337.0" && r.status == "online"
+        })
+        .await;
+    assert_eq!(upgraded.id, view.id, "registered again instead of upgraded");
+    let link = std::fs::read_link(lab.runner_dir(&name).join("bin")).unwrap();
+    assert_eq!(link, PathBuf::from("bin.2.337.0"));
+    assert!(lab
+        .log()
+        .contains("upgrading it to 2.337.0 while it is idle"));
+}
+
+/// Drains two runners, one of them running a job the test holds: the idle one stops at once,
+/// the busy one only after its job, which succeeds. Returns the drain's output.
+async fn drain_waits_for_the_job(lab: &Lab) -> String {
+    let names = lab.names(2);
+    for name in &names {
+        lab.wait_runner(name, "online", |r| r.status == "online")
+            .await;
+    }
+    let (job, _started, go) = lab.held_job().await;
+    let busy = lab
+        .emu
+        .job(job)
+        .unwrap()
+        .runner_name
+        .expect("no runner runs the job");
+    let idle = names.iter().find(|n| **n != busy).unwrap().clone();
+
+    let mut drain = lab
+        .command(&["drain"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The idle one stops (the drain has looked at both), the busy one keeps its job.
+    lab.wait_for("the idle runner stopped", || !lab.alive(&idle))
+        .await;
+    assert!(lab.alive(&busy), "busy runner stopped during its job");
+    assert_eq!(workers_of(&lab.runner_dir(&busy)), 1);
+    assert!(drain.try_wait().unwrap().is_none(), "drain did not wait");
+    // The daemon, which sees the drain mark, leaves it running too.
+    lab.wait_two_passes().await;
+    assert!(lab.alive(&busy), "busy runner stopped during its job");
+    assert_eq!(
+        lab.emu.job(job).unwrap().result,
+        None,
+        "the job ended early"
+    );
+
+    std::fs::write(&go, "").unwrap();
+    let done = lab.emu.wait_job(job, WAIT).await.unwrap();
+    assert_eq!(done.result.as_deref(), Some("succeeded"), "{done:?}");
+    lab.wait_for("the drain ended", || drain.try_wait().unwrap().is_some())
+        .await;
+    let out = drain.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.contains(&format!("{idle}: drained (was idle")),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("{busy}: drained (stopped after its job")),
+        "{said}"
+    );
+    assert!(!lab.alive(&busy));
+    text(&out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_rest_drain_waits_for_the_running_job() {
+    let mut lab = Lab::new(2, Access::RegistrationToken, "").await;
+    lab.start_daemon();
+    let said = drain_waits_for_the_job(&lab).await;
+    assert!(!said.contains("cancelled"), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_waits_for_the_running_job_while_github_runner_list_fails() {
+    let mut lab = Lab::new(2, Access::Pat, "").await;
+    lab.start_daemon();
+    for name in lab.names(2) {
+        lab.wait_runner(&name, "online", |r| r.status == "online")
+            .await;
+    }
+    // GitHub's runner list answers 502 from now on (the runners' own protocol is unaffected).
+    lab.emu.inject(Fault::Status {
+        status: 502,
+        count: 100_000,
+        path_prefix: Some(format!("/api/v3/repos/{REPO}/actions/runners")),
+    });
+    let said = drain_waits_for_the_job(&lab).await;
+    assert!(
+        said.contains("cannot read GitHub's runner list, going by the jobs seen on this host"),
+        "{said}"
+    );
+}
