@@ -941,14 +941,7 @@ async fn a_failing_runner_list_backs_off_while_local_runners_keep_running() {
     // `agentctl status` (it lists on GitHub itself, so after the count) says that GitHub is
     // unreachable and when the next try is.
     lab.wait_for("status naming the outage", |lab| {
-        let out = Command::new(agentctl())
-            .arg("--config")
-            .arg(&lab.config)
-            .arg("status")
-            .env("RUNNER_AGENT_HOSTNAME", HOST)
-            .env_remove("CREDENTIALS_DIRECTORY")
-            .output()
-            .unwrap();
+        let out = lab.run(&["status"]);
         let text = String::from_utf8_lossy(&out.stdout);
         text.contains("github: unreachable since") && text.contains("next try: ")
     })
