@@ -255,13 +255,20 @@ async fn a_runner_dropped_from_the_config_is_deregistered_and_removed_on_sighup(
 
     std::fs::write(&lab.config, config.replace("count = 2", "count = 1")).unwrap();
     kill(lab.daemon_pid(), Signal::SIGHUP).unwrap();
+    // The agent's record goes last (what is left of a removal cut short is found by it): the
+    // removal is done once it is gone, not when the directory is.
+    let record = lab
+        .dir
+        .path()
+        .join("state/runners")
+        .join(format!("{}.json", names[1]));
     let deadline = Instant::now() + WAIT;
     while lab
         .emu
         .runners(Some(REPO))
         .iter()
         .any(|r| r.name == names[1])
-        || lab.runner_dir(&names[1]).exists()
+        || record.exists()
     {
         assert!(
             Instant::now() < deadline,
@@ -270,8 +277,7 @@ async fn a_runner_dropped_from_the_config_is_deregistered_and_removed_on_sighup(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let state = lab.dir.path().join("state/runners");
-    assert!(!state.join(format!("{}.json", names[1])).exists());
+    assert!(!lab.runner_dir(&names[1]).exists());
     // The other one is untouched: same registration, same process.
     let left = lab.emu.runners(Some(REPO));
     assert_eq!(left.len(), 1, "{left:?}");

@@ -856,3 +856,126 @@ async fn api_budget_at_steady_state_with_ten_runners() {
     assert!(per_hour <= 60.0, "over budget: {per_hour:.1} requests/h");
     lab.finish().await;
 }
+
+// ---- GitHub's runner list failing for a while: one backoff for the host ----
+
+/// The backoff of the outage case (`--backoff-base-ms`, `--backoff-cap-secs`).
+const OUTAGE_BACKOFF_BASE: Duration = Duration::from_millis(500);
+const OUTAGE_BACKOFF_CAP: Duration = Duration::from_secs(4);
+
+/// The most list attempts a backoff from `base` doubling up to `cap` allows in `window`: the
+/// n-th failure waits at least 0.8 × min(base × 2^(n-1), cap) (the jitter is ±20 %), the first
+/// attempt may come at once.
+fn attempts_allowed(base: Duration, cap: Duration, window: Duration) -> u64 {
+    let mut attempts = 1;
+    let mut at = Duration::ZERO;
+    loop {
+        let exp = base.saturating_mul(1u32 << (attempts - 1).min(16));
+        at += exp.min(cap).mul_f64(0.8);
+        if at > window {
+            return attempts;
+        }
+        attempts += 1;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_runner_list_backs_off_while_local_runners_keep_running() {
+    let mut lab = Lab::new(Spec::pat(2)).await;
+    let base_ms = OUTAGE_BACKOFF_BASE.as_millis().to_string();
+    let cap_secs = OUTAGE_BACKOFF_CAP.as_secs().to_string();
+    lab.start_daemon_with(&[
+        "--resync-secs",
+        "2",
+        "--check-secs",
+        "1",
+        "--backoff-base-ms",
+        &base_ms,
+        "--backoff-cap-secs",
+        &cap_secs,
+        "--session-wait-secs",
+        "2",
+    ]);
+    lab.converge().await;
+    let (deleted, restarted) = (lab.desired[0].clone(), lab.desired[1].clone());
+    let restarted_id = lab.local_id(&restarted).unwrap();
+    // GitHub's REST API answers 502 to everything; its runner service stays up, so the
+    // listeners that run keep their sessions.
+    lab.emu.inject(Fault::Status {
+        status: 502,
+        count: 1_000_000,
+        path_prefix: Some("/api/v3/".to_owned()),
+    });
+    let outage = Instant::now();
+    let (_, lists_before) = api_requests(&lab.emu);
+    // A runner that needs GitHub (its registration deleted: registering again needs a token)
+    // keeps the daemon passing at every liveness check, which used to list every time.
+    assert!(lab.emu.delete_runner(lab.local_id(&deleted).unwrap()));
+    // A crashed listener with a valid registration is started again locally, outage or not.
+    let old_pid = lab.pid(&restarted).unwrap();
+    kill(Pid::from_raw(-old_pid), Signal::SIGKILL).unwrap();
+    // Its session, left open, expires (90 s without a poll on GitHub's clock; the other
+    // runner's registration is gone, so it has none to lose).
+    lab.emu.advance_clock(91);
+    lab.wait_for(
+        "the crashed runner started again during the outage",
+        |lab| {
+            lab.pid(&restarted)
+                .is_some_and(|pid| pid != old_pid && kill(Pid::from_raw(pid), None).is_ok())
+        },
+    )
+    .await;
+    lab.wait_for("the restarted runner online again", |lab| {
+        lab.emu
+            .runners(Some(REPO))
+            .iter()
+            .any(|r| r.name == restarted && r.status == "online" && r.session_open)
+    })
+    .await;
+    assert_eq!(lab.local_id(&restarted), Some(restarted_id));
+    let window = Duration::from_secs(12);
+    lab.wait_for("an outage of 12 s", |_| outage.elapsed() >= window)
+        .await;
+    let (_, lists_after) = api_requests(&lab.emu);
+    let elapsed = outage.elapsed();
+    // `agentctl status` (it lists on GitHub itself, so after the count) says that GitHub is
+    // unreachable and when the next try is.
+    lab.wait_for("status naming the outage", |lab| {
+        let out = lab.run(&["status"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.contains("github: unreachable since") && text.contains("next try: ")
+    })
+    .await;
+    lab.emu.clear_faults();
+    let during = lists_after - lists_before;
+    // One more for a list that was on its way when the fault was injected.
+    let bound = attempts_allowed(OUTAGE_BACKOFF_BASE, OUTAGE_BACKOFF_CAP, elapsed) + 1;
+    // With the production backoff (2 s doubling up to 5 min), an hour of outage at most:
+    let hourly = attempts_allowed(
+        runner_agent::daemon::BACKOFF_BASE,
+        runner_agent::daemon::BACKOFF_CAP,
+        Duration::from_secs(3600),
+    );
+    println!(
+        "OUTAGE list_calls={during} window_s={:.1} bound={bound} (backoff {} ms doubling up to {} s; without it a list per liveness check); production: at most {hourly} lists per hour of outage (was up to 720)",
+        elapsed.as_secs_f64(),
+        OUTAGE_BACKOFF_BASE.as_millis(),
+        OUTAGE_BACKOFF_CAP.as_secs()
+    );
+    assert!(
+        during <= bound,
+        "the daemon listed {during} times in {elapsed:?} of outage, the backoff allows {bound}\n{}",
+        lab.log()
+    );
+    assert!(
+        during >= 2,
+        "the daemon stopped trying: {during}\n{}",
+        lab.log()
+    );
+    lab.recover("list-5xx-backoff").await;
+    let log = lab.log();
+    // Said once when it began and once when it ended, not at every failed list.
+    assert_eq!(log.matches("GitHub is unreachable").count(), 1, "{log}");
+    assert!(log.contains("GitHub's runner list works again"), "{log}");
+    lab.finish().await;
+}

@@ -198,6 +198,7 @@ pub fn run(config_path: &Path, command: RunnerCommand) -> anyhow::Result<Status>
                         "running": d.daemon_alive(),
                         "updated_at": d.updated_at,
                         "github_circuit": d.github_circuit,
+                        "github_unreachable": d.github_unreachable,
                     })),
                     "runners": list,
                 });
@@ -351,6 +352,20 @@ pub fn render_daemon(
     if let Some(reason) = &daemon.github_circuit {
         out.push_str(&format!(
             "  github: not called until a secret file changes: {reason}\n"
+        ));
+    }
+    if let Some(outage) = &daemon.github_unreachable {
+        out.push_str(&format!(
+            "  github: {} since {} ({} failed list(s)): {}\n    next try: {}\n",
+            if outage.unreachable {
+                "unreachable"
+            } else {
+                "runner list failing"
+            },
+            outage.since,
+            outage.failures,
+            outage.reason,
+            until_text(&outage.next_try)
         ));
     }
     for status in statuses {

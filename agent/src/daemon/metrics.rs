@@ -197,6 +197,11 @@ pub fn render(
         "# HELP runner_agent_github_circuit_open Whether the daemon stopped calling GitHub (bad credentials).\n# TYPE runner_agent_github_circuit_open gauge\nrunner_agent_github_circuit_open {}",
         u8::from(state.github_circuit.is_some())
     );
+    let _ = writeln!(
+        out,
+        "# HELP runner_agent_github_list_failures GitHub's runner list failures in a row (an outage: listed again on a backoff).\n# TYPE runner_agent_github_list_failures gauge\nrunner_agent_github_list_failures {}",
+        state.github_unreachable.as_ref().map_or(0, |o| o.failures)
+    );
     out
 }
 

@@ -28,7 +28,8 @@
 //! Failures back off per runner (exponential with jitter, capped); a deterministic failure (bad
 //! credentials, missing permission) opens a circuit for [`CIRCUIT_OPEN`] or until a secret file
 //! changes. Bad credentials on GitHub's runner list open the circuit for every call to GitHub;
-//! local starts go on. The daemon's view is written atomically to `<state_dir>/daemon/state.json`
+//! local starts go on. A list failing for a reason that may pass (5xx, unreachable, timeouts)
+//! backs off host-wide ([`outage`]); local starts go on as well. The daemon's view is written atomically to `<state_dir>/daemon/state.json`
 //! ([`state`]) for `agentctl status`, and as a Prometheus text file when `[daemon] metrics_file`
 //! is set ([`metrics`]).
 
@@ -39,6 +40,7 @@ pub mod drain;
 pub mod exits;
 pub mod jit;
 pub mod metrics;
+pub mod outage;
 pub mod plan;
 pub mod ratelimit;
 mod reconcile;
@@ -132,6 +134,8 @@ struct Daemon {
     options: Options,
     health: BTreeMap<String, Health>,
     github_circuit: Option<Circuit>,
+    /// GitHub's runner list failing for a reason that may pass: listed again on a backoff.
+    list_backoff: outage::ListBackoff,
     listing: Listing,
     last_written: Option<state::DaemonState>,
     /// Recent runner releases and when they were read (for the update window).
@@ -139,6 +143,10 @@ struct Daemon {
     /// The boards of board runners: a runner whose board cannot take jobs stays offline.
     boards: boards::BoardWatch,
 }
+
+/// How long the runner list waits for a connection to GitHub (an outage that drops packets must
+/// not hold the pass, and the local restarts in it, for long).
+const LIST_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often the release list is read again (only with `disable_update` runners).
 const RELEASES_EVERY: Duration = Duration::from_secs(6 * 3600);
@@ -253,6 +261,7 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
         options: options.clone(),
         health: BTreeMap::new(),
         github_circuit: None,
+        list_backoff: outage::ListBackoff::default(),
         last_written: None,
         releases: None,
     };
@@ -300,6 +309,7 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
                         daemon.config = new;
                         daemon.health.clear();
                         daemon.github_circuit = None;
+                        daemon.list_backoff.reset();
                         daemon.releases = None;
                         one_job = jit::Jit::default();
                         secrets = watch(&daemon.config, &rotation);
@@ -333,6 +343,7 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
                 }
                 daemon.listing = Listing::new(&daemon.config);
                 daemon.github_circuit = None;
+                daemon.list_backoff.reset();
                 for health in daemon.health.values_mut() {
                     health.close_circuit();
                 }
@@ -433,10 +444,17 @@ impl Daemon {
             .as_ref()
             .filter(|c| c.until > now)
             .map(|c| c.reason.clone());
-        let unchanged = self
-            .last_written
-            .as_ref()
-            .is_some_and(|last| last.runners == runners && last.github_circuit == github_circuit);
+        let github_unreachable = self.list_backoff.snapshot(now);
+        // `next_try` moves with every failure: compared without it, it is written with them.
+        let unchanged = self.last_written.as_ref().is_some_and(|last| {
+            last.runners == runners
+                && last.github_circuit == github_circuit
+                && last
+                    .github_unreachable
+                    .as_ref()
+                    .map(|o| (o.failures, &o.reason))
+                    == github_unreachable.as_ref().map(|o| (o.failures, &o.reason))
+        });
         if unchanged && !force {
             return;
         }
@@ -445,6 +463,7 @@ impl Daemon {
             pid: std::process::id(),
             updated_at: state::rfc3339(std::time::SystemTime::now()).unwrap_or_default(),
             github_circuit,
+            github_unreachable,
             runners,
         };
         if let Err(err) = state::write(&self.config.agent.state_dir, &snapshot) {
@@ -470,7 +489,10 @@ impl Daemon {
 }
 
 /// GitHub's runner list, read conditionally (ETag): `304 Not Modified` reuses the last list.
-/// One client per configuration (and per secret), so its ETag cache lives across passes.
+/// One client per configuration (and per secret), so its ETag cache lives across passes. One
+/// attempt per list, no retry inside the call: the daemon's host-wide backoff
+/// ([`outage::ListBackoff`]) is the retry, and a pass never waits in a retry loop (or a rate
+/// limit) of the client while a runner needs starting.
 struct Listing {
     remote: Option<Remote>,
     last: Option<Vec<RemoteRunner>>,
@@ -478,10 +500,30 @@ struct Listing {
 
 impl Listing {
     fn new(config: &Config) -> Listing {
-        Listing {
-            remote: Remote::from_config(config).ok(),
-            last: None,
-        }
+        let remote = match Remote::from_config(config) {
+            Ok(Remote::Rest { scope, .. }) => {
+                crate::github::Credentials::from_config(&config.github.auth)
+                    .and_then(|credentials| {
+                        crate::github::Client::with_options(
+                            config.github.api_url.clone(),
+                            credentials,
+                            crate::github::ClientOptions {
+                                max_attempts: 1,
+                                connect_timeout: LIST_CONNECT_TIMEOUT,
+                                ..crate::github::ClientOptions::default()
+                            },
+                        )
+                    })
+                    .ok()
+                    .map(|client| Remote::Rest {
+                        client: Box::new(client),
+                        scope,
+                    })
+            }
+            Ok(other) => Some(other),
+            Err(_) => None,
+        };
+        Listing { remote, last: None }
     }
 
     async fn list(&mut self) -> Result<Option<Vec<RemoteRunner>>, GithubError> {

@@ -157,13 +157,16 @@ impl Daemon {
         let lifecycle = Lifecycle::new(&config, self.hostname.clone(), remote);
         let state_dir = config.agent.state_dir.clone();
 
-        // GitHub's view, unless its circuit is open.
+        // GitHub's view, unless its circuit is open or its list is backing off (an outage).
         let circuit_open = self.github_circuit.as_ref().is_some_and(|c| c.until > now);
-        let (remote_list, github_ok) = if circuit_open {
+        let (remote_list, github_ok) = if circuit_open || self.list_backoff.waiting(now) {
             (None, false)
         } else {
             match self.listing.list().await {
-                Ok(list) => (list, true),
+                Ok(list) => {
+                    self.list_backoff.succeeded(Instant::now());
+                    (list, true)
+                }
                 Err(err) => {
                     let reason = error_chain(&err);
                     if let Some(wait) = super::ratelimit::pause_github(&err) {
@@ -185,7 +188,14 @@ impl Daemon {
                             reason,
                         });
                     } else {
-                        log::warn!("cannot list the runners on GitHub: {reason}");
+                        // Transient (5xx, unreachable, timeouts) or not understood: no list
+                        // until the host-wide backoff ran out.
+                        self.list_backoff.failed(
+                            reason,
+                            super::outage::unreachable(&err),
+                            &self.options,
+                            Instant::now(),
+                        );
                     }
                     (None, false)
                 }
@@ -310,10 +320,20 @@ impl Daemon {
             if !github_ok && needs_github(&action) {
                 if let Action::Register(name) | Action::UpdateLabels(name) = &action {
                     let health = self.health.entry(name.clone()).or_default();
-                    health.last_error = Some(match &self.github_circuit {
-                        Some(c) if c.until > now => format!("waiting for GitHub: {}", c.reason),
-                        _ => "waiting for GitHub: its runner list cannot be read".to_owned(),
-                    });
+                    health.last_error =
+                        Some(match (&self.github_circuit, self.list_backoff.reason()) {
+                            (Some(c), _) if c.until > now => {
+                                format!("waiting for GitHub: {}", c.reason)
+                            }
+                            (_, Some(reason)) => format!(
+                                "waiting for GitHub: its runner list fails ({reason}); next try {}",
+                                self.list_backoff
+                                    .next()
+                                    .and_then(|at| super::state::wall(at, now))
+                                    .unwrap_or_default()
+                            ),
+                            _ => "waiting for GitHub: its runner list cannot be read".to_owned(),
+                        });
                 }
                 continue;
             }

@@ -27,7 +27,26 @@ pub struct DaemonState {
     /// Why the daemon does not call GitHub at all for now (bad credentials, missing permission).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub github_circuit: Option<String>,
+    /// GitHub's runner list failing for a reason that may pass (an outage): listed again on a
+    /// backoff, runners with a registration keep running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub github_unreachable: Option<GithubOutage>,
     pub runners: BTreeMap<String, RunnerState>,
+}
+
+/// GitHub's runner list failing in a row ([`super::outage`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GithubOutage {
+    /// A 5xx, a connection or a timeout (GitHub unreachable), not an answer about the request.
+    pub unreachable: bool,
+    /// Since when (RFC 3339, UTC).
+    pub since: String,
+    /// Failed lists in a row.
+    pub failures: u32,
+    /// When the list is tried again (RFC 3339, UTC).
+    pub next_try: String,
+    /// The last failure, redacted.
+    pub reason: String,
 }
 
 /// One runner as the daemon sees it.

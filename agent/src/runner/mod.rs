@@ -908,18 +908,25 @@ impl<'a> Lifecycle<'a> {
         Ok(())
     }
 
-    /// Delete the runner directory and the agent's records of it.
+    /// Delete the runner directory and the agent's records of it. The record (`<name>.json`)
+    /// goes last: until then a removal cut short (a crash, a power loss) is found again and
+    /// finished by the next `purge` or daemon pass, and once it is gone nothing of the runner
+    /// is left, so a reader that sees no record sees the removal done.
     fn forget(&self, name: &str, dir: &Path) -> Result<(), RunnerError> {
+        let _ = fs::remove_file(self.runners_dir().join(format!("{name}.pid")));
+        let _ = fs::remove_file(self.env_path(name));
+        let _ = fs::remove_dir_all(self.runners_dir().join(format!("{name}.hooks")));
         match fs::remove_dir_all(dir) {
             Ok(()) => {}
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(err) => return Err(io_err(dir)(err)),
         }
-        for path in [self.record_path(name), self.env_path(name)] {
-            let _ = fs::remove_file(path);
+        let record = self.record_path(name);
+        match fs::remove_file(&record) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(io_err(&record)(err)),
         }
-        let _ = fs::remove_dir_all(self.runners_dir().join(format!("{name}.hooks")));
-        let _ = fs::remove_file(self.runners_dir().join(format!("{name}.pid")));
         log::info!("removed runner `{name}`");
         Ok(())
     }

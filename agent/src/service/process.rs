@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::{Gid, Pid, Uid};
 
@@ -76,6 +77,8 @@ impl Process {
         (start_time(state.pid) == Some(state.start_time)).then_some(state)
     }
 
+    /// Write the pid file whole (a temporary file renamed over it): a reader never sees half
+    /// of one, which would read as "not running".
     fn write_state(&self, name: &str, state: ProcessState) -> Result<(), ServiceError> {
         let path = self.pid_file(name);
         let io = |source| ServiceError::Io {
@@ -84,7 +87,23 @@ impl Process {
         };
         fs::create_dir_all(&self.pid_dir).map_err(io)?;
         let text = serde_json::to_string(&state).map_err(|err| io(std::io::Error::other(err)))?;
-        fs::write(&path, text).map_err(io)
+        let staging = self.pid_dir.join(format!("{name}.pid.tmp"));
+        fs::write(&staging, text).map_err(io)?;
+        fs::rename(&staging, &path).map_err(io)
+    }
+
+    /// An exclusive `flock` on the runner's directory, held while a start looks at the pid file,
+    /// spawns and records the child (and while a stop looks at it and signals): the daemon and
+    /// `agentctl start` starting the same runner at the same moment must not both spawn it (two
+    /// listeners of one registration: one exits 5 on a session conflict, the other is an orphan
+    /// no pid file names). Released when dropped; the child does not inherit it (`O_CLOEXEC`).
+    fn lock(unit: &Unit) -> Result<Flock<fs::File>, ServiceError> {
+        let io = |source| ServiceError::Io {
+            path: unit.dir.clone(),
+            source,
+        };
+        let dir = fs::File::open(&unit.dir).map_err(io)?;
+        Flock::lock(dir, FlockArg::LockExclusive).map_err(|(_, errno)| io(errno.into()))
     }
 }
 
@@ -151,6 +170,7 @@ impl Backend for Process {
     }
 
     fn start(&self, unit: &Unit) -> Result<(), ServiceError> {
+        let _lock = Process::lock(unit)?;
         if let Some(state) = self.running(&unit.name) {
             log::info!("runner `{}` already runs (pid {})", unit.name, state.pid);
             return Ok(());
@@ -205,6 +225,9 @@ impl Backend for Process {
     }
 
     fn stop(&self, unit: &Unit) -> Result<(), ServiceError> {
+        // A start under way finishes first, so that its child is the one stopped (a runner
+        // directory already gone has nothing to start).
+        let lock = Process::lock(unit).ok();
         let Some(state) = self.running(&unit.name) else {
             let _ = fs::remove_file(self.pid_file(&unit.name));
             return Ok(());
@@ -213,6 +236,7 @@ impl Backend for Process {
         // run.sh, run-helper.sh and the listener share the session and process group: SIGINT
         // to all, as runsvc.sh forwards it; the listener cancels its job and exits.
         let _ = killpg(group, Signal::SIGINT);
+        drop(lock);
         let deadline = Instant::now() + self.stop_timeout;
         let mut killed = false;
         while start_time(state.pid) == Some(state.start_time) && !is_zombie(state.pid) {

@@ -1,0 +1,201 @@
+//! GitHub's runner list failing for a reason that may pass by itself (a 5xx, a connection
+//! refused or reset, a timeout): one backoff for the whole host, beside the circuit that rate
+//! limits and refused credentials open.
+//!
+//! Without it every pass lists again, and while a runner is stopped a pass runs at every liveness
+//! check (5 s): about 720 calls an hour into an outage. With it the list is tried again after the
+//! daemon's backoff (`--backoff-base-ms` doubling up to `--backoff-cap-secs`, jittered), so an
+//! outage of an hour costs about a dozen calls once the cap is reached; the first success resets
+//! it. Runners whose registration is valid keep running and are started again locally meanwhile:
+//! only what needs GitHub (registering, label updates, removal) waits.
+//!
+//! The log says it once when the list first fails and once when it works again; the failures in
+//! between are `debug`. `agentctl status` and the metrics file show it (`github_unreachable`).
+
+use std::time::{Duration, Instant, SystemTime};
+
+use super::state::{self, GithubOutage};
+use super::Options;
+use crate::github::GithubError;
+
+/// Whether `err` says GitHub could not be reached or failed on its side (not what it answered
+/// about this host's request).
+pub fn unreachable(err: &GithubError) -> bool {
+    match err {
+        GithubError::Request { .. } | GithubError::Decode { .. } | GithubError::GaveUp { .. } => {
+            true
+        }
+        GithubError::Status { status, .. } => *status >= 500,
+        _ => false,
+    }
+}
+
+/// The current run of failed lists.
+#[derive(Debug, Clone)]
+struct Run {
+    failures: u32,
+    since: SystemTime,
+    started: Instant,
+    next: Instant,
+    reason: String,
+    unreachable: bool,
+}
+
+/// The host-wide backoff of GitHub's runner list.
+#[derive(Debug, Clone, Default)]
+pub struct ListBackoff {
+    run: Option<Run>,
+}
+
+impl ListBackoff {
+    /// Whether the list must not be tried at `now`.
+    pub fn waiting(&self, now: Instant) -> bool {
+        self.run.as_ref().is_some_and(|r| r.next > now)
+    }
+
+    /// The reason of the failures, while there are any.
+    pub fn reason(&self) -> Option<&str> {
+        self.run.as_ref().map(|r| r.reason.as_str())
+    }
+
+    /// When the list is tried again, while it is failing.
+    pub fn next(&self) -> Option<Instant> {
+        self.run.as_ref().map(|r| r.next)
+    }
+
+    /// One more failed list at `now` (already redacted `reason`); how long until the next try.
+    pub fn failed(
+        &mut self,
+        reason: String,
+        unreachable: bool,
+        options: &Options,
+        now: Instant,
+    ) -> Duration {
+        let failures = self.run.as_ref().map_or(0, |r| r.failures) + 1;
+        let delay = options.backoff(failures);
+        let what = if unreachable {
+            "GitHub is unreachable"
+        } else {
+            "GitHub's runner list fails"
+        };
+        match &mut self.run {
+            None => {
+                log::warn!(
+                    "{what}: {reason}; runners with a registration keep running, registering and removing wait; listing again in {} ms, then less often (at most every {} s)",
+                    delay.as_millis(),
+                    options.backoff_cap.as_secs()
+                );
+                self.run = Some(Run {
+                    failures,
+                    since: SystemTime::now(),
+                    started: now,
+                    next: now + delay,
+                    reason,
+                    unreachable,
+                });
+            }
+            Some(run) => {
+                log::debug!(
+                    "{what} ({failures} failed lists in a row): {reason}; listing again in {} ms",
+                    delay.as_millis()
+                );
+                run.failures = failures;
+                run.next = now + delay;
+                run.reason = reason;
+                run.unreachable = unreachable;
+            }
+        }
+        delay
+    }
+
+    /// A list worked: the backoff is over.
+    pub fn succeeded(&mut self, now: Instant) {
+        if let Some(run) = self.run.take() {
+            log::info!(
+                "GitHub's runner list works again, after {} failed list(s) over {} s",
+                run.failures,
+                now.saturating_duration_since(run.started).as_secs()
+            );
+        }
+    }
+
+    /// Forget the failures (a new configuration or secret): the next pass lists at once.
+    pub fn reset(&mut self) {
+        self.run = None;
+    }
+
+    /// The persisted form for `agentctl status`.
+    pub fn snapshot(&self, now: Instant) -> Option<GithubOutage> {
+        let run = self.run.as_ref()?;
+        Some(GithubOutage {
+            unreachable: run.unreachable,
+            since: state::rfc3339(run.since).unwrap_or_default(),
+            failures: run.failures,
+            next_try: state::wall(run.next.max(now), now).unwrap_or_default(),
+            reason: run.reason.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> Options {
+        Options {
+            backoff_base: Duration::from_millis(100),
+            backoff_cap: Duration::from_secs(1),
+            ..Options::default()
+        }
+    }
+
+    #[test]
+    fn failures_back_off_up_to_the_cap_and_a_success_resets() {
+        let options = options();
+        let mut backoff = ListBackoff::default();
+        let now = Instant::now();
+        assert!(!backoff.waiting(now));
+        let first = backoff.failed("502".to_owned(), true, &options, now);
+        assert!(first <= Duration::from_millis(120), "{first:?}");
+        assert!(backoff.waiting(now));
+        assert!(!backoff.waiting(now + first));
+        let mut last = first;
+        for _ in 0..10 {
+            last = backoff.failed("502".to_owned(), true, &options, now);
+        }
+        assert!(last <= options.backoff_cap && last >= options.backoff_cap.mul_f64(0.8));
+        let snap = backoff.snapshot(now).unwrap();
+        assert_eq!(snap.failures, 11);
+        assert!(snap.unreachable);
+        assert_eq!(snap.reason, "502");
+        backoff.succeeded(now);
+        assert!(!backoff.waiting(now));
+        assert!(backoff.snapshot(now).is_none());
+        // Counted from one again.
+        let again = backoff.failed("refused".to_owned(), true, &options, now);
+        assert!(again <= Duration::from_millis(120), "{again:?}");
+    }
+
+    #[test]
+    fn only_failures_on_githubs_side_or_the_way_there_are_unreachable() {
+        let url: url::Url = "https://api.github.com/repos/o/r/actions/runners"
+            .parse()
+            .unwrap();
+        assert!(unreachable(&GithubError::Status {
+            url: url.clone(),
+            status: 502,
+            message: "Bad Gateway".to_owned(),
+        }));
+        assert!(!unreachable(&GithubError::Status {
+            url,
+            status: 404,
+            message: "Not Found".to_owned(),
+        }));
+        assert!(unreachable(&GithubError::GaveUp {
+            url: "u".to_owned(),
+            attempts: 5,
+            elapsed: Duration::from_secs(3),
+            last: "503".to_owned(),
+        }));
+    }
+}
