@@ -9,17 +9,15 @@
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use runner_agent_tests::emulator::{Emulator, EmulatorOptions, Fault, PatSpec, RunnerView};
-use runner_agent_tests::support::{agentctl, publish_fake_release};
+use runner_agent_tests::emulator::{EmulatorOptions, Fault, PatSpec};
+use runner_agent_tests::support::lab::{self, text, Auth, REPO, VERSION};
+use runner_agent_tests::support::publish_fake_release;
 
-const REPO: &str = "octo/hello";
-const VERSION: &str = "2.336.0";
-const HOST: &str = "labhost";
 const WAIT: Duration = Duration::from_secs(30);
 
 /// How the daemon and `agentctl` reach GitHub.
@@ -31,189 +29,35 @@ enum Access {
     RegistrationToken,
 }
 
+/// The shared lab ([`lab::Lab`]) of `count` counted runners, with this file's job helpers.
 struct Lab {
-    emu: Emulator,
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    daemon: Option<Child>,
+    lab: lab::Lab,
 }
+
+runner_agent_tests::deref_lab!(Lab.lab);
 
 impl Lab {
     async fn new(count: u32, access: Access, defaults: &str) -> Lab {
-        let emu = Emulator::start(EmulatorOptions {
-            long_poll: Duration::from_secs(1),
-            ..EmulatorOptions::default()
-        })
-        .await
-        .unwrap();
-        emu.create_repo(REPO, false).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        publish_fake_release(&emu, VERSION, &dir.path().join("release"))
-            .await
-            .unwrap();
-        let (secret, key) = match access {
-            Access::Pat => (emu.add_pat(PatSpec::classic(&["repo"])), "pat_file"),
-            Access::RegistrationToken => (
-                emu.registration_token(REPO).unwrap(),
-                "registration_token_file",
-            ),
+        let auth = match access {
+            Access::Pat => Auth::Pat(PatSpec::classic(&["repo"])),
+            Access::RegistrationToken => Auth::RegistrationToken,
         };
-        let file = dir.path().join("secret");
-        std::fs::write(&file, &secret).unwrap();
-        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let root = dir.path();
-        let text = format!(
-            r#"version = 1
-
-[agent]
-cache_dir = "{root}/cache"
-state_dir = "{root}/state"
-
-[github]
-url = "{url}"
-{key} = "secret"
-
-[host]
-kvm = false
-
-[defaults]
-user = "ra-runner"
-root = "{root}/runners"
-version = "{VERSION}"
-service = "process"
-labels = ["lab"]
-{defaults}
-
-[[runner]]
-name_template = "{{hostname}}-{{index}}"
-count = {count}
-"#,
-            root = root.display(),
-            url = emu.web_url_for(REPO),
-        );
-        let config = dir.path().join("agent.toml");
-        std::fs::write(&config, text).unwrap();
-        Lab {
-            emu,
-            dir,
-            config,
-            daemon: None,
-        }
+        let lab = lab::Lab::builder()
+            .emulator(EmulatorOptions {
+                long_poll: Duration::from_secs(1),
+                ..EmulatorOptions::default()
+            })
+            .auth(auth)
+            .defaults(defaults)
+            .count(count, "")
+            .wait(WAIT)
+            .start()
+            .await;
+        Lab { lab }
     }
 
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(agentctl());
-        command
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .env("RUNNER_AGENT_HOSTNAME", HOST)
-            .env_remove("CREDENTIALS_DIRECTORY");
-        command
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join("daemon.log")
-    }
-
-    fn start_daemon(&mut self) {
-        let log = std::fs::File::create(self.log_path()).unwrap();
-        let child = self
-            .command(&["daemon", "--resync-secs", "2", "--check-secs", "1"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.daemon = Some(child);
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
-    }
-
-    fn names(&self, count: u32) -> Vec<String> {
-        (1..=count).map(|i| format!("{HOST}-{i}")).collect()
-    }
-
-    fn pid(&self, name: &str) -> Option<i32> {
-        let path = self
-            .dir
-            .path()
-            .join("state/runners")
-            .join(format!("{name}.pid"));
-        let text = std::fs::read_to_string(path).ok()?;
-        let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-        value["pid"].as_i64().map(|p| p as i32)
-    }
-
-    fn alive(&self, name: &str) -> bool {
-        self.pid(name)
-            .is_some_and(|pid| kill(Pid::from_raw(pid), None).is_ok())
-    }
-
-    fn runner_dir(&self, name: &str) -> PathBuf {
-        self.dir.path().join("runners").join(name)
-    }
-
-    /// Every runner's own output (the process backend's log).
-    fn runner_logs(&self) -> String {
-        let mut out = String::new();
-        if let Ok(entries) = std::fs::read_dir(self.dir.path().join("runners")) {
-            for entry in entries.flatten() {
-                let log = entry.path().join("_diag/agent-run.log");
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                out.push_str(&format!("--- {}\n{text}", log.display()));
-            }
-        }
-        out
-    }
-
-    async fn wait_runner(
-        &self,
-        name: &str,
-        what: &str,
-        pred: impl Fn(&RunnerView) -> bool,
-    ) -> RunnerView {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let found = self
-                .emu
-                .runners(Some(REPO))
-                .into_iter()
-                .find(|r| r.name == name);
-            if let Some(r) = &found {
-                if pred(r) {
-                    return r.clone();
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "runner {name} never {what}: {found:?}\ndaemon log:\n{}\nrunner logs:\n{}",
-                self.log(),
-                self.runner_logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn wait_for(&self, what: &str, mut pred: impl FnMut() -> bool) {
-        let deadline = Instant::now() + WAIT;
-        while !pred() {
-            assert!(
-                Instant::now() < deadline,
-                "never {what}\ndaemon log:\n{}\nrunner logs:\n{}",
-                self.log(),
-                self.runner_logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn status_json(&self) -> serde_json::Value {
-        let out = self.command(&["status", "--json"]).output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-        serde_json::from_slice(&out.stdout).unwrap()
+    async fn wait_for(&self, what: &str, pred: impl FnMut() -> bool) {
+        self.wait_until(what, pred).await;
     }
 
     /// Waits until the daemon wrote its state at least twice after now (two full passes).
@@ -255,32 +99,6 @@ count = {count}
         self.wait_for("the job started", || started.exists()).await;
         (job, started, go)
     }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.daemon {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        // The runners outlive the daemon by design: end them (and their jobs).
-        if let Ok(entries) = std::fs::read_dir(self.dir.path().join("state/runners")) {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if let Some(pid) = name.strip_suffix(".pid").and_then(|n| self.pid(n)) {
-                    let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
-                }
-            }
-        }
-    }
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// The `Runner.Worker` processes whose `argv[0]` lies under `dir` (what the daemon looks for).
