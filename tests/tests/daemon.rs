@@ -688,3 +688,121 @@ async fn a_new_registration_token_file_cuts_the_backoff_short() {
     );
     assert!(!lab.log().contains(&token), "secret in the log");
 }
+
+/// Replace runner `name`'s `bin/Runner.Listener` by one that exits 1 at once (renamed in, so the
+/// release's shared hard link is untouched); the original is kept as `Runner.Listener.orig`.
+fn break_listener(lab: &Lab, name: &str) {
+    let bin = lab.runner_dir(name).join("bin");
+    let broken = bin.join("Runner.Listener.broken");
+    std::fs::write(
+        &broken,
+        "#!/bin/sh\necho 'An error occurred: broken on purpose'\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::rename(
+        bin.join("Runner.Listener"),
+        bin.join("Runner.Listener.orig"),
+    )
+    .unwrap();
+    std::fs::rename(&broken, bin.join("Runner.Listener")).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_that_dies_at_each_start_is_never_shown_running_while_dead() {
+    // A slow resync: between passes only the daemon's own events and its liveness check tell.
+    let mut lab = Lab::new(1).await;
+    lab.start_daemon_exact(&[
+        "--resync-secs",
+        "60",
+        "--check-secs",
+        "1",
+        "--backoff-base-ms",
+        "2000",
+        "--backoff-cap-secs",
+        "4",
+    ]);
+    let name = lab.names(1)[0].clone();
+    lab.wait_runner(&name, "online", |r| r.status == "online")
+        .await;
+    let status = lab
+        .wait_status("running", |s| {
+            Lab::daemon_view(s, &name)["state"] == "running"
+        })
+        .await;
+    assert!(
+        Lab::daemon_view(&status, &name)["next_retry"].is_null(),
+        "a healthy runner with a next retry: {status:#}"
+    );
+
+    break_listener(&lab, &name);
+    let pid = lab.pid(&name).unwrap();
+    kill(Pid::from_raw(-pid), Signal::SIGKILL).unwrap();
+    // Watch the crash loop: whenever the runner's process has been dead for a while, `status`
+    // must not call it running.
+    let mut dead_since: Option<(i32, Instant)> = None;
+    let mut seen_backing_off = None;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status = lab.status_json();
+        let view = Lab::daemon_view(&status, &name);
+        let pid = lab.pid(&name);
+        let alive = lab.alive(&name);
+        dead_since = match (alive, dead_since, pid) {
+            (true, _, _) | (_, _, None) => None,
+            (false, Some((p, at)), Some(now)) if p == now => Some((p, at)),
+            (false, _, Some(now)) => Some((now, Instant::now())),
+        };
+        if let Some((_, at)) = dead_since {
+            if at.elapsed() > Duration::from_millis(1200) {
+                assert_ne!(
+                    view["state"],
+                    "running",
+                    "runner dead for {:?} but shown running: {view:#}\nlog:\n{}",
+                    at.elapsed(),
+                    lab.log()
+                );
+            }
+        }
+        if view["state"] == "backing-off" && !alive {
+            seen_backing_off = Some(view.clone());
+        }
+        if view["restarts"].as_u64().unwrap_or(0) >= 3 && seen_backing_off.is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "crash loop not seen: {view:#}\nlog:\n{}",
+            lab.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let view = seen_backing_off.unwrap();
+    assert_eq!(view["last_exit_code"], 1, "{view:#}");
+    assert!(view["next_retry"].is_string(), "{view:#}");
+    let out = lab.ok(&["status"]);
+    assert!(text(&out).contains("next retry: "), "{}", text(&out));
+    assert!(!text(&out).contains("+00:00:00"), "{}", text(&out));
+
+    // Fixed: the next start after the backoff stays up, and is shown running without a retry.
+    let bin = lab.runner_dir(&name).join("bin");
+    std::fs::rename(
+        bin.join("Runner.Listener.orig"),
+        bin.join("Runner.Listener"),
+    )
+    .unwrap();
+    let status = lab
+        .wait_status("running again", |s| {
+            Lab::daemon_view(s, &name)["state"] == "running"
+                && lab.alive(&name)
+                && lab
+                    .runners()
+                    .iter()
+                    .any(|r| r.name == name && r.status == "online")
+        })
+        .await;
+    assert!(
+        Lab::daemon_view(&status, &name)["next_retry"].is_null(),
+        "{status:#}"
+    );
+}

@@ -287,6 +287,9 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
             daemon.reconcile().await;
             resync_at = Instant::now() + jitter(options.resync, 0.1);
         }
+        if !pass {
+            daemon.refresh_states();
+        }
         daemon.write_state(pass);
         let wait = options
             .check
@@ -429,6 +432,48 @@ impl Daemon {
                     || lifecycle.record(&runner.name).is_some())
                 && service_state(&lifecycle, runner).is_some_and(|state| state != "active")
         })
+    }
+
+    /// Between passes: a runner the last pass left `running` whose service stopped since, and
+    /// that waits out its restart backoff (which `needs_pass` leaves alone), is shown as what it
+    /// is (`backing-off`, `session-conflict`, …) with why it stopped, not as `running` until the
+    /// next pass. Only such runners are looked at, so a healthy host checks nothing here.
+    fn refresh_states(&mut self) {
+        let now = Instant::now();
+        let candidates = self.config.runners.iter().any(|r| {
+            self.health
+                .get(&r.name)
+                .is_some_and(|h| h.state == "running" && h.gated(now))
+        });
+        if !candidates {
+            return;
+        }
+        let Ok(remote) = Remote::from_config(&self.config) else {
+            return;
+        };
+        let config = self.config.clone();
+        let lifecycle = Lifecycle::new(&config, self.hostname.clone(), remote);
+        for runner in &config.runners {
+            let waiting = self
+                .health
+                .get(&runner.name)
+                .is_some_and(|h| h.state == "running" && h.gated(now));
+            if !waiting
+                || jit::is_jit(runner)
+                // Unknown (the backend cannot say): left to the next pass.
+                || service_state(&lifecycle, runner).is_none_or(|state| state == "active")
+            {
+                continue;
+            }
+            self.observe_exit(runner, &lifecycle, now);
+            let health = self.health.entry(runner.name.clone()).or_default();
+            health.state = if health.gated(now) {
+                health.waiting.unwrap_or("backing-off")
+            } else {
+                "stopped"
+            }
+            .to_owned();
+        }
     }
 
     /// Write the state file (and the metrics file) when something changed, or when `force`.

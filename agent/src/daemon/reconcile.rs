@@ -74,7 +74,12 @@ fn needs_github(action: &Action) -> bool {
 
 impl Daemon {
     /// Read why a runner that is not running stopped, once per stop, and act on it.
-    fn observe_exit(&mut self, runner: &config::Runner, lifecycle: &Lifecycle<'_>, now: Instant) {
+    pub(super) fn observe_exit(
+        &mut self,
+        runner: &config::Runner,
+        lifecycle: &Lifecycle<'_>,
+        now: Instant,
+    ) {
         let health = self.health.entry(runner.name.clone()).or_default();
         health.exit_seen = true;
         health.was_running = false;

@@ -133,7 +133,11 @@ impl Health {
         RunnerState {
             state: self.state.clone(),
             last_error: self.last_error.clone(),
-            next_retry: next.and_then(|at| wall(at, now)),
+            // A runner that runs is not retried: the wait after its start only keeps a runner
+            // that dies at once from a restart loop.
+            next_retry: next
+                .filter(|_| self.state != "running")
+                .and_then(|at| wall(at, now)),
             circuit: self
                 .circuit_until
                 .is_some_and(|c| c > now)
@@ -233,7 +237,15 @@ pub fn until_text(at: &str) -> String {
     } else {
         format!("in {} min", Duration::from_secs(secs).as_secs() / 60)
     };
-    format!("{} ({text})", at.replace_nanosecond(0).unwrap_or(at))
+    let at = at
+        .replace_nanosecond(0)
+        .ok()
+        .and_then(|at| {
+            at.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| at.to_string());
+    format!("{at} ({text})")
 }
 
 #[cfg(test)]
