@@ -806,3 +806,43 @@ async fn a_runner_that_dies_at_each_start_is_never_shown_running_while_dead() {
         "{status:#}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_label_changed_on_sighup_is_set_in_place_on_the_same_registrations() {
+    let mut lab = Lab::new(2).await;
+    lab.start_daemon();
+    let names = lab.names(2);
+    let before = lab.wait_online(&names).await;
+    let pids: Vec<Option<i32>> = names.iter().map(|n| lab.pid(n)).collect();
+    let tokens = lab.requests("registration-token");
+
+    lab.edit_config("labels = [\"lab\"]", "labels = [\"lab\", \"gpu\"]");
+    lab.sighup();
+    for (name, old) in names.iter().zip(&before) {
+        let view = lab
+            .wait_runner(name, "relabelled", |r| r.labels.iter().any(|l| l == "gpu"))
+            .await;
+        assert_eq!(view.id, old.id, "registered again for a label");
+        assert_eq!(view.status, "online");
+        assert!(view.labels.iter().any(|l| l == "lab"), "{view:?}");
+        assert!(view.labels.iter().any(|l| l == "host-labhost"), "{view:?}");
+    }
+    // Same processes, no new registration token, and nobody else on GitHub.
+    let after: Vec<Option<i32>> = names.iter().map(|n| lab.pid(n)).collect();
+    assert_eq!(after, pids, "runners restarted for a label");
+    assert!(names.iter().all(|n| lab.alive(n)));
+    assert_eq!(lab.requests("registration-token"), tokens, "{}", lab.log());
+    assert_eq!(lab.runners().len(), 2, "{:?}", lab.runners());
+
+    // A label dropped goes too.
+    lab.edit_config("labels = [\"lab\", \"gpu\"]", "labels = [\"gpu\"]");
+    lab.sighup();
+    for name in &names {
+        lab.wait_runner(name, "without `lab`", |r| {
+            r.labels.iter().any(|l| l == "gpu") && !r.labels.iter().any(|l| l == "lab")
+        })
+        .await;
+    }
+    assert_eq!(lab.requests("registration-token"), tokens, "{}", lab.log());
+    lab.assert_no_secret_in_log();
+}

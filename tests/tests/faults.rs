@@ -979,3 +979,42 @@ async fn a_failing_runner_list_backs_off_while_local_runners_keep_running() {
     assert!(log.contains("GitHub's runner list works again"), "{log}");
     lab.finish().await;
 }
+
+// ---- ghosts ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_ghost_of_this_host_is_deleted_on_github() {
+    // Three runners; the host then loses the third one's directory and the agent's record of
+    // it (a disk replaced, a reinstall) while it was stopped, and the configuration drops it:
+    // GitHub still lists it, offline, with this host's marker label.
+    let mut lab = started(3).await;
+    lab.signal(Signal::SIGTERM);
+    assert_eq!(lab.wait_exit(), Some(0), "{}", lab.log());
+    let ghost = lab.desired[2].clone();
+    let ghost_id = lab.local_id(&ghost).unwrap();
+    // SIGTERM: the listener closes its session, GitHub shows it offline at once.
+    kill(Pid::from_raw(-lab.pid(&ghost).unwrap()), Signal::SIGTERM).unwrap();
+    lab.wait_for("the ghost offline", |lab| {
+        lab.emu
+            .runners(Some(REPO))
+            .iter()
+            .any(|r| r.id == ghost_id && r.status == "offline")
+    })
+    .await;
+    std::fs::remove_dir_all(lab.runner_dir(&ghost)).unwrap();
+    for ext in ["json", "pid"] {
+        let _ = std::fs::remove_file(lab.root().join(format!("state/runners/{ghost}.{ext}")));
+    }
+    lab.edit_config("count = 3", "count = 2");
+    lab.desired.truncate(2);
+
+    lab.start_daemon();
+    lab.recover("ghost").await;
+    assert!(
+        lab.log()
+            .contains(&format!("deleting ghost runner `{ghost}` (id {ghost_id})")),
+        "{}",
+        lab.log()
+    );
+    lab.finish().await;
+}
