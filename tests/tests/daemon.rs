@@ -846,3 +846,108 @@ async fn a_label_changed_on_sighup_is_set_in_place_on_the_same_registrations() {
     assert_eq!(lab.requests("registration-token"), tokens, "{}", lab.log());
     lab.assert_no_secret_in_log();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_permission_opens_the_circuit_without_a_hot_loop_until_a_new_pat_file() {
+    // A PAT without `repo`: GitHub refuses every runner call with a 403.
+    let mut lab = lab::Lab::builder()
+        .pat(&["read:org"])
+        .count(1, "")
+        .wait(WAIT)
+        .start()
+        .await;
+    lab.start_daemon();
+    let name = lab.names(1)[0].clone();
+    let status = lab
+        .wait_status("the open circuit", |s| {
+            s["daemon"]["github_circuit"].is_string()
+                && lab::Lab::daemon_view(s, &name)["state"] == "circuit-open"
+        })
+        .await;
+    let reason = status["daemon"]["github_circuit"].as_str().unwrap();
+    assert!(
+        reason.contains("admin rights") && reason.contains("`repo`"),
+        "{reason}"
+    );
+    let view = lab::Lab::daemon_view(&status, &name);
+    assert!(
+        view["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("admin rights")),
+        "{view:#}"
+    );
+    let human = text(&lab.ok(&["status"]));
+    assert!(human.contains("circuit-open"), "{human}");
+    assert!(
+        lab.log().contains("GitHub refuses the credentials"),
+        "{}",
+        lab.log()
+    );
+
+    // No hot loop: the daemon (resync every 2 s, liveness check every 1 s) stops calling GitHub.
+    let before = lab.requests("/api/v3/");
+    let window = Instant::now();
+    lab.wait_until("a 5 s window", || {
+        window.elapsed() >= Duration::from_secs(5)
+    })
+    .await;
+    let during = lab.requests("/api/v3/") - before;
+    println!("API requests in 5 s with the circuit open: {during}");
+    assert_eq!(
+        during,
+        0,
+        "called GitHub with the circuit open\n{}",
+        lab.log()
+    );
+    assert!(lab.runners().is_empty());
+
+    // A PAT with `repo` in the file: used at once, the circuit closes.
+    let pat = lab.emu.add_pat(PatSpec::classic(&["repo"]));
+    lab.secrets.push(pat.clone());
+    lab::write_secret(&lab.path("github-pat"), &pat);
+    lab.wait_runner(&name, "registered", |r| r.status == "online")
+        .await;
+    lab.wait_status("the circuit closed", |s| {
+        s["daemon"]["github_circuit"].is_null()
+            && lab::Lab::daemon_view(s, &name)["state"] == "running"
+    })
+    .await;
+    lab.assert_no_secret_in_log();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_missing_from_github_list_after_a_reboot_is_registered_again_alone() {
+    let mut lab = Lab::new(2).await;
+    lab.start_daemon();
+    let names = lab.names(2);
+    let before = lab.wait_online(&names).await;
+    // Power cut: the daemon and the runners die; meanwhile GitHub forgets the first runner.
+    lab.signal(Signal::SIGKILL);
+    lab.wait_exit();
+    lab.kill_runners();
+    lab.wait_until("the runners to die", || names.iter().all(|n| !lab.alive(n)))
+        .await;
+    lab.emu.advance_clock(91);
+    assert!(lab.emu.delete_runner(before[0].id));
+    let tokens = lab.requests("registration-token");
+
+    lab.start_daemon();
+    let after = lab.wait_online(&names).await;
+    assert_ne!(
+        after[0].id, before[0].id,
+        "the forgotten runner was not registered again"
+    );
+    assert_eq!(
+        after[1].id, before[1].id,
+        "the other runner was registered again"
+    );
+    assert_eq!(lab.runners().len(), 2, "{:?}", lab.runners());
+    assert_eq!(
+        lab.requests("registration-token"),
+        tokens + 1,
+        "one registration expected\n{}",
+        lab.log()
+    );
+    assert_eq!(lab.local_id(&names[0]), Some(after[0].id));
+    lab.assert_no_secret_in_log();
+}
