@@ -876,8 +876,30 @@ async fn a_missing_permission_opens_the_circuit_without_a_hot_loop_until_a_new_p
             .is_some_and(|e| e.contains("admin rights")),
         "{view:#}"
     );
+    // It says when it tries again by itself: in an hour, unless a secret file changes first.
+    let rfc3339 = &time::format_description::well_known::Rfc3339;
+    let in_an_hour = |field: &serde_json::Value| {
+        field
+            .as_str()
+            .and_then(|t| time::OffsetDateTime::parse(t, rfc3339).ok())
+            .is_some_and(|t| {
+                let left = t - time::OffsetDateTime::now_utc();
+                left > time::Duration::minutes(55) && left <= time::Duration::minutes(60)
+            })
+    };
+    assert!(
+        in_an_hour(&status["daemon"]["github_circuit_until"]),
+        "{status:#}"
+    );
+    assert!(in_an_hour(&view["next_retry"]), "{view:#}");
     let human = text(&lab.ok(&["status"]));
     assert!(human.contains("circuit-open"), "{human}");
+    let github = human
+        .lines()
+        .find(|l| l.contains("github: not called until a secret file changes or "))
+        .unwrap_or_else(|| panic!("no circuit line: {human}"));
+    assert!(github.contains(" min): "), "{github}");
+    assert!(human.contains("next retry: "), "{human}");
     assert!(
         lab.log().contains("GitHub refuses the credentials"),
         "{}",

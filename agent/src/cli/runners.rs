@@ -198,6 +198,7 @@ pub fn run(config_path: &Path, command: RunnerCommand) -> anyhow::Result<Status>
                         "running": d.daemon_alive(),
                         "updated_at": d.updated_at,
                         "github_circuit": d.github_circuit,
+                        "github_circuit_until": d.github_circuit_until,
                         "github_unreachable": d.github_unreachable,
                     })),
                     "runners": list,
@@ -350,8 +351,13 @@ pub fn render_daemon(
         daemon.updated_at
     );
     if let Some(reason) = &daemon.github_circuit {
+        let until = daemon
+            .github_circuit_until
+            .as_deref()
+            .map(|at| format!(" or {}", until_text(at)))
+            .unwrap_or_default();
         out.push_str(&format!(
-            "  github: not called until a secret file changes: {reason}\n"
+            "  github: not called until a secret file changes{until}: {reason}\n"
         ));
     }
     if let Some(outage) = &daemon.github_unreachable {

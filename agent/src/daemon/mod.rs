@@ -479,16 +479,19 @@ impl Daemon {
     /// Write the state file (and the metrics file) when something changed, or when `force`.
     fn write_state(&mut self, force: bool) {
         let now = Instant::now();
+        let open = self.github_circuit.as_ref().filter(|c| c.until > now);
+        let github_circuit = open.map(|c| c.reason.clone());
+        let github_circuit_until = open.and_then(|c| state::wall(c.until, now));
         let mut runners = BTreeMap::new();
         for runner in &self.config.runners {
             let health = self.health.get(&runner.name).cloned().unwrap_or_default();
-            runners.insert(runner.name.clone(), health.snapshot(now));
+            let mut snapshot = health.snapshot(now);
+            // Waiting for GitHub's circuit: tried again when it closes (or a secret changes).
+            if snapshot.state == "circuit-open" && snapshot.next_retry.is_none() {
+                snapshot.next_retry.clone_from(&github_circuit_until);
+            }
+            runners.insert(runner.name.clone(), snapshot);
         }
-        let github_circuit = self
-            .github_circuit
-            .as_ref()
-            .filter(|c| c.until > now)
-            .map(|c| c.reason.clone());
         let github_unreachable = self.list_backoff.snapshot(now);
         // `next_try` moves with every failure: compared without it, it is written with them.
         let unchanged = self.last_written.as_ref().is_some_and(|last| {
@@ -508,6 +511,7 @@ impl Daemon {
             pid: std::process::id(),
             updated_at: state::rfc3339(std::time::SystemTime::now()).unwrap_or_default(),
             github_circuit,
+            github_circuit_until,
             github_unreachable,
             runners,
         };

@@ -27,6 +27,10 @@ pub struct DaemonState {
     /// Why the daemon does not call GitHub at all for now (bad credentials, missing permission).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub github_circuit: Option<String>,
+    /// When that circuit closes by itself (RFC 3339, UTC): the rate limit's reset, or the long
+    /// wait after bad credentials (a changed secret file closes it earlier).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub github_circuit_until: Option<String>,
     /// GitHub's runner list failing for a reason that may pass (an outage): listed again on a
     /// backoff, runners with a registration keep running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
