@@ -973,3 +973,40 @@ async fn a_registration_missing_from_github_list_after_a_reboot_is_registered_ag
     assert_eq!(lab.local_id(&names[0]), Some(after[0].id));
     lab.assert_no_secret_in_log();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disable_update_runner_on_latest_is_upgraded_to_a_new_release_without_a_config_change() {
+    let mut lab = Lab::with(1, "disable_update = true", "").await;
+    lab.edit_config(&format!("version = \"{VERSION}\""), "version = \"latest\"");
+    lab.start_daemon();
+    let name = lab.names(1)[0].clone();
+    let view = lab
+        .wait_runner(&name, "online", |r| r.status == "online")
+        .await;
+    assert_eq!(view.version, VERSION);
+    assert!(view.disable_update);
+
+    // GitHub publishes a newer release; the configuration stays as it is. The daemon reads the
+    // release list every few hours, and again on a reload: the newest release is the target.
+    publish_fake_release(&lab.emu, "2.337.0", &lab.dir.path().join("release-new"))
+        .await
+        .unwrap();
+    lab.sighup();
+    let upgraded = lab
+        .wait_runner(&name, "upgraded", |r| {
+            r.version == "2.337.0" && r.status == "online"
+        })
+        .await;
+    assert_eq!(upgraded.id, view.id, "registered again instead of upgraded");
+    assert_eq!(
+        std::fs::read_link(lab.runner_dir(&name).join("bin")).unwrap(),
+        PathBuf::from("bin.2.337.0")
+    );
+    assert!(
+        lab.log()
+            .contains("upgrading it to 2.337.0 while it is idle"),
+        "{}",
+        lab.log()
+    );
+    lab.assert_no_secret_in_log();
+}
