@@ -1018,3 +1018,20 @@ async fn an_offline_ghost_of_this_host_is_deleted_on_github() {
     );
     lab.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_downloading_the_runner_release() {
+    // Step 0 of registering: the runner package is being fetched into the cache (the download
+    // request held, then cut): nothing of it may pass for a good cache or a runner directory.
+    let lab = killed_while_registering(
+        "kill9-downloading",
+        HoldPoint::After,
+        "GET",
+        "/_objects/",
+        true,
+        HoldRelease::Drop,
+    )
+    .await;
+    assert_eq!(lab.requests("registration-token"), 1, "{}", lab.log());
+    lab.finish().await;
+}
