@@ -1010,3 +1010,55 @@ async fn a_disable_update_runner_on_latest_is_upgraded_to_a_new_release_without_
     );
     lab.assert_no_secret_in_log();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_restart_count_and_the_last_exit_in_status() {
+    let mut lab = Lab::new(1).await;
+    lab.start_daemon();
+    let name = lab.names(1)[0].clone();
+    lab.wait_runner(&name, "online", |r| r.status == "online")
+        .await;
+    // The listener alone is killed: `run.sh` reports its exit code.
+    let listener = lab.runner_dir(&name).join("bin/Runner.Listener");
+    let out = Command::new("pgrep")
+        .arg("-f")
+        .arg(format!("^{}", listener.display()))
+        .output()
+        .unwrap();
+    let pids: Vec<i32> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    kill(Pid::from_raw(pids[0]), Signal::SIGKILL).unwrap();
+    let status = lab
+        .wait_status("the restart", |s| {
+            let d = Lab::daemon_view(s, &name);
+            d["restarts"] == 1 && d["last_exit_code"] == 137
+        })
+        .await;
+    let before = Lab::daemon_view(&status, &name);
+
+    lab.sighup();
+    lab.wait_until("the reload", || {
+        lab.log().contains("configuration reloaded")
+    })
+    .await;
+    // Passes after the reload (a resync every 2 s), then the same counters.
+    let reloaded = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
+    let status = lab
+        .wait_status("a pass after the reload", |s| {
+            s["daemon"]["updated_at"]
+                .as_str()
+                .and_then(|t| {
+                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .is_some_and(|t| t >= reloaded)
+        })
+        .await;
+    let after = Lab::daemon_view(&status, &name);
+    assert_eq!(after["restarts"], before["restarts"], "{status:#}");
+    assert_eq!(after["last_exit_code"], 137, "{status:#}");
+    assert_eq!(after["state"], "running", "{status:#}");
+}

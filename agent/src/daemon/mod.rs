@@ -310,7 +310,16 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
                             crate::boards::identity::Roots::from_env(),
                         );
                         daemon.config = new;
-                        daemon.health.clear();
+                        // Backoffs and circuits start afresh with the new configuration; what
+                        // happened so far (restarts, the last exit) stays in `status`.
+                        for health in daemon.health.values_mut() {
+                            *health = state::Health {
+                                restarts: health.restarts,
+                                last_exit_code: health.last_exit_code,
+                                last_exit: health.last_exit.take(),
+                                ..state::Health::default()
+                            };
+                        }
                         daemon.github_circuit = None;
                         daemon.list_backoff.reset();
                         daemon.releases = None;
