@@ -820,6 +820,15 @@ fn api_requests(emu: &Emulator) -> (u64, u64) {
     (api, lists)
 }
 
+/// `304 Not Modified` answers to the runner list.
+fn lists_304(emu: &Emulator) -> u64 {
+    emu.request_counts()
+        .iter()
+        .filter(|(route, _)| route.starts_with("GET ") && route.ends_with("/actions/runners"))
+        .map(|(_, c)| c.not_modified)
+        .sum()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_budget_at_steady_state_with_ten_runners() {
     let mut lab = Lab::new(Spec::pat(10)).await;
@@ -830,12 +839,14 @@ async fn api_budget_at_steady_state_with_ten_runners() {
     lab.wait_for("two resyncs", |lab| api_requests(&lab.emu).1 >= lists0 + 2)
         .await;
     let (api1, lists1) = api_requests(&lab.emu);
+    let conditional_before = lists_304(&lab.emu);
     let window = Instant::now();
     lab.wait_for("a 12 s window", |_| {
         window.elapsed() >= Duration::from_secs(12)
     })
     .await;
     let (api2, lists2) = api_requests(&lab.emu);
+    let conditional_in_window = lists_304(&lab.emu) - conditional_before;
     let passes = lists2 - lists1;
     let requests = api2 - api1;
     assert!(passes >= 4, "too few resyncs in the window: {passes}");
@@ -854,6 +865,12 @@ async fn api_budget_at_steady_state_with_ten_runners() {
         window.elapsed().as_secs_f64(),
     );
     assert!(per_hour <= 60.0, "over budget: {per_hour:.1} requests/h");
+    // The list is read with its ETag: at steady state GitHub answers `304 Not Modified`.
+    assert!(
+        conditional_in_window > 0,
+        "the runner list was not read conditionally (no 304): {:?}",
+        lab.emu.request_counts()
+    );
     lab.finish().await;
 }
 
