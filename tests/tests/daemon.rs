@@ -899,6 +899,9 @@ async fn a_missing_permission_opens_the_circuit_without_a_hot_loop_until_a_new_p
         .find(|l| l.contains("github: not called until a secret file changes or "))
         .unwrap_or_else(|| panic!("no circuit line: {human}"));
     assert!(github.contains(" min): "), "{github}");
+    // The `hint:` under each message is indented under it, not at the start of a line.
+    assert!(human.contains("\n    hint: "), "{human}");
+    assert!(!human.lines().any(|l| l.starts_with("hint:")), "{human}");
     assert!(human.contains("next retry: "), "{human}");
     assert!(
         lab.log().contains("GitHub refuses the credentials"),

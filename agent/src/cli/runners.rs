@@ -334,6 +334,19 @@ fn logs(
     }
 }
 
+/// A multi-line message (an error and its `hint:`) on one item of `status`: the lines after
+/// the first indented by `indent`, blank ones dropped.
+fn continued(text: &str, indent: usize) -> String {
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let mut out = lines.next().unwrap_or_default().to_owned();
+    for line in lines {
+        out.push('\n');
+        out.push_str(&" ".repeat(indent));
+        out.push_str(line);
+    }
+    out
+}
+
 /// The daemon's view in `status`: per runner its state, last error and next retry.
 pub fn render_daemon(
     daemon: &crate::daemon::state::DaemonState,
@@ -357,7 +370,8 @@ pub fn render_daemon(
             .map(|at| format!(" or {}", until_text(at)))
             .unwrap_or_default();
         out.push_str(&format!(
-            "  github: not called until a secret file changes{until}: {reason}\n"
+            "  github: not called until a secret file changes{until}: {}\n",
+            continued(reason, 4)
         ));
     }
     if let Some(outage) = &daemon.github_unreachable {
@@ -370,7 +384,7 @@ pub fn render_daemon(
             },
             outage.since,
             outage.failures,
-            outage.reason,
+            continued(&outage.reason, 4),
             until_text(&outage.next_try)
         ));
     }
@@ -390,10 +404,10 @@ pub fn render_daemon(
         }
         out.push('\n');
         if let Some(circuit) = &state.circuit {
-            out.push_str(&format!("    circuit open: {circuit}\n"));
+            out.push_str(&format!("    circuit open: {}\n", continued(circuit, 6)));
         }
         if let Some(error) = &state.last_error {
-            out.push_str(&format!("    last error: {error}\n"));
+            out.push_str(&format!("    last error: {}\n", continued(error, 6)));
         }
         if let Some(next) = &state.next_retry {
             out.push_str(&format!("    next retry: {}\n", until_text(next)));
@@ -433,7 +447,7 @@ pub fn render_status(statuses: &[RunnerStatus]) -> String {
                 if github.busy { " busy" } else { "" },
                 github.labels.join(",")
             )),
-            (None, Some(note)) => out.push_str(&format!("  github: {note}\n")),
+            (None, Some(note)) => out.push_str(&format!("  github: {}\n", continued(note, 4))),
             (None, None) => {}
         }
         if let Some(board) = &status.board {
