@@ -475,8 +475,15 @@ impl Daemon {
                 continue;
             }
             self.observe_exit(runner, &lifecycle, now);
+            let drained = drain::is_marked(&config.agent.state_dir, &runner.name);
+            let board_offline = self.boards.gated(&runner.name);
             let health = self.health.entry(runner.name.clone()).or_default();
-            health.state = if health.gated(now) {
+            // As the end of a pass names it (`reconcile`).
+            health.state = if drained {
+                "drained"
+            } else if board_offline {
+                "board-offline"
+            } else if health.gated(now) {
                 health.waiting.unwrap_or("backing-off")
             } else {
                 "stopped"
