@@ -139,8 +139,7 @@ async fn a_container_runner_registers_runs_a_job_with_the_devices_and_purges_cle
     .unwrap();
     nix::unistd::chown(&kvm, Some(0.into()), Some(KVM_GID.into())).unwrap();
     std::fs::set_permissions(&kvm, std::fs::Permissions::from_mode(0o660)).unwrap();
-    let pty = nix::pty::openpty(None, None).unwrap();
-    let slave = nix::unistd::ttyname(&pty.slave).unwrap();
+    let (pty, slave) = runner_agent_tests::support::console_pty();
     nix::unistd::chown(&slave, Some(0.into()), Some(TTY_GID.into())).unwrap();
     std::fs::set_permissions(&slave, std::fs::Permissions::from_mode(0o660)).unwrap();
     let link = root.join("usb-Sim_Board_0001-if00-port0");
