@@ -402,3 +402,225 @@ baud = 115200
 fn root_path(lab: &Lab) -> &Path {
     lab.dir.path()
 }
+
+/// The container's `StartedAt` (changes when the engine or the agent restarts it).
+fn started_at(container: &str) -> String {
+    docker_text(&[
+        "container",
+        "inspect",
+        "--format",
+        "{{.State.StartedAt}}",
+        container,
+    ])
+}
+
+/// Busy detection under the container backend, with a registration token only (no REST access,
+/// so no `busy` from GitHub's list: what the host sees is all the agent has). While a job runs
+/// in the container, a `disable_update` upgrade waits for it and happens after it; then
+/// `agentctl drain` waits for the next job and returns once it finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_runner_is_upgraded_and_drained_only_after_its_job() {
+    let Some(image) = prepare() else {
+        return;
+    };
+    // Container names are global on the engine: one host name per test run.
+    let host = format!("cbusy{}", std::process::id());
+    let mut lab = lab::Lab::builder()
+        .host(&host)
+        .env("DOCKER_HOST", "unix:///run/docker.sock")
+        .auth(lab::Auth::RegistrationToken)
+        .service("container")
+        .defaults("disable_update = true")
+        .count(1, "")
+        .wait(WAIT)
+        .start()
+        .await;
+    lab.settings.sections = format!("[container]\nimage = \"{image}\"\n");
+    lab.write_config();
+    let name = lab.names(1)[0].clone();
+    let container = format!("runner-agent-{name}");
+    let _cleanup = Removed(name.clone());
+    let dir = lab.runner_dir(&name);
+    lab.start_daemon();
+    let view = lab
+        .wait_runner(&name, "online", |r| r.status == "online")
+        .await;
+    assert!(view.disable_update);
+    assert_eq!(
+        docker_text(&[
+            "container",
+            "inspect",
+            "--format",
+            "{{.State.Status}}",
+            &container
+        ]),
+        "running"
+    );
+
+    // A job that signals it started and runs until the test lets it end. Only the runner
+    // directory is shared with the container (at the same path), so the signals live there.
+    let held_job = |lab: &lab::Lab, round: u32| {
+        let signals = dir.join(format!("_signals-{round}"));
+        std::fs::create_dir_all(&signals).unwrap();
+        std::fs::set_permissions(&signals, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let started = signals.join("started");
+        let go = signals.join("go");
+        let job = lab
+            .emu
+            .queue_job(
+                REPO,
+                &["lab"],
+                &format!(
+                    "test -f /.dockerenv && echo in-container; touch {}; \
+                     while [ ! -e {} ]; do sleep 0.1; done; echo done",
+                    started.display(),
+                    go.display()
+                ),
+            )
+            .unwrap();
+        (job, started, go)
+    };
+
+    let (job, started, go) = held_job(&lab, 1);
+    lab.wait_until("the job started", || started.exists()).await;
+    let workers = runner_agent::daemon::busy::workers(&dir);
+    eprintln!("workers seen from the host: {workers:?}");
+    for pid in &workers {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"));
+        eprintln!(
+            "  {pid}: argv {:?} exe {exe:?}",
+            String::from_utf8_lossy(&cmdline)
+        );
+    }
+    let since = started_at(&container);
+
+    // A newer release is configured while the job runs: the daemon defers the upgrade.
+    publish_fake_release_for(&lab, "2.337.0").await;
+    lab.edit_config(
+        &format!("version = \"{}\"", lab::VERSION),
+        "version = \"2.337.0\"",
+    );
+    lab.sighup();
+    lab.wait_until("the configuration reloaded", || {
+        lab.log().contains("configuration reloaded")
+    })
+    .await;
+    wait_two_passes(&lab).await;
+    assert!(!lab.log().contains("upgrading it"), "{}", lab.log());
+    assert_eq!(started_at(&container), since, "the container was restarted");
+    assert_eq!(
+        lab.emu.job(job).unwrap().result,
+        None,
+        "the job ended early"
+    );
+
+    // The job ends on its own, then the runner is upgraded in place (same registration).
+    std::fs::write(&go, "").unwrap();
+    let done = lab.emu.wait_job(job, WAIT).await.unwrap();
+    let output = done.output.clone().unwrap_or_default();
+    assert_eq!(done.result.as_deref(), Some("succeeded"), "{output}");
+    assert!(output.contains("in-container"), "{output}");
+    let upgraded = lab
+        .wait_runner(&name, "upgraded", |r| {
+            r.version == "2.337.0" && r.status == "online"
+        })
+        .await;
+    assert_eq!(upgraded.id, view.id, "registered again instead of upgraded");
+    assert!(lab
+        .log()
+        .contains("upgrading it to 2.337.0 while it is idle"));
+
+    // drain with a job running: it waits for the job, which succeeds, then stops the container.
+    let (job, started, go) = held_job(&lab, 2);
+    lab.wait_until("the second job started", || started.exists())
+        .await;
+    let mut drain = lab
+        .command(&["drain"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_two_passes(&lab).await;
+    assert!(drain.try_wait().unwrap().is_none(), "drain did not wait");
+    assert_eq!(
+        docker_text(&[
+            "container",
+            "inspect",
+            "--format",
+            "{{.State.Status}}",
+            &container
+        ]),
+        "running"
+    );
+    assert_eq!(
+        lab.emu.job(job).unwrap().result,
+        None,
+        "the job ended early"
+    );
+    std::fs::write(&go, "").unwrap();
+    let done = lab.emu.wait_job(job, WAIT).await.unwrap();
+    assert_eq!(done.result.as_deref(), Some("succeeded"), "{done:?}");
+    lab.wait_until("the drain ended", || drain.try_wait().unwrap().is_some())
+        .await;
+    let out = drain.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.contains(&format!("{name}: drained (stopped after its job")),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        docker_text(&[
+            "container",
+            "inspect",
+            "--format",
+            "{{.State.Status}}",
+            &container
+        ]),
+        "exited"
+    );
+    lab.kill_daemon(false);
+    lab.ok(&["purge", "-y"]);
+}
+
+async fn publish_fake_release_for(lab: &lab::Lab, version: &str) {
+    runner_agent_tests::support::publish_fake_release(
+        &lab.emu,
+        version,
+        &lab.dir.path().join(format!("release-{version}")),
+    )
+    .await
+    .unwrap();
+}
+
+/// Waits until the daemon wrote its state at least twice after now (two full passes).
+async fn wait_two_passes(lab: &lab::Lab) {
+    let after = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
+    lab.wait_until("two daemon passes", || {
+        lab.status_json()["daemon"]["updated_at"]
+            .as_str()
+            .and_then(|t| {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            })
+            .is_some_and(|t| t >= after)
+    })
+    .await;
+}
+
+/// Removes runner `.0`'s container and work volume when dropped (a failed test leaves neither
+/// on the shared engine, where `--restart unless-stopped` would keep the container going).
+struct Removed(String);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "--force", &format!("runner-agent-{}", self.0)]);
+        let _ = docker(&[
+            "volume",
+            "rm",
+            "--force",
+            &format!("runner-agent-{}-work", self.0),
+        ]);
+    }
+}
