@@ -516,9 +516,10 @@ impl BusyLab {
 
     /// `agentctl drain` with the held job `job` running: it waits for the job, which succeeds,
     /// and then stops the container.
-    async fn drain_waits_for(&self, job: u64, go: &Path) {
+    /// Returns what the drain wrote to stderr (with `-v`: which view saw the job).
+    async fn drain_waits_for(&self, job: u64, go: &Path) -> String {
         let mut drain = self
-            .command(&["drain"])
+            .command(&["drain", "-v"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -549,6 +550,7 @@ impl BusyLab {
             text(&out)
         );
         assert_eq!(self.state(), "exited");
+        String::from_utf8_lossy(&out.stderr).into_owned()
     }
 }
 
@@ -649,7 +651,17 @@ async fn a_container_runner_is_upgraded_and_drained_only_after_its_job() {
 
     // drain with a job running: it waits for the job.
     let (job, go) = lab.held_job(2).await;
-    lab.drain_waits_for(job, &go).await;
+    let (by_path, _) = lab.workers();
+    assert_eq!(by_path.len(), 1);
+    let said = lab.drain_waits_for(job, &go).await;
+    assert!(
+        said.contains(&format!(
+            "runner `{name}` runs a job: `Runner.Worker` [{}] under `{}`",
+            by_path[0],
+            lab.runner_dir(&name).display()
+        )),
+        "{said}"
+    );
 }
 
 /// An image in which `/tmp` (where the lab's runner directory lies) is a symbolic link to
@@ -704,5 +716,14 @@ async fn a_container_runner_whose_directory_has_another_path_inside_is_drained_a
         String::from_utf8_lossy(&argv).starts_with("/moved-tmp/"),
         "{argv:?}"
     );
-    lab.drain_waits_for(job, &go).await;
+    // The drain saw it there, not by the listener's `Running job:` line (which only counts for a
+    // minute).
+    let said = lab.drain_waits_for(job, &go).await;
+    assert!(
+        said.contains(&format!(
+            "runner `{}` runs a job: `Runner.Worker` [{}] in container `{}`",
+            lab.name, in_container[0], lab.container
+        )),
+        "{said}"
+    );
 }

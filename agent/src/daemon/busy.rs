@@ -221,23 +221,37 @@ pub fn announced_job(output: &str) -> Option<SystemTime> {
 /// Whether `runner` runs a job, as this host sees it: a live worker process, or a job its
 /// listener announced less than [`ANNOUNCED_GRACE`] ago and has not reported done.
 pub fn job_here(lifecycle: &Lifecycle<'_>, runner: &Runner) -> bool {
-    if running_job(&runner.dir) {
+    let name = &runner.name;
+    let seen = workers(&runner.dir);
+    if !seen.is_empty() {
+        log::debug!(
+            "runner `{name}` runs a job: `{WORKER}` {seen:?} under `{}`",
+            runner.dir.display()
+        );
         return true;
     }
     let Ok(source) = lifecycle.log_source(runner) else {
         return false;
     };
     if let LogSource::Container { engine, container } = &source {
-        if !container_workers(engine, container).is_empty() {
+        let seen = container_workers(engine, container);
+        if !seen.is_empty() {
+            log::debug!(
+                "runner `{name}` runs a job: `{WORKER}` {seen:?} in container `{container}`"
+            );
             return true;
         }
     }
     let Some((output, _)) = super::exits::last_output(&source) else {
         return false;
     };
-    announced_job(&output).is_some_and(|at| {
+    let open = announced_job(&output).is_some_and(|at| {
         SystemTime::now().duration_since(at).unwrap_or_default() < ANNOUNCED_GRACE
-    })
+    });
+    if open {
+        log::debug!("runner `{name}` runs a job its listener announced, no `{WORKER}` seen yet");
+    }
+    open
 }
 
 /// Whether GitHub's list says the runner registered in `dir` is busy (`false` without a list).
