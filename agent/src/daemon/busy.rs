@@ -32,9 +32,11 @@
 //! host reads is `<dir>/bin/Runner.Worker`, both as `argv[0]` and as the executable link (whose
 //! path the kernel gives relative to the container's root): the path match above finds it (shown
 //! by `tests/tests/container.rs` against a real Docker engine). That holds while the container
-//! resolves `<dir>` to itself; the real listener names its worker by the real path of its own
-//! executable, which differs when the image has a symbolic link on the way (say `/var/run`,
-//! `/home`, or an image that moved the directory). So for a container runner the host also asks
+//! resolves `<dir>` to itself. The listener names its worker by the directory of its own
+//! assembly as the container sees it, resolved (`/proc/self/exe` for the fake runner; .NET's host
+//! resolves its executable's path too), and the executable link is resolved anyway: both name
+//! another path when the image has a symbolic link on the way (say `/var/run`, `/home`), the
+//! engine following it when it mounts (the test moves the image's `/tmp`). So for a container runner the host also asks
 //! the engine for the container's id (`<engine> container inspect`, only when the path match found
 //! nothing) and counts a `Runner.Worker` process whose control group names that id
 //! (`/proc/<pid>/cgroup`, readable by everybody: `/docker/<id>`, `docker-<id>.scope`,
@@ -218,8 +220,9 @@ pub fn announced_job(output: &str) -> Option<SystemTime> {
     open
 }
 
-/// Whether `runner` runs a job, as this host sees it: a live worker process, or a job its
-/// listener announced less than [`ANNOUNCED_GRACE`] ago and has not reported done.
+/// Whether `runner` runs a job, as this host sees it: a live worker process (under its
+/// directory, or in its container for `service = "container"`), or a job its listener announced
+/// less than [`ANNOUNCED_GRACE`] ago and has not reported done. Says at debug level which.
 pub fn job_here(lifecycle: &Lifecycle<'_>, runner: &Runner) -> bool {
     let name = &runner.name;
     let seen = workers(&runner.dir);
