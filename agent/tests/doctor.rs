@@ -378,6 +378,15 @@ fn board_config(dir: &Path, console: &Path) -> PathBuf {
 fn a_board_console_is_checked_as_the_runner_user_from_the_config() {
     let dir = tempfile::tempdir().unwrap();
     let pty = nix::pty::openpty(None, None).unwrap();
+    // openpty(3) leaves both ends inheritable: agentctl must see this process as the one other
+    // holder, not itself through an inherited descriptor.
+    for fd in [&pty.master, &pty.slave] {
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
+        .unwrap();
+    }
     let slave = nix::unistd::ttyname(&pty.slave).unwrap();
     let link = dir.path().join("usb-FTDI_bench-if00-port0");
     std::os::unix::fs::symlink(&slave, &link).unwrap();

@@ -11,10 +11,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::Path;
-use std::process::{Command, Output};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use runner_agent::daemon::busy;
 use runner_agent_tests::emulator::RunnerView;
 use runner_agent_tests::support::lab::{self, text, REPO};
 
@@ -139,8 +140,7 @@ async fn a_container_runner_registers_runs_a_job_with_the_devices_and_purges_cle
     .unwrap();
     nix::unistd::chown(&kvm, Some(0.into()), Some(KVM_GID.into())).unwrap();
     std::fs::set_permissions(&kvm, std::fs::Permissions::from_mode(0o660)).unwrap();
-    let pty = nix::pty::openpty(None, None).unwrap();
-    let slave = nix::unistd::ttyname(&pty.slave).unwrap();
+    let (pty, slave) = runner_agent_tests::support::console_pty();
     nix::unistd::chown(&slave, Some(0.into()), Some(TTY_GID.into())).unwrap();
     std::fs::set_permissions(&slave, std::fs::Permissions::from_mode(0o660)).unwrap();
     let link = root.join("usb-Sim_Board_0001-if00-port0");
@@ -401,4 +401,328 @@ baud = 115200
 
 fn root_path(lab: &Lab) -> &Path {
     lab.dir.path()
+}
+
+/// A lab of one counted container runner on `image`, with `disable_update` and a registration
+/// token only (no REST access, so no `busy` from GitHub's list: what the host sees is all the
+/// agent has), its daemon running and the runner online.
+struct BusyLab {
+    lab: lab::Lab,
+    name: String,
+    container: String,
+    _removed: Removed,
+}
+
+runner_agent_tests::deref_lab!(BusyLab.lab);
+
+impl BusyLab {
+    async fn start(image: &str, tag: &str) -> BusyLab {
+        // Container names are global on the engine: one host name per test and run.
+        let host = format!("{tag}{}", std::process::id());
+        let mut lab = lab::Lab::builder()
+            .host(&host)
+            .env("DOCKER_HOST", "unix:///run/docker.sock")
+            .auth(lab::Auth::RegistrationToken)
+            .service("container")
+            .defaults("disable_update = true")
+            .count(1, "")
+            .wait(WAIT)
+            .start()
+            .await;
+        lab.settings.sections = format!("[container]\nimage = \"{image}\"\n");
+        lab.write_config();
+        let name = lab.names(1)[0].clone();
+        let busy = BusyLab {
+            container: format!("runner-agent-{name}"),
+            _removed: Removed(name.clone()),
+            name,
+            lab,
+        };
+        let mut busy = busy;
+        busy.lab.start_daemon();
+        busy.wait_runner(&busy.name, "online", |r| r.status == "online")
+            .await;
+        assert_eq!(busy.state(), "running");
+        busy
+    }
+
+    fn state(&self) -> String {
+        docker_text(&[
+            "container",
+            "inspect",
+            "--format",
+            "{{.State.Status}}",
+            &self.container,
+        ])
+    }
+
+    /// The container's `StartedAt` (changes when the engine or the agent restarts it).
+    fn started_at(&self) -> String {
+        docker_text(&[
+            "container",
+            "inspect",
+            "--format",
+            "{{.State.StartedAt}}",
+            &self.container,
+        ])
+    }
+
+    /// Queues a job that says it runs in a container, signals it started (a file) and runs
+    /// until the test lets it end; waits until it started. Only the runner directory is shared
+    /// with the container (at the same path), so the signals live there. The job id and the
+    /// "go" file.
+    async fn held_job(&self, round: u32) -> (u64, PathBuf) {
+        let signals = self
+            .runner_dir(&self.name)
+            .join(format!("_signals-{round}"));
+        std::fs::create_dir_all(&signals).unwrap();
+        std::fs::set_permissions(&signals, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let started = signals.join("started");
+        let go = signals.join("go");
+        let job = self
+            .emu
+            .queue_job(
+                REPO,
+                &["lab"],
+                &format!(
+                    "test -f /.dockerenv && echo in-container; touch {}; \
+                     while [ ! -e {} ]; do sleep 0.1; done; echo done",
+                    started.display(),
+                    go.display()
+                ),
+            )
+            .unwrap();
+        self.wait_until("the job started", || started.exists())
+            .await;
+        (job, go)
+    }
+
+    /// The job processes the host sees: by the runner directory's path, and in the runner's
+    /// container (what `daemon::busy` looks for).
+    fn workers(&self) -> (Vec<u32>, Vec<u32>) {
+        let by_path = busy::workers(&self.runner_dir(&self.name));
+        let in_container = busy::container_workers(Path::new("docker"), &self.container);
+        for pid in by_path.iter().chain(&in_container) {
+            let argv = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            eprintln!(
+                "worker {pid}: argv {:?}, exe {:?}",
+                String::from_utf8_lossy(&argv),
+                std::fs::read_link(format!("/proc/{pid}/exe"))
+            );
+        }
+        (by_path, in_container)
+    }
+
+    /// `agentctl drain` with the held job `job` running: it waits for the job, which succeeds,
+    /// and then stops the container.
+    /// Returns what the drain wrote to stderr (with `-v`: which view saw the job).
+    async fn drain_waits_for(&self, job: u64, go: &Path) -> String {
+        let mut drain = self
+            .command(&["drain", "-v"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The daemon, which sees the drain mark, leaves the runner running too.
+        wait_two_passes(self).await;
+        assert!(drain.try_wait().unwrap().is_none(), "drain did not wait");
+        assert_eq!(self.state(), "running");
+        assert_eq!(
+            self.emu.job(job).unwrap().result,
+            None,
+            "the job ended early"
+        );
+
+        std::fs::write(go, "").unwrap();
+        let done = self.emu.wait_job(job, WAIT).await.unwrap();
+        let output = done.output.clone().unwrap_or_default();
+        assert_eq!(done.result.as_deref(), Some("succeeded"), "{output}");
+        assert!(output.contains("in-container"), "{output}");
+        self.wait_until("the drain ended", || drain.try_wait().unwrap().is_some())
+            .await;
+        let out = drain.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout)
+                .contains(&format!("{}: drained (stopped after its job", self.name)),
+            "{}",
+            text(&out)
+        );
+        assert_eq!(self.state(), "exited");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+}
+
+/// Removes runner `.0`'s container and work volume when dropped (a failed test leaves neither
+/// on the shared engine, where `--restart unless-stopped` would keep the container going).
+struct Removed(String);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "--force", &format!("runner-agent-{}", self.0)]);
+        let _ = docker(&[
+            "volume",
+            "rm",
+            "--force",
+            &format!("runner-agent-{}-work", self.0),
+        ]);
+    }
+}
+
+/// Waits until the daemon wrote its state at least twice after now (two full passes).
+async fn wait_two_passes(lab: &lab::Lab) {
+    let after = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
+    lab.wait_until("two daemon passes", || {
+        lab.status_json()["daemon"]["updated_at"]
+            .as_str()
+            .and_then(|t| {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            })
+            .is_some_and(|t| t >= after)
+    })
+    .await;
+}
+
+/// While a job runs in the container, a `disable_update` upgrade waits for it and happens after
+/// it; then `agentctl drain` waits for the next job and returns once it finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_runner_is_upgraded_and_drained_only_after_its_job() {
+    let Some(image) = prepare() else {
+        return;
+    };
+    let lab = BusyLab::start(&image, "cbusy").await;
+    let name = lab.name.clone();
+    let view = lab
+        .wait_runner(&name, "online", |r| r.status == "online")
+        .await;
+    assert!(view.disable_update);
+
+    let (job, go) = lab.held_job(1).await;
+    // The runner directory is mounted at the same path: the host sees the container's worker
+    // under it, both as `argv[0]` and as its executable, and in the runner's container.
+    let (by_path, in_container) = lab.workers();
+    assert_eq!(by_path.len(), 1, "{}", lab.log());
+    assert_eq!(in_container, by_path);
+    let since = lab.started_at();
+
+    // A newer release is configured while the job runs: the daemon defers the upgrade.
+    runner_agent_tests::support::publish_fake_release(
+        &lab.emu,
+        "2.337.0",
+        &lab.dir.path().join("release-new"),
+    )
+    .await
+    .unwrap();
+    lab.edit_config(
+        &format!("version = \"{}\"", lab::VERSION),
+        "version = \"2.337.0\"",
+    );
+    lab.sighup();
+    lab.wait_until("the configuration reloaded", || {
+        lab.log().contains("configuration reloaded")
+    })
+    .await;
+    wait_two_passes(&lab).await;
+    assert!(!lab.log().contains("upgrading it"), "{}", lab.log());
+    assert_eq!(lab.started_at(), since, "the container was restarted");
+    assert_eq!(
+        lab.emu.job(job).unwrap().result,
+        None,
+        "the job ended early"
+    );
+
+    // The job ends on its own, then the runner is upgraded in place (same registration).
+    std::fs::write(&go, "").unwrap();
+    let done = lab.emu.wait_job(job, WAIT).await.unwrap();
+    let output = done.output.clone().unwrap_or_default();
+    assert_eq!(done.result.as_deref(), Some("succeeded"), "{output}");
+    assert!(output.contains("in-container"), "{output}");
+    let upgraded = lab
+        .wait_runner(&name, "upgraded", |r| {
+            r.version == "2.337.0" && r.status == "online"
+        })
+        .await;
+    assert_eq!(upgraded.id, view.id, "registered again instead of upgraded");
+    assert!(lab
+        .log()
+        .contains("upgrading it to 2.337.0 while it is idle"));
+    assert_ne!(lab.started_at(), since);
+
+    // drain with a job running: it waits for the job.
+    let (job, go) = lab.held_job(2).await;
+    let (by_path, _) = lab.workers();
+    assert_eq!(by_path.len(), 1);
+    let said = lab.drain_waits_for(job, &go).await;
+    assert!(
+        said.contains(&format!(
+            "runner `{name}` runs a job: `Runner.Worker` [{}] under `{}`",
+            by_path[0],
+            lab.runner_dir(&name).display()
+        )),
+        "{said}"
+    );
+}
+
+/// An image in which `/tmp` (where the lab's runner directory lies) is a symbolic link to
+/// `/moved-tmp`, as images have links on the way (`/var/run`, `/home`): the engine follows it,
+/// so the runner directory is mounted at `/moved-tmp/…` inside, and the worker's path names
+/// that. Made once per engine from `image`.
+fn moved_tmp_image(image: &str) -> String {
+    let key = image
+        .rsplit('/')
+        .next()
+        .unwrap_or(image)
+        .split(':')
+        .next()
+        .unwrap_or_default();
+    let moved = format!("runner-agent-test/moved-tmp-{key}:latest");
+    if docker(&["image", "inspect", &moved]).status.success() {
+        return moved;
+    }
+    let builder = format!("runner-agent-moved-tmp-{}", std::process::id());
+    docker_text(&[
+        "run",
+        "--name",
+        &builder,
+        "--network",
+        "none",
+        image,
+        "bash",
+        "-c",
+        "mv /tmp /moved-tmp && ln -s /moved-tmp /tmp",
+    ]);
+    docker_text(&["commit", &builder, &moved]);
+    docker_text(&["rm", &builder]);
+    moved
+}
+
+/// The container sees the runner directory at another path than the host: the worker's
+/// `argv[0]` and executable name no path of the host, the daemon finds it in the runner's
+/// container, and `agentctl drain` still waits for the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_runner_whose_directory_has_another_path_inside_is_drained_after_its_job() {
+    let Some(image) = prepare() else {
+        return;
+    };
+    let image = moved_tmp_image(&image);
+    let lab = BusyLab::start(&image, "cmoved").await;
+    let (job, go) = lab.held_job(1).await;
+    let (by_path, in_container) = lab.workers();
+    assert_eq!(by_path, Vec::<u32>::new());
+    assert_eq!(in_container.len(), 1);
+    let argv = std::fs::read(format!("/proc/{}/cmdline", in_container[0])).unwrap();
+    assert!(
+        String::from_utf8_lossy(&argv).starts_with("/moved-tmp/"),
+        "{argv:?}"
+    );
+    // The drain saw it there, not by the listener's `Running job:` line (which only counts for a
+    // minute).
+    let said = lab.drain_waits_for(job, &go).await;
+    assert!(
+        said.contains(&format!(
+            "runner `{}` runs a job: `Runner.Worker` [{}] in container `{}`",
+            lab.name, in_container[0], lab.container
+        )),
+        "{said}"
+    );
 }

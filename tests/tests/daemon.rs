@@ -7,7 +7,6 @@
 use runner_agent_tests::support::agentctl;
 use runner_agent_tests::support::lab::{self, text, REPO, VERSION};
 use runner_agent_tests::support::publish_fake_release;
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -419,9 +418,7 @@ async fn drain_stops_an_idle_runner_at_once_and_a_busy_one_after_its_job() {
     assert!(lab.alive(&busy.name), "busy runner stopped during its job");
     assert!(drain.try_wait().unwrap().is_none(), "drain did not wait");
 
-    std::fs::write(&go, "").unwrap();
-    let done = lab.emu.wait_job(job, WAIT).await.unwrap();
-    assert_eq!(done.result.as_deref(), Some("succeeded"), "{done:?}");
+    lab.let_job_finish(job, &go).await;
     let deadline = Instant::now() + WAIT;
     let status = loop {
         if let Some(status) = drain.try_wait().unwrap() {
@@ -583,17 +580,8 @@ async fn a_disable_update_runner_is_upgraded_by_the_daemon_once_idle() {
     assert!(lab.emu.runners(Some(REPO))[0].busy);
     assert!(!lab.log().contains("upgrading it"), "{}", lab.log());
 
-    std::fs::write(&go, "").unwrap();
-    let done = lab.emu.wait_job(job, WAIT).await.unwrap();
-    assert_eq!(done.result.as_deref(), Some("succeeded"), "{done:?}");
-    let upgraded = lab
-        .wait_runner(&name, "upgraded", |r| {
-            r.version == "2.337.0" && r.status == "online"
-        })
-        .await;
-    assert_eq!(upgraded.id, view.id, "registered again instead of upgraded");
-    let link = std::fs::read_link(lab.runner_dir(&name).join("bin")).unwrap();
-    assert_eq!(link, PathBuf::from("bin.2.337.0"));
+    lab.let_job_finish(job, &go).await;
+    lab.wait_upgraded_in_place(&name, view.id, "2.337.0").await;
     let status = lab.status_json();
     assert_eq!(
         status["runners"][0]["local"]["version"], "2.337.0",

@@ -96,8 +96,7 @@ impl Lab {
 
 /// A pty whose slave only the runner user may open (as a udev rule for the board would set).
 fn board_pty() -> (nix::pty::OpenptyResult, PathBuf) {
-    let pty = nix::pty::openpty(None, None).unwrap();
-    let slave = nix::unistd::ttyname(&pty.slave).unwrap();
+    let (pty, slave) = runner_agent_tests::support::console_pty();
     give_to_runner(&slave);
     (pty, slave)
 }

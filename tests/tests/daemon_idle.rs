@@ -161,17 +161,8 @@ async fn without_rest_a_disable_update_runner_is_upgraded_after_its_job_not_duri
     );
 
     // The job ends on its own: succeeded, not cancelled; then the runner is upgraded in place.
-    std::fs::write(&go, "").unwrap();
-    let done = lab.emu.wait_job(job, WAIT).await.unwrap();
-    assert_eq!(done.result.as_deref(), Some("succeeded"), "{done:?}");
-    let upgraded = lab
-        .wait_runner(&name, "upgraded", |r| {
-            r.version == "2.337.0" && r.status == "online"
-        })
-        .await;
-    assert_eq!(upgraded.id, view.id, "registered again instead of upgraded");
-    let link = std::fs::read_link(lab.runner_dir(&name).join("bin")).unwrap();
-    assert_eq!(link, PathBuf::from("bin.2.337.0"));
+    lab.let_job_finish(job, &go).await;
+    lab.wait_upgraded_in_place(&name, view.id, "2.337.0").await;
     assert!(lab
         .log()
         .contains("upgrading it to 2.337.0 while it is idle"));
@@ -215,9 +206,7 @@ async fn drain_waits_for_the_job(lab: &Lab) -> String {
         "the job ended early"
     );
 
-    std::fs::write(&go, "").unwrap();
-    let done = lab.emu.wait_job(job, WAIT).await.unwrap();
-    assert_eq!(done.result.as_deref(), Some("succeeded"), "{done:?}");
+    lab.let_job_finish(job, &go).await;
     lab.wait_for("the drain ended", || drain.try_wait().unwrap().is_some())
         .await;
     let out = drain.wait_with_output().unwrap();

@@ -338,7 +338,9 @@ async fn a_session_conflict_waits_for_the_old_session_to_expire() {
 // ---- GitHub failing ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn thirty_percent_of_api_calls_failing_does_not_stop_registration() {
+async fn thirty_percent_of_api_calls_failing_for_a_minute_does_not_stop_registration() {
+    // The issue's case as written: 30 % of API calls answer 5xx for a whole minute.
+    const FAULTY: Duration = Duration::from_secs(60);
     let mut lab = Lab::new(Spec::pat(3)).await;
     lab.emu.inject(Fault::StatusShare {
         status: 502,
@@ -346,25 +348,41 @@ async fn thirty_percent_of_api_calls_failing_does_not_stop_registration() {
         count: 1_000_000,
         path_prefix: Some("/api/v3/".to_owned()),
     });
-    let failed_before = Instant::now();
+    let faults_began = Instant::now();
     lab.start_daemon();
-    // A while of failures: registrations happen (or back off) through them.
-    lab.wait_for("a few seconds of faults", |lab| {
-        failed_before.elapsed() > Duration::from_secs(6) && lab.requests("/api/v3/") > 10
+    // Registrations happen (or back off and retry) through the failures; one registered runner
+    // is then deleted on GitHub while they go on.
+    lab.wait_for("a runner online through the faults", |lab| {
+        lab.emu
+            .runners(Some(REPO))
+            .iter()
+            .any(|r| r.status == "online")
     })
     .await;
     let deleted = lab
         .emu
         .runners(Some(REPO))
-        .first()
-        .map(|r| lab.emu.delete_runner(r.id));
-    lab.wait_for("more faults", |_| {
-        failed_before.elapsed() > Duration::from_secs(9)
-    })
-    .await;
+        .into_iter()
+        .find(|r| r.status == "online")
+        .map(|r| (r.name.clone(), lab.emu.delete_runner(r.id)));
+    let deleted_at = faults_began.elapsed();
+    // The rest of the minute; note whether every runner, the deleted one too, got (back) online
+    // while it lasted.
+    let mut converged_during = None;
+    while faults_began.elapsed() < FAULTY {
+        if converged_during.is_none() && lab.divergence().is_none() {
+            converged_during = Some(faults_began.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let calls = lab.requests("/api/v3/");
     lab.emu.clear_faults();
-    lab.recover("api-5xx-30pct").await;
-    println!("(a registration was deleted during the faults: {deleted:?})");
+    lab.recover("api-5xx-30pct-60s").await;
+    println!(
+        "(deleted on GitHub {deleted_at:?} into the faults: {deleted:?}; all desired runners \
+         online while the faults lasted: {converged_during:?}; {calls} API calls in {} s)",
+        FAULTY.as_secs()
+    );
     lab.finish().await;
 }
 

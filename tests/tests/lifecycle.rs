@@ -645,8 +645,7 @@ async fn with_a_pat_a_failed_configure_leaves_no_registration_on_github() {
 async fn a_board_runner_gets_the_board_label_environment_and_hooks() {
     // The board's console: a real pty whose slave only the runner user may open, behind a
     // stable by-id style link, as udev would publish it.
-    let pty = nix::pty::openpty(None, None).unwrap();
-    let slave = nix::unistd::ttyname(&pty.slave).unwrap();
+    let (pty, slave) = runner_agent_tests::support::console_pty();
     let ra = nix::unistd::User::from_name("ra-runner").unwrap().unwrap();
     nix::unistd::chown(&slave, Some(ra.uid), Some(ra.gid)).unwrap();
     std::fs::set_permissions(&slave, std::fs::Permissions::from_mode(0o600)).unwrap();

@@ -21,9 +21,28 @@
 //! A lost line (a listener killed mid-job, a journal that dropped lines) holds nobody longer.
 //!
 //! [`busy`] combines both views: busy if either says so. Without REST access, or while the list
-//! cannot be read, the local view is the only one. A container runner (`service = "container"`)
-//! has its directory mounted at the same path inside, so its worker's `argv[0]` names the same
-//! path and matches too (untested: no test starts a job in a container).
+//! cannot be read, the local view is the only one.
+//!
+//! # Container runners
+//!
+//! A container runner (`service = "container"`) runs in its own mount (and, unless it has a
+//! board, PID) namespace, yet its processes are host processes: `/proc` of the host lists them
+//! with host pids, and `argv[0]` is the string the listener passed, in the container's view of
+//! the file system. The backend bind-mounts the runner directory at the same path, so what the
+//! host reads is `<dir>/bin/Runner.Worker`, both as `argv[0]` and as the executable link (whose
+//! path the kernel gives relative to the container's root): the path match above finds it (shown
+//! by `tests/tests/container.rs` against a real Docker engine). That holds while the container
+//! resolves `<dir>` to itself. The listener names its worker by the directory of its own
+//! assembly as the container sees it, resolved (`/proc/self/exe` for the fake runner; .NET's host
+//! resolves its executable's path too), and the executable link is resolved anyway: both name
+//! another path when the image has a symbolic link on the way (say `/var/run`, `/home`), the
+//! engine following it when it mounts (the test moves the image's `/tmp`). So for a container runner the host also asks
+//! the engine for the container's id (`<engine> container inspect`, only when the path match found
+//! nothing) and counts a `Runner.Worker` process whose control group names that id
+//! (`/proc/<pid>/cgroup`, readable by everybody: `/docker/<id>`, `docker-<id>.scope`,
+//! `libpod-<id>.scope`, for either cgroup driver and version): a job of that runner whatever the
+//! paths inside say. The `Running job:` line above comes from the container's output
+//! (`<engine> logs`), which holds it as the journal does.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt as _;
@@ -32,6 +51,11 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::Runner;
 use crate::runner::{Lifecycle, LocalRegistration, RemoteRunner};
+use crate::service::container::Engine;
+use crate::service::LogSource;
+
+/// How long the engine may take to name a container.
+const ENGINE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a job the listener announced counts as running without a worker process (the real
 /// worker gives up after 30 s without its job message).
@@ -116,6 +140,64 @@ pub fn running_job(dir: &Path) -> bool {
     !workers(dir).is_empty()
 }
 
+/// Whether the process in `proc_dir` is a `Runner.Worker`, by the file name of its `argv[0]` or
+/// of its executable, wherever that lies.
+fn is_worker(proc_dir: &Path) -> bool {
+    let named = |path: &Path| path.file_name() == Some(OsStr::new(WORKER));
+    if let Ok(cmdline) = std::fs::read(proc_dir.join("cmdline")) {
+        let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+        if named(Path::new(OsStr::from_bytes(argv0))) {
+            return true;
+        }
+    }
+    process_paths(proc_dir).iter().any(|p| named(p))
+}
+
+/// Whether the control groups in a `/proc/<pid>/cgroup` text name container `id`.
+fn in_container(cgroup: &str, id: &str) -> bool {
+    cgroup
+        .lines()
+        .filter_map(|line| line.splitn(3, ':').nth(2))
+        .any(|path| path.contains(id))
+}
+
+/// The ids of the live `Runner.Worker` processes in the container whose full id is `id` (at
+/// least 12 hexadecimal digits, else none), found under `proc_root`.
+pub fn container_workers_in(proc_root: &Path, id: &str) -> Vec<u32> {
+    if id.len() < 12 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Vec::new();
+    }
+    let Ok(entries) = std::fs::read_dir(proc_root) else {
+        return Vec::new();
+    };
+    let mut out: Vec<u32> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cgroup = std::fs::read_to_string(entry.path().join("cgroup")).ok()?;
+            (in_container(&cgroup, id) && is_worker(&entry.path())).then_some(pid)
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// The ids of the live job processes in container `container` of `engine` (none when the
+/// engine does not know it or does not answer).
+pub fn container_workers(engine: &Path, container: &str) -> Vec<u32> {
+    let engine = Engine {
+        program: engine.to_path_buf(),
+    };
+    let args = ["container", "inspect", "--format", "{{.Id}}", container].map(str::to_owned);
+    match engine.run_for(&args, ENGINE_TIMEOUT) {
+        Ok(id) => container_workers_in(Path::new("/proc"), id.trim()),
+        Err(err) => {
+            log::debug!("cannot look for jobs in container `{container}`: {err}");
+            Vec::new()
+        }
+    }
+}
+
 /// When the job the listener's `output` (of its current run) announced and has not reported
 /// done started: the time on its last `Running job:` line, if no `completed with result:` line
 /// follows it.
@@ -138,22 +220,41 @@ pub fn announced_job(output: &str) -> Option<SystemTime> {
     open
 }
 
-/// Whether `runner` runs a job, as this host sees it: a live worker process, or a job its
-/// listener announced less than [`ANNOUNCED_GRACE`] ago and has not reported done.
+/// Whether `runner` runs a job, as this host sees it: a live worker process (under its
+/// directory, or in its container for `service = "container"`), or a job its listener announced
+/// less than [`ANNOUNCED_GRACE`] ago and has not reported done. Says at debug level which.
 pub fn job_here(lifecycle: &Lifecycle<'_>, runner: &Runner) -> bool {
-    if running_job(&runner.dir) {
+    let name = &runner.name;
+    let seen = workers(&runner.dir);
+    if !seen.is_empty() {
+        log::debug!(
+            "runner `{name}` runs a job: `{WORKER}` {seen:?} under `{}`",
+            runner.dir.display()
+        );
         return true;
     }
-    let Some((output, _)) = lifecycle
-        .log_source(runner)
-        .ok()
-        .and_then(|source| super::exits::last_output(&source))
-    else {
+    let Ok(source) = lifecycle.log_source(runner) else {
         return false;
     };
-    announced_job(&output).is_some_and(|at| {
+    if let LogSource::Container { engine, container } = &source {
+        let seen = container_workers(engine, container);
+        if !seen.is_empty() {
+            log::debug!(
+                "runner `{name}` runs a job: `{WORKER}` {seen:?} in container `{container}`"
+            );
+            return true;
+        }
+    }
+    let Some((output, _)) = super::exits::last_output(&source) else {
+        return false;
+    };
+    let open = announced_job(&output).is_some_and(|at| {
         SystemTime::now().duration_since(at).unwrap_or_default() < ANNOUNCED_GRACE
-    })
+    });
+    if open {
+        log::debug!("runner `{name}` runs a job its listener announced, no `{WORKER}` seen yet");
+    }
+    open
 }
 
 /// Whether GitHub's list says the runner registered in `dir` is busy (`false` without a list).
@@ -255,6 +356,73 @@ mod tests {
         assert_eq!(workers_in(&proc_root, &alias), vec![20, 21, 22]);
         assert_eq!(
             workers_in(&tmp.path().join("nothing"), &r1),
+            Vec::<u32>::new()
+        );
+    }
+
+    #[test]
+    fn a_worker_in_the_runners_container_counts_whatever_its_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let proc_root = tmp.path().join("proc");
+        let id = "82c0d81d6e680134cbf53b386dc97ed8cb68bf4b943e498f53ce5d6f7877601b";
+        let other = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let cgroup = |pid: u32, text: &str| {
+            fs::write(proc_root.join(pid.to_string()).join("cgroup"), text).unwrap();
+        };
+        // cgroup v1 with the cgroupfs driver: the worker (its directory seen elsewhere inside),
+        // its listener, and another container's worker.
+        process(
+            &proc_root,
+            30,
+            &[
+                "/home/runner/bin.2.337.0/Runner.Worker",
+                "spawnclient",
+                "1",
+                "2",
+            ],
+            None,
+        );
+        cgroup(30, &format!("4:memory:/docker/{id}\n0::/docker/{id}\n"));
+        process(
+            &proc_root,
+            31,
+            &["/home/runner/bin/Runner.Listener", "run"],
+            None,
+        );
+        cgroup(31, &format!("0::/docker/{id}\n"));
+        process(
+            &proc_root,
+            32,
+            &["/srv/r/bin/Runner.Worker", "spawnclient"],
+            None,
+        );
+        cgroup(32, &format!("0::/docker/{other}\n"));
+        // cgroup v2 with the systemd driver (docker, podman), one seen by its executable only.
+        process(&proc_root, 33, &["/x/bin/Runner.Worker"], None);
+        cgroup(33, &format!("0::/system.slice/docker-{id}.scope\n"));
+        process(
+            &proc_root,
+            34,
+            &["Runner.Worker"],
+            Some(Path::new("/opt/r/bin/Runner.Worker")),
+        );
+        cgroup(
+            34,
+            &format!("0::/machine.slice/libpod-{id}.scope/container\n"),
+        );
+        // A worker of the host, in no container.
+        process(&proc_root, 35, &["/srv/r/bin/Runner.Worker"], None);
+        cgroup(35, "0::/system.slice/runner-agent-r.service\n");
+        assert_eq!(container_workers_in(&proc_root, id), vec![30, 33, 34]);
+        assert_eq!(container_workers_in(&proc_root, other), vec![32]);
+        // A short or empty id names nothing (it would be part of every path).
+        assert_eq!(container_workers_in(&proc_root, ""), Vec::<u32>::new());
+        assert_eq!(
+            container_workers_in(&proc_root, "docker"),
+            Vec::<u32>::new()
+        );
+        assert_eq!(
+            container_workers_in(&proc_root, "82c0d8"),
             Vec::<u32>::new()
         );
     }

@@ -558,12 +558,12 @@ impl Daemon {
         if self.health.get(name).is_some_and(|h| h.gated(now)) {
             return;
         }
-        if busy::running_job(&record.dir) || busy::busy_on_github(list, &record.dir) {
+        let runner = runner_from_record(record);
+        if busy::job_here(lifecycle, &runner) || busy::busy_on_github(list, &record.dir) {
             log::info!("runner `{name}` is no longer configured; removing it once its job is done");
             return;
         }
         log::info!("runner `{name}` is no longer configured: deregistering and removing it");
-        let runner = runner_from_record(record);
         match lifecycle.remove(&runner).await {
             Ok(()) => {
                 self.health.remove(name);

@@ -513,26 +513,20 @@ mod tests {
                 "Subscribe" => {
                     conn.reply(&header, &()).await.unwrap();
                     for path in ["/org/freedesktop/systemd1/unit/cron_2eservice", RUNNER_PATH] {
-                        let changed = props(&[("ActiveState", "deactivating")]);
-                        conn.emit_signal(
-                            None::<&str>,
-                            path,
-                            "org.freedesktop.DBus.Properties",
-                            "PropertiesChanged",
-                            &(UNIT_INTERFACE, changed, Vec::<String>::new()),
-                        )
-                        .await
-                        .unwrap();
-                        let changed = props(&[("ActiveState", "inactive"), ("SubState", "dead")]);
-                        conn.emit_signal(
-                            None::<&str>,
-                            path,
-                            "org.freedesktop.DBus.Properties",
-                            "PropertiesChanged",
-                            &(UNIT_INTERFACE, changed, Vec::<String>::new()),
-                        )
-                        .await
-                        .unwrap();
+                        for changed in [
+                            props(&[("ActiveState", "deactivating")]),
+                            props(&[("ActiveState", "inactive"), ("SubState", "dead")]),
+                        ] {
+                            conn.emit_signal(
+                                None::<&str>,
+                                path,
+                                "org.freedesktop.DBus.Properties",
+                                "PropertiesChanged",
+                                &(UNIT_INTERFACE, changed, Vec::<String>::new()),
+                            )
+                            .await
+                            .unwrap();
+                        }
                     }
                 }
                 "Get" => {

@@ -784,6 +784,29 @@ impl Lab {
         }
     }
 
+    /// Lets a held job go on (`go`: the file its step waits for) and waits until it succeeded
+    /// (finished on its own, not cancelled by a restart).
+    pub async fn let_job_finish(&self, id: u64, go: &Path) -> JobView {
+        std::fs::write(go, "").unwrap();
+        let done = self.wait_job(id).await;
+        assert_eq!(done.result.as_deref(), Some("succeeded"), "{done:?}");
+        done
+    }
+
+    /// Waits until runner `name` is online at `version` under registration `id`, upgraded in
+    /// place: the same registration, `bin` a link to `bin.<version>` as the real self-update
+    /// leaves it.
+    pub async fn wait_upgraded_in_place(&self, name: &str, id: u64, version: &str) {
+        let upgraded = self
+            .wait_runner(name, "upgraded", |r| {
+                r.version == version && r.status == "online"
+            })
+            .await;
+        assert_eq!(upgraded.id, id, "registered again instead of upgraded");
+        let link = std::fs::read_link(self.runner_dir(name).join("bin")).unwrap();
+        assert_eq!(link, PathBuf::from(format!("bin.{version}")));
+    }
+
     /// Queue a job for `labels` running `script` on the lab's scope and wait for it.
     pub async fn run_job(&self, labels: &[&str], script: &str) -> JobView {
         let id = self.emu.queue_job(&self.scope, labels, script).unwrap();

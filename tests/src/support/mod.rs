@@ -29,6 +29,20 @@ pub fn workspace_binary(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A pty pair standing in for a board's USB-serial console, and the slave's path. Both ends are
+/// close-on-exec (openpty(3) leaves them inheritable): a daemon or job the test starts must not
+/// hold the console open by accident, or it shows up as another holder of the board.
+#[allow(clippy::unwrap_used)] // test set-up: a failure is the test's failure
+pub fn console_pty() -> (nix::pty::OpenptyResult, PathBuf) {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let pty = nix::pty::openpty(None, None).unwrap();
+    for fd in [&pty.master, &pty.slave] {
+        fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).unwrap();
+    }
+    let slave = nix::unistd::ttyname(&pty.slave).unwrap();
+    (pty, slave)
+}
+
 /// `agentctl` of this build; a clear failure when it was not built.
 pub fn agentctl() -> PathBuf {
     let path = workspace_binary("agentctl");
