@@ -991,7 +991,7 @@ async fn a_disable_update_runner_on_latest_is_upgraded_to_a_new_release_without_
     assert_eq!(upgraded.id, view.id, "registered again instead of upgraded");
     assert_eq!(
         std::fs::read_link(lab.runner_dir(&name).join("bin")).unwrap(),
-        PathBuf::from("bin.2.337.0")
+        std::path::PathBuf::from("bin.2.337.0")
     );
     assert!(
         lab.log()
