@@ -1058,3 +1058,56 @@ async fn a_reload_keeps_the_restart_count_and_the_last_exit_in_status() {
     assert_eq!(after["last_exit_code"], 137, "{status:#}");
     assert_eq!(after["state"], "running", "{status:#}");
 }
+
+/// The value of `family{runner="name"}` in a metrics text, if there.
+fn sample(metrics: &str, family: &str, name: &str) -> Option<f64> {
+    let prefix = format!("{family}{{runner=\"{name}\"");
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_file_shows_a_started_runner_online_without_waiting_for_the_resync() {
+    let mut lab = Lab::new(1).await;
+    let metrics_file = lab.path("metrics.prom");
+    let config = std::fs::read_to_string(&lab.config).unwrap();
+    std::fs::write(
+        &lab.config,
+        format!(
+            "{config}\n[daemon]\nmetrics_file = \"{}\"\n",
+            metrics_file.display()
+        ),
+    )
+    .unwrap();
+    // The production resync (60 s): only the read after the start can tell.
+    lab.start_daemon_exact(&["--resync-secs", "60", "--check-secs", "1"]);
+    let name = lab.names(1)[0].clone();
+    lab.wait_runner(&name, "online", |r| r.status == "online")
+        .await;
+    let started = Instant::now();
+    lab.wait_until("`online 1` in the metrics file", || {
+        let text = std::fs::read_to_string(&metrics_file).unwrap_or_default();
+        sample(&text, "runner_agent_runner_online", &name) == Some(1.0)
+    })
+    .await;
+    println!(
+        "metrics online {} ms after GitHub showed the runner online",
+        started.elapsed().as_millis()
+    );
+    let text = std::fs::read_to_string(&metrics_file).unwrap();
+    assert_eq!(
+        sample(&text, "runner_agent_runner_registered", &name),
+        Some(1.0)
+    );
+    // One more list for it, not a loop of them.
+    let lists = lab.requests("/actions/runners");
+    let window = Instant::now();
+    lab.wait_until("a 3 s window", || {
+        window.elapsed() >= Duration::from_secs(3)
+    })
+    .await;
+    assert_eq!(lab.requests("/actions/runners"), lists, "{}", lab.log());
+}

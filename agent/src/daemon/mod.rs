@@ -142,7 +142,13 @@ struct Daemon {
     releases: Option<(Instant, Vec<metrics::Published>)>,
     /// The boards of board runners: a runner whose board cannot take jobs stays offline.
     boards: boards::BoardWatch,
+    /// After a pass that started, registered or upgraded runners: GitHub's list is read once
+    /// more then, so that `online` in the metrics file follows without waiting for the resync.
+    relist_at: Option<Instant>,
 }
+
+/// How long after starting runners their `online` is read again from GitHub's list.
+const RELIST_AFTER: Duration = Duration::from_secs(10);
 
 /// How long the runner list waits for a connection to GitHub (an outage that drops packets must
 /// not hold the pass, and the local restarts in it, for long).
@@ -264,6 +270,7 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
         list_backoff: outage::ListBackoff::default(),
         last_written: None,
         releases: None,
+        relist_at: None,
     };
     let mut resync_at = Instant::now();
     let mut one_job = jit::Jit::default();
@@ -287,14 +294,21 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
             daemon.reconcile().await;
             resync_at = Instant::now() + jitter(options.resync, 0.1);
         }
+        let relist = !pass && daemon.relist_at.is_some_and(|at| at <= Instant::now());
+        if relist {
+            daemon.relist().await;
+        }
         if !pass {
             daemon.refresh_states();
         }
-        daemon.write_state(pass);
+        daemon.write_state(pass || relist);
         let wait = options
             .check
             .min(resync_at.saturating_duration_since(Instant::now()))
-            .min(daemon.next_gate_end());
+            .min(daemon.next_gate_end())
+            .min(daemon.relist_at.map_or(Duration::MAX, |at| {
+                at.saturating_duration_since(Instant::now())
+            }));
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -441,6 +455,27 @@ impl Daemon {
                     || lifecycle.record(&runner.name).is_some())
                 && service_state(&lifecycle, runner).is_some_and(|state| state != "active")
         })
+    }
+
+    /// Ask for GitHub's list again after runners were started ([`RELIST_AFTER`]), unless calls
+    /// to GitHub wait (circuit, outage backoff); a failure is left to the next pass.
+    fn relist_soon(&mut self) {
+        if self.options.resync > RELIST_AFTER {
+            self.relist_at.get_or_insert(Instant::now() + RELIST_AFTER);
+        }
+    }
+
+    async fn relist(&mut self) {
+        self.relist_at = None;
+        let now = Instant::now();
+        if self.github_circuit.as_ref().is_some_and(|c| c.until > now)
+            || self.list_backoff.waiting(now)
+        {
+            return;
+        }
+        if let Err(err) = self.listing.list().await {
+            log::debug!("cannot read GitHub's runner list: {}", error_chain(&err));
+        }
     }
 
     /// Between passes: a runner the last pass left `running` whose service stopped since, and

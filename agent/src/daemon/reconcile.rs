@@ -150,6 +150,8 @@ impl Daemon {
 
     pub(super) async fn reconcile(&mut self) {
         let now = Instant::now();
+        // This pass reads the list: a later read is asked for again by what it starts.
+        self.relist_at = None;
         let remote = match Remote::from_config(&self.config) {
             Ok(remote) => remote,
             Err(err) => {
@@ -391,6 +393,9 @@ impl Daemon {
                     })
                 }
             };
+            if outcome.is_ok() {
+                self.relist_soon();
+            }
             let health = self.health.entry(name.clone()).or_default();
             match outcome {
                 Ok(()) if matches!(action, Action::Start(_)) => {
@@ -521,6 +526,9 @@ impl Daemon {
                 installed.as_deref().unwrap_or("?")
             );
             let outcome = upgrade::upgrade(lifecycle, runner, version).await;
+            if matches!(outcome, Ok(upgrade::Upgraded::Done)) {
+                self.relist_soon();
+            }
             let health = self.health.entry(name.clone()).or_default();
             if matches!(outcome, Ok(upgrade::Upgraded::Busy)) {
                 log::info!(
