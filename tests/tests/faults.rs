@@ -979,3 +979,167 @@ async fn a_failing_runner_list_backs_off_while_local_runners_keep_running() {
     assert!(log.contains("GitHub's runner list works again"), "{log}");
     lab.finish().await;
 }
+
+// ---- JIT slots during an outage: behind the same host-wide backoff ----
+
+/// JIT-config calls (`POST …/generate-jitconfig`) and every REST call the emulator answered.
+fn jit_calls(emu: &Emulator) -> (u64, u64) {
+    let counts = emu.request_counts();
+    let jit = counts
+        .iter()
+        .filter(|(route, _)| route.ends_with("/generate-jitconfig"))
+        .map(|(_, c)| c.count)
+        .sum();
+    let api = counts
+        .iter()
+        .filter(|(route, _)| {
+            route
+                .split_once(' ')
+                .is_some_and(|(_, p)| p.starts_with("/api/v3"))
+        })
+        .map(|(_, c)| c.count)
+        .sum();
+    (jit, api)
+}
+
+/// GitHub's REST API answering 502 to everything (its runner service stays up).
+fn rest_502(emu: &Emulator) {
+    emu.inject(Fault::Status {
+        status: 502,
+        count: 1_000_000,
+        path_prefix: Some("/api/v3/".to_owned()),
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jit_slots_share_the_host_wide_backoff_while_github_answers_502() {
+    const SLOTS: u32 = 3;
+    let window = Duration::from_secs(8);
+    // The most calls one backoff allows in the window; one more for a call on its way when the
+    // fault came. Without the shared backoff each slot would back off on its own (×3).
+    let bound = attempts_allowed(OUTAGE_BACKOFF_BASE, OUTAGE_BACKOFF_CAP, window) + 1;
+    // Three JIT slots and one plain runner.
+    let mut lab = Lab::new(Spec {
+        extra: "ephemeral = \"jit\"\n\n[[runner]]\nname = \"steady\"\n".to_owned(),
+        ..Spec::pat(SLOTS)
+    })
+    .await;
+    lab.desired.push("steady".to_owned());
+    let slots: Vec<String> = lab.names(SLOTS);
+    let base_ms = OUTAGE_BACKOFF_BASE.as_millis().to_string();
+    let cap_secs = OUTAGE_BACKOFF_CAP.as_secs().to_string();
+
+    // 1. The daemon starts while GitHub is down (a host booting into an outage): every slot
+    //    needs a JIT configuration, and they ask for one on a single backoff.
+    rest_502(&lab.emu);
+    let (jit_before, api_before) = jit_calls(&lab.emu);
+    let outage = Instant::now();
+    lab.start_daemon_with(&[
+        "--resync-secs",
+        "2",
+        "--check-secs",
+        "1",
+        "--backoff-base-ms",
+        &base_ms,
+        "--backoff-cap-secs",
+        &cap_secs,
+        "--session-wait-secs",
+        "2",
+    ]);
+    lab.wait_for("an outage of 8 s", |_| outage.elapsed() >= window)
+        .await;
+    let (jit_after, api_after) = jit_calls(&lab.emu);
+    let elapsed = outage.elapsed();
+    // `agentctl status` (it lists on GitHub itself, so after the count) says it once for the
+    // host, and each slot says what it waits for. It may exit non-zero while its own list
+    // fails: the daemon's part is what counts here.
+    lab.wait_for("status naming the outage", |lab| {
+        let out = lab.run(&["status"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.contains("github: unreachable since") && text.contains("next try: ")
+    })
+    .await;
+    let out = lab.run(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        status["daemon"]["github_unreachable"]["failures"]
+            .as_u64()
+            .is_some_and(|f| f >= 2),
+        "{status:#}"
+    );
+    for name in &slots {
+        let view = lab::Lab::daemon_view(&status, name);
+        assert!(
+            view["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("waiting for GitHub") || e.contains("502")),
+            "{name}: {view:#}"
+        );
+    }
+    lab.emu.clear_faults();
+    let (jit_during, api_during) = (jit_after - jit_before, api_after - api_before);
+    let hourly = attempts_allowed(
+        runner_agent::daemon::BACKOFF_BASE,
+        runner_agent::daemon::BACKOFF_CAP,
+        Duration::from_secs(3600),
+    );
+    println!(
+        "JIT_OUTAGE start slots={SLOTS} jit_config_calls={jit_during} all_api_calls={api_during} window_s={:.1} bound={bound} (backoff {} ms doubling up to {} s, one for the slots and the list); production: at most {hourly} calls to GitHub per hour of outage for the whole host",
+        elapsed.as_secs_f64(),
+        OUTAGE_BACKOFF_BASE.as_millis(),
+        OUTAGE_BACKOFF_CAP.as_secs()
+    );
+    assert!(
+        (1..=bound).contains(&jit_during) && api_during <= bound,
+        "{jit_during} JIT-config calls, {api_during} API calls in {elapsed:?} of outage, the backoff allows {bound}\n{}",
+        lab.log()
+    );
+    // GitHub back: every slot online, the plain runner registered.
+    let recovered = lab.recover("jit-502-start").await;
+    assert!(recovered < OUTAGE_BACKOFF_CAP * 2, "{recovered:?}");
+
+    // 2. GitHub down again while every listener goes (slots ended, the plain runner crashed):
+    //    the plain runner is started again locally at once; each slot's registration must be
+    //    deleted and a new configuration minted, all on the one backoff.
+    let first_ids: Vec<u64> = slots.iter().map(|n| lab.local_id(n).unwrap()).collect();
+    rest_502(&lab.emu);
+    let outage = Instant::now();
+    let (jit_before, api_before) = jit_calls(&lab.emu);
+    let steady_pid = lab.pid("steady").unwrap();
+    for name in &slots {
+        kill(Pid::from_raw(-lab.pid(name).unwrap()), Signal::SIGKILL).unwrap();
+    }
+    kill(Pid::from_raw(-steady_pid), Signal::SIGKILL).unwrap();
+    // Its session, left open, expires (90 s without a poll on GitHub's clock).
+    lab.emu.advance_clock(91);
+    lab.wait_for("the plain runner started again during the outage", |lab| {
+        lab.pid("steady")
+            .is_some_and(|pid| pid != steady_pid && kill(Pid::from_raw(pid), None).is_ok())
+    })
+    .await;
+    lab.wait_for("an outage of 8 s", |_| outage.elapsed() >= window)
+        .await;
+    let (jit_after, api_after) = jit_calls(&lab.emu);
+    let elapsed = outage.elapsed();
+    lab.emu.clear_faults();
+    let (jit_during, api_during) = (jit_after - jit_before, api_after - api_before);
+    println!(
+        "JIT_OUTAGE ended slots={SLOTS} jit_config_calls={jit_during} all_api_calls={api_during} window_s={:.1} bound={bound} (the slots' registrations are deleted before new ones are minted)",
+        elapsed.as_secs_f64(),
+    );
+    assert!(
+        jit_during <= bound && (2..=bound).contains(&api_during),
+        "{jit_during} JIT-config calls, {api_during} API calls in {elapsed:?} of outage, the backoff allows {bound}\n{}",
+        lab.log()
+    );
+    let recovered = lab.recover("jit-502-ended").await;
+    assert!(recovered < OUTAGE_BACKOFF_CAP * 2, "{recovered:?}");
+    for (name, old) in slots.iter().zip(&first_ids) {
+        assert_ne!(lab.local_id(name), Some(*old), "{name} kept its old slot");
+    }
+    let log = lab.log();
+    // Said once per outage, not per slot or per failed call.
+    assert_eq!(log.matches("GitHub is unreachable").count(), 2, "{log}");
+    assert!(log.contains("works again"), "{log}");
+    lab.finish().await;
+}

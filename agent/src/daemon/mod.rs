@@ -271,11 +271,22 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
         reap();
         // One-job runners: JIT slots, ephemeral runners to register again at once.
         let board_gated = |name: &str| daemon.boards.gated(name);
+        // The slots call GitHub through the list's client, behind its circuit and backoff.
+        let mut github = jit::Github {
+            remote: daemon.listing.remote.as_ref(),
+            circuit: &mut daemon.github_circuit,
+            backoff: &mut daemon.list_backoff,
+            options: &daemon.options,
+        };
         if one_job
-            .tick(&daemon.config, &daemon.hostname, board_gated)
+            .tick(&daemon.config, &daemon.hostname, board_gated, &mut github)
             .await
         {
             resync_at = Instant::now();
+        }
+        for runner in daemon.config.runners.iter().filter(|r| jit::is_jit(r)) {
+            let health = daemon.health.entry(runner.name.clone()).or_default();
+            health.last_error = one_job.last_error(&runner.name);
         }
         let now = Instant::now();
         let boards_changed = daemon.boards.rescan();
@@ -291,7 +302,8 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
         let wait = options
             .check
             .min(resync_at.saturating_duration_since(Instant::now()))
-            .min(daemon.next_gate_end());
+            .min(daemon.next_gate_end())
+            .min(one_job.wake_in());
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -399,6 +411,7 @@ impl Daemon {
         self.health
             .values()
             .flat_map(|h| [h.until, h.circuit_until])
+            .chain([self.list_backoff.next()])
             .flatten()
             .filter(|at| *at > now)
             .map(|at| at - now)

@@ -11,12 +11,70 @@
 //!
 //! The log says it once when the list first fails and once when it works again; the failures in
 //! between are `debug`. `agentctl status` and the metrics file show it (`github_unreachable`).
+//!
+//! JIT slots ([`super::jit`]) call GitHub outside the list (a JIT configuration per slot, the
+//! deletion of a slot's registration) and share it all: no slot calls while the backoff waits
+//! or the circuit is open, and a slot's failure feeds them ([`shared_failure`]): one outage, one
+//! backoff, one status line, however many slots wait.
 
 use std::time::{Duration, Instant, SystemTime};
 
 use super::state::{self, GithubOutage};
-use super::Options;
+use super::{Circuit, Options, CIRCUIT_OPEN};
 use crate::github::GithubError;
+
+/// What [`shared_failure`] did with a failed GitHub call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shared {
+    /// A rate limit: no call to GitHub until it resets (the circuit, until then).
+    Paused,
+    /// Refused credentials or a missing permission: the circuit is open.
+    CircuitOpen,
+    /// GitHub unreachable: the host-wide backoff.
+    BackingOff,
+    /// An answer about this request only: the caller's own backoff.
+    NotShared,
+}
+
+/// Book a failed GitHub call (`reason`: its redacted error chain) for the whole host: a rate
+/// limit pauses every call until it resets, refused credentials or a missing permission open
+/// the circuit for [`CIRCUIT_OPEN`] (or until a secret file changes), GitHub unreachable
+/// ([`unreachable`]) backs off host-wide. Each says so in the log.
+pub(super) fn shared_failure(
+    err: &GithubError,
+    reason: String,
+    circuit: &mut Option<Circuit>,
+    backoff: &mut ListBackoff,
+    options: &Options,
+    now: Instant,
+) -> Shared {
+    if let Some(wait) = super::ratelimit::pause_github(err) {
+        log::warn!(
+            "GitHub's rate limit: no call to GitHub for {} s: {reason}",
+            wait.as_secs()
+        );
+        *circuit = Some(Circuit {
+            until: now + wait,
+            reason,
+        });
+        Shared::Paused
+    } else if super::deterministic_github(err) {
+        log::error!(
+            "GitHub refuses the credentials: {reason}; no call to GitHub until a secret file changes or {} min passed",
+            CIRCUIT_OPEN.as_secs() / 60
+        );
+        *circuit = Some(Circuit {
+            until: now + CIRCUIT_OPEN,
+            reason,
+        });
+        Shared::CircuitOpen
+    } else if unreachable(err) {
+        backoff.failed(reason, true, options, now);
+        Shared::BackingOff
+    } else {
+        Shared::NotShared
+    }
+}
 
 /// Whether `err` says GitHub could not be reached or failed on its side (not what it answered
 /// about this host's request).
@@ -81,7 +139,7 @@ impl ListBackoff {
         match &mut self.run {
             None => {
                 log::warn!(
-                    "{what}: {reason}; runners with a registration keep running, registering and removing wait; listing again in {} ms, then less often (at most every {} s)",
+                    "{what}: {reason}; runners with a registration keep running, registering, removing and new JIT slots wait; calling GitHub again in {} ms, then less often (at most every {} s)",
                     delay.as_millis(),
                     options.backoff_cap.as_secs()
                 );
@@ -96,7 +154,7 @@ impl ListBackoff {
             }
             Some(run) => {
                 log::debug!(
-                    "{what} ({failures} failed lists in a row): {reason}; listing again in {} ms",
+                    "{what} ({failures} failed calls in a row): {reason}; calling GitHub again in {} ms",
                     delay.as_millis()
                 );
                 run.failures = failures;
@@ -110,9 +168,14 @@ impl ListBackoff {
 
     /// A list worked: the backoff is over.
     pub fn succeeded(&mut self, now: Instant) {
+        self.succeeded_with("GitHub's runner list", now);
+    }
+
+    /// A call to GitHub (`what`) worked: the backoff is over.
+    pub fn succeeded_with(&mut self, what: &str, now: Instant) {
         if let Some(run) = self.run.take() {
             log::info!(
-                "GitHub's runner list works again, after {} failed list(s) over {} s",
+                "{what} works again, after {} failed call(s) over {} s",
                 run.failures,
                 now.saturating_duration_since(run.started).as_secs()
             );
