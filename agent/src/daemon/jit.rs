@@ -1,21 +1,30 @@
 //! One-job runners in the daemon: `ephemeral = "jit"` and plain `ephemeral = true`.
 //!
 //! A **JIT runner** is never configured with `config.sh`. For each job slot the daemon:
-//! 1. resets the runner directory to the verified release (a fresh directory built from the
+//! 1. asks GitHub for a just-in-time configuration (`POST …/actions/runners/generate-jitconfig`,
+//!    the runner group id resolved from its configured name, the runner's labels plus the
+//!    defaults `config.sh` would add: `self-hosted`, `Linux`, the arch). The slot's
+//!    registration id is kept at once in `<state_dir>/runners/<name>.jit.json` (no secret in it);
+//! 2. resets the runner directory to the verified release (a fresh directory built from the
 //!    release cache's sealed tree and swapped into place, so nothing of the last job stays:
 //!    no work files, no `.runner`, no `.credentials`);
-//! 2. asks GitHub for a just-in-time configuration (`POST …/actions/runners/generate-jitconfig`,
-//!    the runner group id resolved from its configured name, the runner's labels plus the
-//!    defaults `config.sh` would add: `self-hosted`, `Linux`, the arch);
 //! 3. starts `run.sh` through the `process` backend with the configuration in
 //!    `ACTIONS_RUNNER_INPUT_JITCONFIG` (in its environment, never in argv: `run.sh` passes its
 //!    arguments on to `Runner.Listener run`, which reads the input from the environment and
-//!    removes it from its own before any job starts). The slot's registration id is kept in
-//!    `<state_dir>/runners/<name>.jit.json` (no secret in it);
-//! 4. when the listener exits (its one job done, or it failed), deletes the slot's registration
-//!    if GitHub still has it, power-cycles the runner's board if it has power control and no job
-//!    holds it, and starts the next slot.
+//!    removes it from its own before any job starts);
+//! 4. when the listener exits (its one job done, or it failed), power-cycles the runner's board
+//!    if it has power control and no job holds it, deletes the slot's registration if GitHub
+//!    still has it, and starts the next slot.
 //!
+//! GitHub is asked first, so that while it fails a slot costs one call and no download. The
+//! slots call it through the daemon's list client (one attempt per call) and under its rules
+//! ([`Github`], [`super::outage`]): nothing while its circuit is open (a rate limit, refused
+//! credentials) or its host-wide backoff waits (GitHub unreachable), and their failures open
+//! the one or feed the other: one outage, one backoff, one line in the log and in `status`,
+//! however many slots wait; the loop never waits in a retry, so other runners are started
+//! again meanwhile. Other failures (an unknown group, a name taken, the release) back off per
+//! runner.
+
 //! A slot whose listener outlives the daemon (`SIGTERM` leaves runners running) is adopted by
 //! the next daemon through its pid file and state file.
 //!

@@ -240,6 +240,75 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_call_is_booked_for_the_host_by_kind() {
+        let options = options();
+        let url: url::Url = "https://api.github.com/repos/o/r/actions/runners/generate-jitconfig"
+            .parse()
+            .unwrap();
+        let now = Instant::now();
+        let book = |err: &GithubError| {
+            let mut circuit = None;
+            let mut backoff = ListBackoff::default();
+            let shared = shared_failure(
+                err,
+                "why".to_owned(),
+                &mut circuit,
+                &mut backoff,
+                &options,
+                now,
+            );
+            (shared, circuit.map(|c| c.until), backoff.waiting(now))
+        };
+        // A 5xx: the host backs off, no circuit.
+        let (shared, circuit, waiting) = book(&GithubError::Status {
+            url: url.clone(),
+            status: 502,
+            message: "Bad Gateway".to_owned(),
+        });
+        assert_eq!((shared, circuit, waiting), (Shared::BackingOff, None, true));
+        // A rate limit: every call waits for its reset.
+        let (shared, circuit, waiting) = book(&GithubError::RateLimited {
+            url: url.to_string(),
+            status: 403,
+            message: "API rate limit exceeded".to_owned(),
+            reset_at: time::OffsetDateTime::now_utc() + time::Duration::seconds(120),
+        });
+        assert_eq!(shared, Shared::Paused);
+        assert!(!waiting);
+        let until = circuit.unwrap();
+        assert!(until > now + Duration::from_secs(110) && until <= now + Duration::from_secs(120));
+        // Refused credentials, a missing permission: the circuit, for an hour.
+        for err in [
+            GithubError::BadCredentials {
+                url: url.to_string(),
+                status: 401,
+                message: "Bad credentials".to_owned(),
+                hint: String::new(),
+            },
+            GithubError::MissingPermission {
+                url: url.to_string(),
+                status: 403,
+                needed: "Administration: write".to_owned(),
+                scope: "o/r".to_owned(),
+                have: None,
+                message: "Resource not accessible by personal access token".to_owned(),
+            },
+        ] {
+            let (shared, circuit, waiting) = book(&err);
+            assert_eq!(shared, Shared::CircuitOpen);
+            assert_eq!(circuit, Some(now + CIRCUIT_OPEN));
+            assert!(!waiting);
+        }
+        // An answer about the request itself: the caller's own business.
+        let (shared, circuit, waiting) = book(&GithubError::Status {
+            url,
+            status: 422,
+            message: "Validation Failed".to_owned(),
+        });
+        assert_eq!((shared, circuit, waiting), (Shared::NotShared, None, false));
+    }
+
+    #[test]
     fn only_failures_on_githubs_side_or_the_way_there_are_unreachable() {
         let url: url::Url = "https://api.github.com/repos/o/r/actions/runners"
             .parse()
