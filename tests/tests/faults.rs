@@ -1196,3 +1196,46 @@ async fn jit_slots_stop_calling_on_a_revoked_pat_and_fill_at_once_with_a_new_one
     );
     lab.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jit_configs_failing_alone_back_off_although_the_runner_list_works() {
+    const SLOTS: u32 = 2;
+    let window = Duration::from_secs(5);
+    let bound = attempts_allowed(OUTAGE_BACKOFF_BASE, OUTAGE_BACKOFF_CAP, window) + 1;
+    let mut lab = Lab::new(Spec {
+        extra: "ephemeral = \"jit\"\n".to_owned(),
+        ..Spec::pat(SLOTS)
+    })
+    .await;
+    // A partial outage: GitHub mints no JIT configuration (502), its runner list works. Still
+    // one backoff for the host: the list waits with the slots (a working list would otherwise
+    // restart the slots' backoff from its base at every resync).
+    lab.emu.inject(Fault::Status {
+        status: 502,
+        count: 1_000_000,
+        path_prefix: Some("/api/v3/repos/octo/hello/actions/runners/generate-jitconfig".to_owned()),
+    });
+    let (jit_before, _) = jit_calls(&lab.emu);
+    let (_, lists_before) = api_requests(&lab.emu);
+    let outage = Instant::now();
+    lab.start_daemon();
+    lab.wait_for("a partial outage of 5 s", |_| outage.elapsed() >= window)
+        .await;
+    let (jit_after, _) = jit_calls(&lab.emu);
+    let (_, lists_after) = api_requests(&lab.emu);
+    lab.emu.clear_faults();
+    let (jit_during, lists_during) = (jit_after - jit_before, lists_after - lists_before);
+    println!(
+        "JIT_OUTAGE partial slots={SLOTS} jit_config_calls={jit_during} list_calls={lists_during} window_s={:.1} bound={bound}",
+        outage.elapsed().as_secs_f64()
+    );
+    assert!(
+        jit_during >= 1 && jit_during + lists_during <= bound,
+        "{jit_during} JIT-config calls and {lists_during} lists in {window:?}, the backoff allows {bound}\n{}",
+        lab.log()
+    );
+    lab.recover("jit-502-partial").await;
+    let log = lab.log();
+    assert_eq!(log.matches("GitHub is unreachable").count(), 1, "{log}");
+    lab.finish().await;
+}

@@ -377,6 +377,7 @@ impl Github<'_> {
         super::outage::shared_failure(
             err,
             reason.to_owned(),
+            false,
             self.circuit,
             self.backoff,
             self.options,

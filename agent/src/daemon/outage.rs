@@ -36,13 +36,15 @@ pub enum Shared {
     NotShared,
 }
 
-/// Book a failed GitHub call (`reason`: its redacted error chain) for the whole host: a rate
-/// limit pauses every call until it resets, refused credentials or a missing permission open
-/// the circuit for [`CIRCUIT_OPEN`] (or until a secret file changes), GitHub unreachable
-/// ([`unreachable`]) backs off host-wide. Each says so in the log.
+/// Book a failed GitHub call (`reason`: its redacted error chain; `by_list`: the runner list's,
+/// not a JIT slot's) for the whole host: a rate limit pauses every call until it resets, refused
+/// credentials or a missing permission open the circuit for [`CIRCUIT_OPEN`] (or until a
+/// secret file changes), GitHub unreachable ([`unreachable`]) backs off host-wide. Each says
+/// so in the log.
 pub(super) fn shared_failure(
     err: &GithubError,
     reason: String,
+    by_list: bool,
     circuit: &mut Option<Circuit>,
     backoff: &mut ListBackoff,
     options: &Options,
@@ -69,7 +71,7 @@ pub(super) fn shared_failure(
         });
         Shared::CircuitOpen
     } else if unreachable(err) {
-        backoff.failed(reason, true, options, now);
+        backoff.failed_by(reason, true, by_list, options, now);
         Shared::BackingOff
     } else {
         Shared::NotShared
@@ -97,6 +99,10 @@ struct Run {
     next: Instant,
     reason: String,
     unreachable: bool,
+    /// The last failure was the runner list's (not a JIT slot's).
+    by_list: bool,
+    /// Nobody tried again since this instant: a working list ends the run whoever failed.
+    stale: Instant,
 }
 
 /// The host-wide backoff of GitHub's runner list.
@@ -129,6 +135,18 @@ impl ListBackoff {
         options: &Options,
         now: Instant,
     ) -> Duration {
+        self.failed_by(reason, unreachable, true, options, now)
+    }
+
+    /// [`ListBackoff::failed`] of the list (`by_list`) or of another call (a JIT slot's).
+    pub fn failed_by(
+        &mut self,
+        reason: String,
+        unreachable: bool,
+        by_list: bool,
+        options: &Options,
+        now: Instant,
+    ) -> Duration {
         let failures = self.run.as_ref().map_or(0, |r| r.failures) + 1;
         let delay = options.backoff(failures);
         let what = if unreachable {
@@ -150,6 +168,8 @@ impl ListBackoff {
                     next: now + delay,
                     reason,
                     unreachable,
+                    by_list,
+                    stale: now + delay + options.backoff_cap,
                 });
             }
             Some(run) => {
@@ -161,13 +181,24 @@ impl ListBackoff {
                 run.next = now + delay;
                 run.reason = reason;
                 run.unreachable = unreachable;
+                run.by_list = by_list;
+                run.stale = now + delay + options.backoff_cap;
             }
         }
         delay
     }
 
-    /// A list worked: the backoff is over.
+    /// A list worked: the backoff is over, unless what fails is another call (GitHub failing
+    /// JIT configurations while its list works) that is still being tried: a list every resync
+    /// must not restart that call's backoff from its base.
     pub fn succeeded(&mut self, now: Instant) {
+        if self
+            .run
+            .as_ref()
+            .is_some_and(|run| !run.by_list && now < run.stale)
+        {
+            return;
+        }
         self.succeeded_with("GitHub's runner list", now);
     }
 
@@ -240,6 +271,27 @@ mod tests {
     }
 
     #[test]
+    fn a_working_list_does_not_end_the_backoff_of_failing_jit_calls_still_tried() {
+        let options = options();
+        let now = Instant::now();
+        let mut backoff = ListBackoff::default();
+        backoff.failed_by("502".to_owned(), true, false, &options, now);
+        backoff.failed_by("502".to_owned(), true, false, &options, now);
+        backoff.succeeded(now + Duration::from_millis(300));
+        assert_eq!(backoff.snapshot(now).unwrap().failures, 2);
+        // Nobody tried again for longer than the cap: the list's word ends it.
+        backoff.succeeded(now + Duration::from_secs(3));
+        assert!(backoff.snapshot(now).is_none());
+        // A list's failure is ended by a working list, a JIT slot's by a working slot.
+        backoff.failed("502".to_owned(), true, &options, now);
+        backoff.succeeded(now);
+        assert!(backoff.snapshot(now).is_none());
+        backoff.failed_by("502".to_owned(), true, false, &options, now);
+        backoff.succeeded_with("GitHub (a JIT configuration)", now);
+        assert!(backoff.snapshot(now).is_none());
+    }
+
+    #[test]
     fn a_failed_call_is_booked_for_the_host_by_kind() {
         let options = options();
         let url: url::Url = "https://api.github.com/repos/o/r/actions/runners/generate-jitconfig"
@@ -252,6 +304,7 @@ mod tests {
             let shared = shared_failure(
                 err,
                 "why".to_owned(),
+                false,
                 &mut circuit,
                 &mut backoff,
                 &options,

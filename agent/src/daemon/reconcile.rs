@@ -172,6 +172,7 @@ impl Daemon {
                     let shared = super::outage::shared_failure(
                         &err,
                         reason.clone(),
+                        true,
                         &mut self.github_circuit,
                         &mut self.list_backoff,
                         &self.options,
