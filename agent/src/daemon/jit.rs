@@ -24,7 +24,7 @@
 //! however many slots wait; the loop never waits in a retry, so other runners are started
 //! again meanwhile. Other failures (an unknown group, a name taken, the release) back off per
 //! runner.
-
+//!
 //! A slot whose listener outlives the daemon (`SIGTERM` leaves runners running) is adopted by
 //! the next daemon through its pid file and state file.
 //!

@@ -30,9 +30,9 @@
 //! changes. Bad credentials on GitHub's runner list open the circuit for every call to GitHub;
 //! local starts go on. A list failing for a reason that may pass (5xx, unreachable, timeouts)
 //! backs off host-wide ([`outage`]); local starts go on as well. JIT slots ([`jit`]) call GitHub
-//! under the same circuit and backoff, through the list's client. The daemon's view is written atomically to `<state_dir>/daemon/state.json`
-//! ([`state`]) for `agentctl status`, and as a Prometheus text file when `[daemon] metrics_file`
-//! is set ([`metrics`]).
+//! under the same circuit and backoff, through the list's client. The daemon's view is written
+//! atomically to `<state_dir>/daemon/state.json` ([`state`]) for `agentctl status`, and as a
+//! Prometheus text file when `[daemon] metrics_file` is set ([`metrics`]).
 
 pub mod boards;
 pub mod busy;
