@@ -1239,3 +1239,46 @@ async fn jit_configs_failing_alone_back_off_although_the_runner_list_works() {
     assert_eq!(log.matches("GitHub is unreachable").count(), 1, "{log}");
     lab.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jit_slots_wait_out_the_primary_rate_limit() {
+    const SLOTS: u32 = 2;
+    // The limit resets 6 s after it is exhausted (`x-ratelimit-reset`).
+    let mut lab = Lab::new(Spec {
+        extra: "ephemeral = \"jit\"\n".to_owned(),
+        primary_reset_secs: Some(6),
+        ..Spec::pat(SLOTS)
+    })
+    .await;
+    lab.start_daemon();
+    lab.converge().await;
+    lab.emu.inject(Fault::RateLimit {
+        kind: RateLimitKind::Primary,
+        count: 1,
+        status: 403,
+        retry_after: 0,
+    });
+    let reset = Instant::now() + Duration::from_secs(6);
+    let before = lab.requests("/api/v3/");
+    // Every slot ends: its registration to delete, a new configuration to mint.
+    for name in &lab.names(SLOTS) {
+        kill(Pid::from_raw(-lab.pid(name).unwrap()), Signal::SIGKILL).unwrap();
+    }
+    lab.wait_for("the limit to reset", |_| Instant::now() >= reset)
+        .await;
+    let during = lab.requests("/api/v3/") - before;
+    let took = lab.recover("jit-rate-limit-primary").await;
+    println!("(API requests while limited for 6 s with {SLOTS} JIT slots waiting: {during})");
+    let log = lab.log();
+    assert!(
+        log.contains("GitHub's rate limit: no call to GitHub"),
+        "the limit was never met:\n{log}"
+    );
+    // The call that met the limit, no retry schedule into it (the backoff would make ~5).
+    assert!(
+        during <= 2,
+        "the daemon kept calling a rate-limited API: {during} calls\n{log}"
+    );
+    assert!(took < OUTAGE_BACKOFF_CAP, "{took:?}");
+    lab.finish().await;
+}
