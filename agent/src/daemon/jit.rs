@@ -7,7 +7,8 @@
 //!    registration id is kept at once in `<state_dir>/runners/<name>.jit.json` (no secret in it);
 //! 2. resets the runner directory to the verified release (a fresh directory built from the
 //!    release cache's sealed tree and swapped into place, so nothing of the last job stays:
-//!    no work files, no `.runner`, no `.credentials`);
+//!    no work files, no `.runner`, no `.credentials`); the release resolved for the runner's
+//!    first slot is reused for the next ones ([`Releases`]);
 //! 3. starts `run.sh` through the `process` backend with the configuration in
 //!    `ACTIONS_RUNNER_INPUT_JITCONFIG` (in its environment, never in argv: `run.sh` passes its
 //!    arguments on to `Runner.Listener run`, which reads the input from the environment and
@@ -229,6 +230,33 @@ pub async fn group_id(
     }
 }
 
+/// How long a `version = "latest"` release resolved for one-job runners is used before GitHub
+/// is asked again (a newer release is picked up after at most this).
+pub const LATEST_REUSED_FOR: Duration = Duration::from_secs(3600);
+
+/// The release each one-job runner's directory was last reset to, reused for its next jobs:
+/// resolving it asks GitHub twice (`runners/downloads` and the release), which a job slot need
+/// not pay each time. A pinned version is reused while the configuration asks for it, `latest`
+/// for [`LATEST_REUSED_FOR`]. The reuse installs from the cache's sealed tree, which was
+/// verified against GitHub's checksum when it was downloaded.
+#[derive(Debug, Default)]
+pub struct Releases {
+    known: BTreeMap<String, (crate::config::VersionReq, Instant, release::CachedRelease)>,
+}
+
+impl Releases {
+    fn reusable(&self, runner: &Runner, now: Instant) -> Option<&release::CachedRelease> {
+        let (wanted, resolved_at, cached) = self.known.get(&runner.name)?;
+        let fresh = match wanted {
+            crate::config::VersionReq::Pinned(_) => true,
+            crate::config::VersionReq::Latest => {
+                now.saturating_duration_since(*resolved_at) < LATEST_REUSED_FOR
+            }
+        };
+        (*wanted == runner.version && fresh).then_some(cached)
+    }
+}
+
 /// Reset `runner`'s directory to the verified release: a fresh tree from the release cache
 /// (hard links to the sealed tree, directories owned by the runner user) swapped into place.
 /// A work directory outside the runner directory is emptied too. Returns the version.
@@ -236,13 +264,12 @@ pub async fn reset_dir(
     config: &Config,
     runner: &Runner,
     run_as: &RunAs,
+    releases: &mut Releases,
 ) -> Result<String, JitError> {
     let release_err = |source| JitError::Release {
         dir: runner.dir.clone(),
         source: Box::new(source),
     };
-    let mut request = FetchRequest::from_config(config, Some(runner)).map_err(release_err)?;
-    request.progress = false;
     if let Some(parent) = runner.dir.parent() {
         fs::create_dir_all(parent).map_err(|source| JitError::Io {
             path: parent.to_path_buf(),
@@ -250,9 +277,36 @@ pub async fn reset_dir(
         })?;
     }
     let owner = Some((Uid::from_raw(run_as.uid), Gid::from_raw(run_as.gid)));
-    let cached = release::fetch_and_install(&request, &runner.dir, owner)
-        .await
-        .map_err(release_err)?;
+    let reused = match releases.reusable(runner, Instant::now()) {
+        Some(cached) => match release::install(cached, &runner.dir, owner) {
+            Ok(()) => Some(cached.clone()),
+            Err(err) => {
+                log::info!(
+                    "cannot reset `{}` from the cached release {}, fetching it again: {err}",
+                    runner.dir.display(),
+                    cached.version
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    let cached = match reused {
+        Some(cached) => cached,
+        None => {
+            let mut request =
+                FetchRequest::from_config(config, Some(runner)).map_err(release_err)?;
+            request.progress = false;
+            let cached = release::fetch_and_install(&request, &runner.dir, owner)
+                .await
+                .map_err(release_err)?;
+            releases.known.insert(
+                runner.name.clone(),
+                (runner.version.clone(), Instant::now(), cached.clone()),
+            );
+            cached
+        }
+    };
     let work = &runner.work_dir;
     if work.is_absolute() && !work.starts_with(&runner.dir) && work.components().count() > 2 {
         match fs::remove_dir_all(work) {
@@ -416,6 +470,8 @@ pub struct Jit {
     /// JIT runners whose slot ended and whose registration is still to be deleted (the end
     /// said and the board reset once).
     ending: BTreeSet<String>,
+    /// The release each one-job runner was last reset to.
+    releases: Releases,
 }
 
 impl Jit {
@@ -679,7 +735,7 @@ impl Jit {
         // deletes (`end_slot`), not an orphan.
         write_state(&config.agent.state_dir, &runner.name, &SlotState { id })?;
         let started = async {
-            let version = reset_dir(config, runner, &run_as).await?;
+            let version = reset_dir(config, runner, &run_as, &mut self.releases).await?;
             lifecycle.write_record(&Record {
                 name: runner.name.clone(),
                 dir: runner.dir.clone(),
@@ -804,7 +860,7 @@ impl Jit {
             env_file: None,
             extra_groups: Vec::new(),
         });
-        match reset_dir(config, runner, &run_as).await {
+        match reset_dir(config, runner, &run_as, &mut self.releases).await {
             Ok(_) => {
                 log::info!(
                     "ephemeral runner `{}` finished its job: directory reset to the release, registering it again",
@@ -830,6 +886,66 @@ impl Jit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_release_is_reused_while_the_runner_wants_it_and_latest_for_an_hour() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("pat");
+        fs::write(&token, "ghp_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa").unwrap();
+        fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let path = dir.path().join("agent.toml");
+        fs::write(
+            &path,
+            "version = 1\n[github]\nurl = \"https://github.com/o/r\"\npat_file = \"pat\"\n\
+             [[runner]]\nname = \"pinned\"\nephemeral = \"jit\"\nversion = \"2.336.0\"\n\
+             [[runner]]\nname = \"latest\"\nephemeral = \"jit\"\nversion = \"latest\"\n",
+        )
+        .unwrap();
+        let config =
+            crate::config::load_with(&path, &crate::config::LoadOptions::default()).unwrap();
+        let version: crate::config::Version = "2.336.0".parse().unwrap();
+        let cached = release::CachedRelease {
+            version,
+            arch: Arch::X64,
+            asset: Arch::X64.asset_name(version),
+            path: dir.path().join("tarball"),
+            sha256: release::Sha256::parse(&"ab".repeat(32)).unwrap(),
+            url: "https://github.com/actions/runner/releases/download/v2.336.0/x"
+                .parse()
+                .unwrap(),
+            source: release::ChecksumSource::AssetDigest,
+            cache_dir: dir.path().to_path_buf(),
+        };
+        let now = Instant::now();
+        let mut releases = Releases::default();
+        for name in ["pinned", "latest"] {
+            let runner = config.runner(name).unwrap();
+            assert!(
+                releases.reusable(runner, now).is_none(),
+                "nothing known yet"
+            );
+            releases.known.insert(
+                name.to_owned(),
+                (runner.version.clone(), now, cached.clone()),
+            );
+        }
+        let pinned = config.runner("pinned").unwrap();
+        let latest = config.runner("latest").unwrap();
+        let later = now + LATEST_REUSED_FOR;
+        assert!(releases.reusable(pinned, later).is_some());
+        assert!(releases
+            .reusable(latest, later - Duration::from_secs(1))
+            .is_some());
+        assert!(
+            releases.reusable(latest, later).is_none(),
+            "latest asked again"
+        );
+
+        // The configuration now asks for another version: resolved anew.
+        let mut moved = pinned.clone();
+        moved.version = crate::config::VersionReq::Pinned("2.337.0".parse().unwrap());
+        assert!(releases.reusable(&moved, now).is_none());
+    }
 
     #[test]
     fn jit_labels_start_with_the_defaults_config_sh_would_add() {
