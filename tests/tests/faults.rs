@@ -1015,6 +1015,309 @@ async fn a_failing_runner_list_backs_off_while_local_runners_keep_running() {
     lab.finish().await;
 }
 
+// ---- JIT slots during an outage: behind the same host-wide backoff ----
+
+/// JIT-config calls (`POST …/generate-jitconfig`) and every REST call the emulator answered.
+fn jit_calls(emu: &Emulator) -> (u64, u64) {
+    let counts = emu.request_counts();
+    let jit = counts
+        .iter()
+        .filter(|(route, _)| route.ends_with("/generate-jitconfig"))
+        .map(|(_, c)| c.count)
+        .sum();
+    let api = counts
+        .iter()
+        .filter(|(route, _)| {
+            route
+                .split_once(' ')
+                .is_some_and(|(_, p)| p.starts_with("/api/v3"))
+        })
+        .map(|(_, c)| c.count)
+        .sum();
+    (jit, api)
+}
+
+/// GitHub's REST API answering 502 to everything (its runner service stays up).
+fn rest_502(emu: &Emulator) {
+    emu.inject(Fault::Status {
+        status: 502,
+        count: 1_000_000,
+        path_prefix: Some("/api/v3/".to_owned()),
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jit_slots_share_the_host_wide_backoff_while_github_answers_502() {
+    const SLOTS: u32 = 3;
+    let window = Duration::from_secs(5);
+    // The most calls one backoff allows in the window; one more for a call on its way when the
+    // fault came. Without the shared backoff each slot would back off on its own (×3).
+    let bound = attempts_allowed(OUTAGE_BACKOFF_BASE, OUTAGE_BACKOFF_CAP, window) + 1;
+    // Three JIT slots and one plain runner.
+    let mut lab = Lab::new(Spec {
+        extra: "ephemeral = \"jit\"\n\n[[runner]]\nname = \"steady\"\n".to_owned(),
+        ..Spec::pat(SLOTS)
+    })
+    .await;
+    lab.desired.push("steady".to_owned());
+    let slots: Vec<String> = lab.names(SLOTS);
+    let base_ms = OUTAGE_BACKOFF_BASE.as_millis().to_string();
+    let cap_secs = OUTAGE_BACKOFF_CAP.as_secs().to_string();
+
+    // 1. The daemon starts while GitHub is down (a host booting into an outage): every slot
+    //    needs a JIT configuration, and they ask for one on a single backoff.
+    rest_502(&lab.emu);
+    let (jit_before, api_before) = jit_calls(&lab.emu);
+    let outage = Instant::now();
+    lab.start_daemon_with(&[
+        "--resync-secs",
+        "2",
+        "--check-secs",
+        "1",
+        "--backoff-base-ms",
+        &base_ms,
+        "--backoff-cap-secs",
+        &cap_secs,
+        "--session-wait-secs",
+        "2",
+    ]);
+    lab.wait_for("an outage of 5 s", |_| outage.elapsed() >= window)
+        .await;
+    let (jit_after, api_after) = jit_calls(&lab.emu);
+    let elapsed = outage.elapsed();
+    // `agentctl status` (it lists on GitHub itself, so after the count) says it once for the
+    // host (the text form of this is the list outage case's), and each slot says what it waits
+    // for. It may exit non-zero while its own list fails: the daemon's part is what counts.
+    let out = lab.run(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let outage_view = &status["daemon"]["github_unreachable"];
+    assert!(
+        outage_view["failures"].as_u64().is_some_and(|f| f >= 2)
+            && outage_view["unreachable"] == true
+            && outage_view["next_try"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty()),
+        "{status:#}"
+    );
+    for name in &slots {
+        let view = lab::Lab::daemon_view(&status, name);
+        assert!(
+            view["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("waiting for GitHub") || e.contains("502")),
+            "{name}: {view:#}"
+        );
+    }
+    lab.emu.clear_faults();
+    let (jit_during, api_during) = (jit_after - jit_before, api_after - api_before);
+    let hourly = attempts_allowed(
+        runner_agent::daemon::BACKOFF_BASE,
+        runner_agent::daemon::BACKOFF_CAP,
+        Duration::from_secs(3600),
+    );
+    println!(
+        "JIT_OUTAGE start slots={SLOTS} jit_config_calls={jit_during} all_api_calls={api_during} window_s={:.1} bound={bound} (backoff {} ms doubling up to {} s, one for the slots and the list); production: at most {hourly} calls to GitHub per hour of outage for the whole host",
+        elapsed.as_secs_f64(),
+        OUTAGE_BACKOFF_BASE.as_millis(),
+        OUTAGE_BACKOFF_CAP.as_secs()
+    );
+    assert!(
+        (1..=bound).contains(&jit_during) && api_during <= bound,
+        "{jit_during} JIT-config calls, {api_during} API calls in {elapsed:?} of outage, the backoff allows {bound}\n{}",
+        lab.log()
+    );
+    // GitHub back: every slot online, the plain runner registered.
+    let recovered = lab.recover("jit-502-start").await;
+    assert!(recovered < OUTAGE_BACKOFF_CAP * 2, "{recovered:?}");
+
+    // 2. GitHub down again while every listener goes (slots ended, the plain runner crashed):
+    //    the plain runner is started again locally at once; each slot's registration must be
+    //    deleted and a new configuration minted, all on the one backoff.
+    let first_ids: Vec<u64> = slots.iter().map(|n| lab.local_id(n).unwrap()).collect();
+    rest_502(&lab.emu);
+    let outage = Instant::now();
+    let (jit_before, api_before) = jit_calls(&lab.emu);
+    let steady_pid = lab.pid("steady").unwrap();
+    for name in &slots {
+        kill(Pid::from_raw(-lab.pid(name).unwrap()), Signal::SIGKILL).unwrap();
+    }
+    kill(Pid::from_raw(-steady_pid), Signal::SIGKILL).unwrap();
+    // Its session, left open, expires (90 s without a poll on GitHub's clock).
+    lab.emu.advance_clock(91);
+    lab.wait_for("the plain runner started again during the outage", |lab| {
+        lab.pid("steady")
+            .is_some_and(|pid| pid != steady_pid && kill(Pid::from_raw(pid), None).is_ok())
+    })
+    .await;
+    lab.wait_for("an outage of 5 s", |_| outage.elapsed() >= window)
+        .await;
+    let (jit_after, api_after) = jit_calls(&lab.emu);
+    let elapsed = outage.elapsed();
+    lab.emu.clear_faults();
+    let (jit_during, api_during) = (jit_after - jit_before, api_after - api_before);
+    println!(
+        "JIT_OUTAGE ended slots={SLOTS} jit_config_calls={jit_during} all_api_calls={api_during} window_s={:.1} bound={bound} (the slots' registrations are deleted before new ones are minted)",
+        elapsed.as_secs_f64(),
+    );
+    assert!(
+        jit_during <= bound && (2..=bound).contains(&api_during),
+        "{jit_during} JIT-config calls, {api_during} API calls in {elapsed:?} of outage, the backoff allows {bound}\n{}",
+        lab.log()
+    );
+    let recovered = lab.recover("jit-502-ended").await;
+    assert!(recovered < OUTAGE_BACKOFF_CAP * 2, "{recovered:?}");
+    for (name, old) in slots.iter().zip(&first_ids) {
+        assert_ne!(lab.local_id(name), Some(*old), "{name} kept its old slot");
+    }
+    let log = lab.log();
+    // Said once per outage, not per slot or per failed call.
+    assert_eq!(log.matches("GitHub is unreachable").count(), 2, "{log}");
+    assert!(log.contains("works again"), "{log}");
+    lab.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jit_slots_stop_calling_on_a_revoked_pat_and_fill_at_once_with_a_new_one() {
+    const SLOTS: u32 = 2;
+    let mut lab = Lab::new(Spec {
+        extra: "ephemeral = \"jit\"\n".to_owned(),
+        ..Spec::pat(SLOTS)
+    })
+    .await;
+    lab.start_daemon();
+    lab.converge().await;
+    let slots = lab.names(SLOTS);
+    let old_pat = std::fs::read_to_string(lab.root().join("github-pat")).unwrap();
+    assert!(lab.emu.revoke_token(old_pat.trim()));
+    // Every slot ends: deleting its registration and minting the next need GitHub, which now
+    // refuses the credentials. The first refusal opens the daemon's circuit for every call.
+    for name in &slots {
+        kill(Pid::from_raw(-lab.pid(name).unwrap()), Signal::SIGKILL).unwrap();
+    }
+    lab.wait_for("the circuit to open", |lab| {
+        lab.log().contains("GitHub refuses the credentials")
+    })
+    .await;
+    let (_, api_before) = jit_calls(&lab.emu);
+    let quiet = Instant::now();
+    lab.wait_for("4 s with the circuit open", |_| {
+        quiet.elapsed() >= Duration::from_secs(4)
+    })
+    .await;
+    let (_, api_after) = jit_calls(&lab.emu);
+    // No call while it is open (backoff 0.5 s doubling up to 4 s would have made ~4).
+    assert_eq!(api_after - api_before, 0, "{}", lab.log());
+    let log = lab.log();
+    assert_eq!(
+        log.matches("GitHub refuses the credentials").count(),
+        1,
+        "{log}"
+    );
+    let status = lab.run(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert!(
+        status["daemon"]["github_circuit"]
+            .as_str()
+            .is_some_and(|c| c.contains("Bad credentials")),
+        "{status:#}"
+    );
+    // A new PAT file: the circuit closes and every slot is filled at once.
+    let pat = lab.emu.add_pat(PatSpec::classic(&["repo"]));
+    write_secret(&lab.root().join("github-pat"), &pat);
+    let took = lab.recover("jit-pat-rotated").await;
+    assert!(
+        took < Duration::from_secs(2),
+        "target: under 2 s, took {took:?}"
+    );
+    lab.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jit_configs_failing_alone_back_off_although_the_runner_list_works() {
+    const SLOTS: u32 = 2;
+    let window = Duration::from_secs(5);
+    let bound = attempts_allowed(OUTAGE_BACKOFF_BASE, OUTAGE_BACKOFF_CAP, window) + 1;
+    let mut lab = Lab::new(Spec {
+        extra: "ephemeral = \"jit\"\n".to_owned(),
+        ..Spec::pat(SLOTS)
+    })
+    .await;
+    // A partial outage: GitHub mints no JIT configuration (502), its runner list works. Still
+    // one backoff for the host: the list waits with the slots (a working list would otherwise
+    // restart the slots' backoff from its base at every resync).
+    lab.emu.inject(Fault::Status {
+        status: 502,
+        count: 1_000_000,
+        path_prefix: Some("/api/v3/repos/octo/hello/actions/runners/generate-jitconfig".to_owned()),
+    });
+    let (jit_before, _) = jit_calls(&lab.emu);
+    let (_, lists_before) = api_requests(&lab.emu);
+    let outage = Instant::now();
+    lab.start_daemon();
+    lab.wait_for("a partial outage of 5 s", |_| outage.elapsed() >= window)
+        .await;
+    let (jit_after, _) = jit_calls(&lab.emu);
+    let (_, lists_after) = api_requests(&lab.emu);
+    lab.emu.clear_faults();
+    let (jit_during, lists_during) = (jit_after - jit_before, lists_after - lists_before);
+    println!(
+        "JIT_OUTAGE partial slots={SLOTS} jit_config_calls={jit_during} list_calls={lists_during} window_s={:.1} bound={bound}",
+        outage.elapsed().as_secs_f64()
+    );
+    assert!(
+        jit_during >= 1 && jit_during + lists_during <= bound,
+        "{jit_during} JIT-config calls and {lists_during} lists in {window:?}, the backoff allows {bound}\n{}",
+        lab.log()
+    );
+    lab.recover("jit-502-partial").await;
+    let log = lab.log();
+    assert_eq!(log.matches("GitHub is unreachable").count(), 1, "{log}");
+    lab.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jit_slots_wait_out_the_primary_rate_limit() {
+    const SLOTS: u32 = 2;
+    // The limit resets 6 s after it is exhausted (`x-ratelimit-reset`).
+    let mut lab = Lab::new(Spec {
+        extra: "ephemeral = \"jit\"\n".to_owned(),
+        primary_reset_secs: Some(6),
+        ..Spec::pat(SLOTS)
+    })
+    .await;
+    lab.start_daemon();
+    lab.converge().await;
+    lab.emu.inject(Fault::RateLimit {
+        kind: RateLimitKind::Primary,
+        count: 1,
+        status: 403,
+        retry_after: 0,
+    });
+    let reset = Instant::now() + Duration::from_secs(6);
+    let before = lab.requests("/api/v3/");
+    // Every slot ends: its registration to delete, a new configuration to mint.
+    for name in &lab.names(SLOTS) {
+        kill(Pid::from_raw(-lab.pid(name).unwrap()), Signal::SIGKILL).unwrap();
+    }
+    lab.wait_for("the limit to reset", |_| Instant::now() >= reset)
+        .await;
+    let during = lab.requests("/api/v3/") - before;
+    let took = lab.recover("jit-rate-limit-primary").await;
+    println!("(API requests while limited for 6 s with {SLOTS} JIT slots waiting: {during})");
+    let log = lab.log();
+    assert!(
+        log.contains("GitHub's rate limit: no call to GitHub"),
+        "the limit was never met:\n{log}"
+    );
+    // The call that met the limit, no retry schedule into it (the backoff would make ~5).
+    assert!(
+        during <= 2,
+        "the daemon kept calling a rate-limited API: {during} calls\n{log}"
+    );
+    assert!(took < OUTAGE_BACKOFF_CAP, "{took:?}");
+    lab.finish().await;
+}
+
 // ---- ghosts ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

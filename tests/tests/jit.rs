@@ -114,6 +114,12 @@ async fn a_jit_runner_takes_two_jobs_each_on_a_fresh_directory_and_never_shows_i
         })
         .await;
     assert!(first.ephemeral, "{first:?}");
+    // GitHub was asked which release to install for the first slot (`runners/downloads`, the
+    // release); the next slots reuse it from the cache.
+    let release_lookups =
+        |lab: &Lab| lab.requests("runners/downloads") + lab.requests("/releases/tags/");
+    let lookups_first_slot = release_lookups(&lab);
+    assert!(lookups_first_slot > 0);
     for label in ["self-hosted", "Linux", "lab", "host-labhost"] {
         assert!(
             first.labels.iter().any(|l| l.eq_ignore_ascii_case(label)),
@@ -161,6 +167,11 @@ async fn a_jit_runner_takes_two_jobs_each_on_a_fresh_directory_and_never_shows_i
     let blob2 = environ(lab.pid("jit-1").unwrap(), "ACTIONS_RUNNER_INPUT_JITCONFIG").unwrap();
     assert_ne!(blob1, blob2);
     assert!(argv_holding(&blob2).is_empty());
+    assert_eq!(
+        release_lookups(&lab),
+        lookups_first_slot,
+        "the second slot looked the release up again"
+    );
 
     let job2 = lab
         .run_job(

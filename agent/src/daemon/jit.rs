@@ -1,20 +1,30 @@
 //! One-job runners in the daemon: `ephemeral = "jit"` and plain `ephemeral = true`.
 //!
 //! A **JIT runner** is never configured with `config.sh`. For each job slot the daemon:
-//! 1. resets the runner directory to the verified release (a fresh directory built from the
-//!    release cache's sealed tree and swapped into place, so nothing of the last job stays:
-//!    no work files, no `.runner`, no `.credentials`);
-//! 2. asks GitHub for a just-in-time configuration (`POST …/actions/runners/generate-jitconfig`,
+//! 1. asks GitHub for a just-in-time configuration (`POST …/actions/runners/generate-jitconfig`,
 //!    the runner group id resolved from its configured name, the runner's labels plus the
-//!    defaults `config.sh` would add: `self-hosted`, `Linux`, the arch);
+//!    defaults `config.sh` would add: `self-hosted`, `Linux`, the arch). The slot's
+//!    registration id is kept at once in `<state_dir>/runners/<name>.jit.json` (no secret in it);
+//! 2. resets the runner directory to the verified release (a fresh directory built from the
+//!    release cache's sealed tree and swapped into place, so nothing of the last job stays:
+//!    no work files, no `.runner`, no `.credentials`); the release resolved for the runner's
+//!    first slot is reused for the next ones ([`Releases`]);
 //! 3. starts `run.sh` through the `process` backend with the configuration in
 //!    `ACTIONS_RUNNER_INPUT_JITCONFIG` (in its environment, never in argv: `run.sh` passes its
 //!    arguments on to `Runner.Listener run`, which reads the input from the environment and
-//!    removes it from its own before any job starts). The slot's registration id is kept in
-//!    `<state_dir>/runners/<name>.jit.json` (no secret in it);
-//! 4. when the listener exits (its one job done, or it failed), deletes the slot's registration
-//!    if GitHub still has it, power-cycles the runner's board if it has power control and no job
-//!    holds it, and starts the next slot.
+//!    removes it from its own before any job starts);
+//! 4. when the listener exits (its one job done, or it failed), power-cycles the runner's board
+//!    if it has power control and no job holds it, deletes the slot's registration if GitHub
+//!    still has it, and starts the next slot.
+//!
+//! GitHub is asked first, so that while it fails a slot costs one call and no download. The
+//! slots call it through the daemon's list client (one attempt per call) and under its rules
+//! ([`Github`], [`super::outage`]): nothing while its circuit is open (a rate limit, refused
+//! credentials) or its host-wide backoff waits (GitHub unreachable), and their failures open
+//! the one or feed the other: one outage, one backoff, one line in the log and in `status`,
+//! however many slots wait; the loop never waits in a retry, so other runners are started
+//! again meanwhile. Other failures (an unknown group, a name taken, the release) back off per
+//! runner.
 //!
 //! A slot whose listener outlives the daemon (`SIGTERM` leaves runners running) is adopted by
 //! the next daemon through its pid file and state file.
@@ -90,6 +100,15 @@ pub enum JitError {
 }
 
 impl JitError {
+    /// The GitHub error underneath, if GitHub's answer (or its silence) is why.
+    fn github_source(&self) -> Option<&GithubError> {
+        match self {
+            JitError::Github { source, .. } => Some(source),
+            JitError::Runner(RunnerError::Github { source, .. }) => Some(source),
+            _ => None,
+        }
+    }
+
     /// Whether retrying cannot help until the secret, the permissions or the configuration
     /// change.
     fn deterministic(&self) -> bool {
@@ -104,7 +123,7 @@ impl JitError {
     }
 }
 
-fn github(what: impl Into<String>) -> impl FnOnce(GithubError) -> JitError {
+fn github_err(what: impl Into<String>) -> impl FnOnce(GithubError) -> JitError {
     let what = what.into();
     move |source| JitError::Github {
         what,
@@ -190,7 +209,7 @@ pub async fn group_id(
     let groups = client
         .runner_groups(scope)
         .await
-        .map_err(github("list the runner groups"))?;
+        .map_err(github_err("list the runner groups"))?;
     let found = match group {
         Some(name) => groups.iter().find(|g| g.name.eq_ignore_ascii_case(name)),
         None => groups.iter().find(|g| g.default),
@@ -211,6 +230,33 @@ pub async fn group_id(
     }
 }
 
+/// How long a `version = "latest"` release resolved for one-job runners is used before GitHub
+/// is asked again (a newer release is picked up after at most this).
+pub const LATEST_REUSED_FOR: Duration = Duration::from_secs(3600);
+
+/// The release each one-job runner's directory was last reset to, reused for its next jobs:
+/// resolving it asks GitHub twice (`runners/downloads` and the release), which a job slot need
+/// not pay each time. A pinned version is reused while the configuration asks for it, `latest`
+/// for [`LATEST_REUSED_FOR`]. The reuse installs from the cache's sealed tree, which was
+/// verified against GitHub's checksum when it was downloaded.
+#[derive(Debug, Default)]
+pub struct Releases {
+    known: BTreeMap<String, (crate::config::VersionReq, Instant, release::CachedRelease)>,
+}
+
+impl Releases {
+    fn reusable(&self, runner: &Runner, now: Instant) -> Option<&release::CachedRelease> {
+        let (wanted, resolved_at, cached) = self.known.get(&runner.name)?;
+        let fresh = match wanted {
+            crate::config::VersionReq::Pinned(_) => true,
+            crate::config::VersionReq::Latest => {
+                now.saturating_duration_since(*resolved_at) < LATEST_REUSED_FOR
+            }
+        };
+        (*wanted == runner.version && fresh).then_some(cached)
+    }
+}
+
 /// Reset `runner`'s directory to the verified release: a fresh tree from the release cache
 /// (hard links to the sealed tree, directories owned by the runner user) swapped into place.
 /// A work directory outside the runner directory is emptied too. Returns the version.
@@ -218,13 +264,12 @@ pub async fn reset_dir(
     config: &Config,
     runner: &Runner,
     run_as: &RunAs,
+    releases: &mut Releases,
 ) -> Result<String, JitError> {
     let release_err = |source| JitError::Release {
         dir: runner.dir.clone(),
         source: Box::new(source),
     };
-    let mut request = FetchRequest::from_config(config, Some(runner)).map_err(release_err)?;
-    request.progress = false;
     if let Some(parent) = runner.dir.parent() {
         fs::create_dir_all(parent).map_err(|source| JitError::Io {
             path: parent.to_path_buf(),
@@ -232,9 +277,36 @@ pub async fn reset_dir(
         })?;
     }
     let owner = Some((Uid::from_raw(run_as.uid), Gid::from_raw(run_as.gid)));
-    let cached = release::fetch_and_install(&request, &runner.dir, owner)
-        .await
-        .map_err(release_err)?;
+    let reused = match releases.reusable(runner, Instant::now()) {
+        Some(cached) => match release::install(cached, &runner.dir, owner) {
+            Ok(()) => Some(cached.clone()),
+            Err(err) => {
+                log::info!(
+                    "cannot reset `{}` from the cached release {}, fetching it again: {err}",
+                    runner.dir.display(),
+                    cached.version
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    let cached = match reused {
+        Some(cached) => cached,
+        None => {
+            let mut request =
+                FetchRequest::from_config(config, Some(runner)).map_err(release_err)?;
+            request.progress = false;
+            let cached = release::fetch_and_install(&request, &runner.dir, owner)
+                .await
+                .map_err(release_err)?;
+            releases.known.insert(
+                runner.name.clone(),
+                (runner.version.clone(), Instant::now(), cached.clone()),
+            );
+            cached
+        }
+    };
     let work = &runner.work_dir;
     if work.is_absolute() && !work.starts_with(&runner.dir) && work.components().count() > 2 {
         match fs::remove_dir_all(work) {
@@ -318,6 +390,70 @@ fn reset_board(config: &Config, runner: &Runner) {
 struct Failures {
     count: u32,
     until: Option<Instant>,
+    /// Why the slot has no listener, for `agentctl status` (redacted).
+    last_error: Option<String>,
+}
+
+/// The daemon's GitHub state that JIT slots share with its runner list ([`super::outage`]): a
+/// slot calls GitHub only while the circuit is closed and the host-wide backoff is not waiting,
+/// and its failures open the one or feed the other.
+pub(super) struct Github<'a> {
+    /// The list's client (one attempt per call: the host-wide backoff is the retry; one
+    /// installation token for all), when it could be made.
+    pub remote: Option<&'a Remote>,
+    pub circuit: &'a mut Option<super::Circuit>,
+    pub backoff: &'a mut super::outage::ListBackoff,
+    pub options: &'a super::Options,
+}
+
+impl Github<'_> {
+    /// Why no slot may call GitHub at `now`, if it may not.
+    fn blocked(&self, now: Instant) -> Option<String> {
+        if let Some(circuit) = self.circuit.as_ref().filter(|c| c.until > now) {
+            return Some(format!("waiting for GitHub: {}", circuit.reason));
+        }
+        if self.backoff.waiting(now) {
+            return Some(format!(
+                "waiting for GitHub: it fails ({}); next try {}",
+                self.backoff.reason().unwrap_or_default(),
+                self.backoff
+                    .next()
+                    .and_then(|at| super::state::wall(at, now))
+                    .unwrap_or_default()
+            ));
+        }
+        None
+    }
+
+    /// Book a failed call for the whole host; whether it took it (otherwise the slot backs off
+    /// on its own).
+    fn failed(&mut self, err: &GithubError, reason: &str) -> bool {
+        super::outage::shared_failure(
+            err,
+            reason.to_owned(),
+            false,
+            self.circuit,
+            self.backoff,
+            self.options,
+            Instant::now(),
+        ) != super::outage::Shared::NotShared
+    }
+
+    /// The REST client and scope of the slots: the list's, or one made from `config`.
+    fn rest(&self, config: &Config) -> Result<(Client, Scope), JitError> {
+        let owned;
+        let remote = match self.remote {
+            Some(remote) => remote,
+            None => {
+                owned = Remote::from_config(config)?;
+                &owned
+            }
+        };
+        match remote {
+            Remote::Rest { client, scope } => Ok(((**client).clone(), scope.clone())),
+            Remote::RawToken { .. } => Err(JitError::NoRest),
+        }
+    }
 }
 
 /// The one-job runners of the daemon. Kept across passes; reset when the configuration is
@@ -331,6 +467,11 @@ pub struct Jit {
     drained: BTreeSet<String>,
     /// JIT runners seen with a board that cannot take jobs (said once).
     board_gated: BTreeSet<String>,
+    /// JIT runners whose slot ended and whose registration is still to be deleted (the end
+    /// said and the board reset once).
+    ending: BTreeSet<String>,
+    /// The release each one-job runner was last reset to.
+    releases: Releases,
 }
 
 impl Jit {
@@ -340,18 +481,19 @@ impl Jit {
     ///
     /// `board_gated` says whether a runner's board keeps it offline (missing, ambiguous or
     /// unhealthy): such a JIT runner takes no new slot.
-    pub async fn tick(
+    pub(super) async fn tick(
         &mut self,
         config: &Config,
         hostname: &str,
         board_gated: impl Fn(&str) -> bool,
+        github: &mut Github<'_>,
     ) -> bool {
         let mut wants_pass = false;
         for runner in &config.runners {
             match runner.ephemeral {
                 Ephemeral::Jit => {
                     let gated = board_gated(&runner.name);
-                    self.tick_jit(config, hostname, runner, gated).await;
+                    self.tick_jit(config, hostname, runner, gated, github).await;
                 }
                 Ephemeral::Yes => wants_pass |= self.tick_ephemeral(config, runner).await,
                 _ => {}
@@ -360,7 +502,38 @@ impl Jit {
         wants_pass
     }
 
-    async fn tick_jit(&mut self, config: &Config, hostname: &str, runner: &Runner, gated: bool) {
+    /// Why runner `name`'s slot has no listener, if it failed or waits for GitHub.
+    pub(super) fn last_error(&self, name: &str) -> Option<String> {
+        self.failures.get(name).and_then(|f| f.last_error.clone())
+    }
+
+    /// How long until the first slot's own backoff ends (the loop wakes then).
+    pub(super) fn wake_in(&self) -> Duration {
+        let now = Instant::now();
+        self.failures
+            .values()
+            .filter_map(|f| f.until)
+            .filter(|at| *at > now)
+            .map(|at| at - now)
+            .min()
+            .unwrap_or(Duration::MAX)
+    }
+
+    /// Runner `name` waits for GitHub (`why`): said in its status, not in the log (the circuit
+    /// or the backoff said it once for the host).
+    fn waiting(&mut self, name: &str, why: String) {
+        let entry = self.failures.entry(name.to_owned()).or_default();
+        entry.last_error = Some(why);
+    }
+
+    async fn tick_jit(
+        &mut self,
+        config: &Config,
+        hostname: &str,
+        runner: &Runner,
+        gated: bool,
+        github: &mut Github<'_>,
+    ) {
         let state_dir = &config.agent.state_dir;
         let process = Process::new(state_dir);
         if process.running(&runner.name).is_some() {
@@ -369,8 +542,24 @@ impl Jit {
         // No listener: no registration or credentials of a slot stay on disk until the next.
         drop_local(&runner.dir);
         if let Some(state) = read_state(state_dir, &runner.name) {
-            self.end_slot(config, runner, &state).await;
+            if self.ending.insert(runner.name.clone()) {
+                log::info!(
+                    "JIT runner `{}` (id {}) ended its slot",
+                    runner.name,
+                    state.id
+                );
+                reset_board(config, runner);
+            }
+            // Its registration goes first, when GitHub may be called.
+            if let Some(why) = github.blocked(Instant::now()) {
+                self.waiting(&runner.name, why);
+                return;
+            }
+            if !self.end_slot(config, runner, &state, github).await {
+                return;
+            }
         }
+        self.ending.remove(&runner.name);
         if super::drain::is_marked(state_dir, &runner.name) {
             // Drained (`agentctl drain`): no new slot until `agentctl undrain`.
             if self.drained.insert(runner.name.clone()) {
@@ -401,18 +590,35 @@ impl Jit {
         {
             return;
         }
-        match self.start_slot(config, hostname, runner).await {
+        // GitHub's circuit open (a rate limit, refused credentials) or the host backing off
+        // from an outage: no slot calls, however many wait.
+        if let Some(why) = github.blocked(now) {
+            self.waiting(&runner.name, why);
+            return;
+        }
+        match self.start_slot(config, hostname, runner, github).await {
             Ok(id) => {
                 log::info!(
                     "JIT runner `{}` is waiting for a job (id {id})",
                     runner.name
                 );
                 self.failures.remove(&runner.name);
+                github.backoff.succeeded_with(
+                    &format!("GitHub (the JIT configuration of `{}`)", runner.name),
+                    Instant::now(),
+                );
             }
             Err(err) => {
-                let entry = self.failures.entry(runner.name.clone()).or_default();
                 let text = super::error_chain(&err);
-                if err.deterministic() {
+                let shared = err
+                    .github_source()
+                    .is_some_and(|source| github.failed(source, &text));
+                let entry = self.failures.entry(runner.name.clone()).or_default();
+                entry.last_error = Some(text.clone());
+                if shared {
+                    // The host's circuit or backoff holds every slot; said once, there.
+                    entry.until = None;
+                } else if err.deterministic() {
                     entry.until = Some(Instant::now() + CIRCUIT_OPEN);
                     log::error!(
                         "JIT runner `{}`: {text}; not trying again for {} min (or until the configuration is reloaded)",
@@ -421,12 +627,12 @@ impl Jit {
                     );
                 } else {
                     entry.count += 1;
-                    let delay = super::backoff(entry.count);
+                    let delay = github.options.backoff(entry.count);
                     entry.until = Some(Instant::now() + delay);
                     log::warn!(
-                        "JIT runner `{}`: {text}; retrying in {} s",
+                        "JIT runner `{}`: {text}; retrying in {} ms",
                         runner.name,
-                        delay.as_secs()
+                        delay.as_millis()
                     );
                 }
             }
@@ -434,33 +640,54 @@ impl Jit {
     }
 
     /// The listener of a slot exited: its registration goes (GitHub deletes a JIT runner after
-    /// its job; one that never got a job would stay), then the board is reset.
-    async fn end_slot(&mut self, config: &Config, runner: &Runner, state: &SlotState) {
-        log::info!(
-            "JIT runner `{}` (id {}) ended its slot",
-            runner.name,
-            state.id
-        );
-        if let Ok(remote @ Remote::Rest { .. }) = Remote::from_config(config) {
-            if let Err(err) = remote.delete_runner(state.id).await {
-                log::warn!(
-                    "cannot delete the registration {} of JIT runner `{}`: {}",
-                    state.id,
-                    runner.name,
-                    super::error_chain(&err)
-                );
+    /// its job; one that never got a job would stay). Whether it is gone; a failure on the way
+    /// to GitHub keeps the slot's state file, to try again when GitHub may be called.
+    async fn end_slot(
+        &mut self,
+        config: &Config,
+        runner: &Runner,
+        state: &SlotState,
+        github: &mut Github<'_>,
+    ) -> bool {
+        let deleted = match github.rest(config) {
+            Ok((client, scope)) => match client.delete_runner(&scope, state.id).await {
+                Ok(()) => Ok(()),
+                Err(err) if err.status() == Some(404) => Ok(()),
+                Err(err) => Err(err),
+            },
+            // Without REST access there is nothing to delete.
+            Err(_) => Ok(()),
+        };
+        if let Err(err) = deleted {
+            let text = format!(
+                "cannot delete the registration {} of JIT runner `{}`: {}",
+                state.id,
+                runner.name,
+                super::error_chain(&err)
+            );
+            if github.failed(&err, &text) {
+                self.waiting(&runner.name, text);
+                return false;
             }
+            log::warn!("{text}");
+        } else {
+            github.backoff.succeeded_with(
+                &format!("GitHub (the deletion of JIT runner `{}`)", runner.name),
+                Instant::now(),
+            );
         }
         let _ = fs::remove_file(state_path(&config.agent.state_dir, &runner.name));
-        reset_board(config, runner);
+        true
     }
 
-    /// A fresh directory, a JIT configuration, the listener started. Returns the runner id.
+    /// A JIT configuration, a fresh directory, the listener started. Returns the runner id.
+    /// GitHub is asked first: while it fails, a slot costs one call and no download.
     async fn start_slot(
         &mut self,
         config: &Config,
         hostname: &str,
         runner: &Runner,
+        github: &mut Github<'_>,
     ) -> Result<u64, JitError> {
         let run_as = runner::run_as(&runner.user)?;
         if run_as.uid == 0 {
@@ -475,60 +702,65 @@ impl Jit {
                 runner.service.as_str()
             );
         }
-        let remote = Remote::from_config(config)?;
-        let Remote::Rest { client, scope } = &remote else {
-            return Err(JitError::NoRest);
-        };
-        let version = reset_dir(config, runner, &run_as).await?;
-        let group = group_id(client, scope, &runner.name, runner.group.as_deref()).await?;
+        let (client, scope) = github.rest(config)?;
+        let group = group_id(&client, &scope, &runner.name, runner.group.as_deref()).await?;
         let lifecycle = Lifecycle::new(config, hostname.to_owned(), Remote::from_config(config)?);
         let kvm = runner::kvm_usable(&run_as, &lifecycle.options.kvm_node);
         let labels = jit_labels(config, runner, hostname, kvm);
         let work = runner.work_dir.to_string_lossy().into_owned();
         let jit = match client
-            .generate_jitconfig(scope, &runner.name, group, &labels, Some(&work))
+            .generate_jitconfig(&scope, &runner.name, group, &labels, Some(&work))
             .await
         {
             Err(GithubError::NameTaken { .. }) => {
                 // A slot of an earlier daemon that never got its job, or one GitHub has not
                 // deleted yet: ours (marker label) and idle, so it goes.
-                self.free_name(client, scope, &lifecycle.marker(), &runner.name)
+                self.free_name(&client, &scope, &lifecycle.marker(), &runner.name)
                     .await?;
                 client
-                    .generate_jitconfig(scope, &runner.name, group, &labels, Some(&work))
+                    .generate_jitconfig(&scope, &runner.name, group, &labels, Some(&work))
                     .await
-                    .map_err(github(format!(
+                    .map_err(github_err(format!(
                         "generate a JIT config for `{}`",
                         runner.name
                     )))?
             }
-            other => other.map_err(github(format!(
+            other => other.map_err(github_err(format!(
                 "generate a JIT config for `{}`",
                 runner.name
             )))?,
         };
         let id = jit.runner.id;
+        // Kept at once: a daemon killed from here on leaves a registration the next one
+        // deletes (`end_slot`), not an orphan.
         write_state(&config.agent.state_dir, &runner.name, &SlotState { id })?;
-        lifecycle.write_record(&Record {
-            name: runner.name.clone(),
-            dir: runner.dir.clone(),
-            user: runner.user.clone(),
-            version,
-            service: ServiceKind::Process.as_str().to_owned(),
-            labels,
-        })?;
-        let mut unit = lifecycle.unit(runner)?;
-        unit.env
-            .insert(JIT_INPUT.to_owned(), jit.encoded_jit_config.clone());
-        let started = Process::new(&config.agent.state_dir)
-            .start(&unit)
-            .map_err(|source| JitError::Service {
-                runner: runner.name.clone(),
-                source,
-            });
+        let started = async {
+            let version = reset_dir(config, runner, &run_as, &mut self.releases).await?;
+            lifecycle.write_record(&Record {
+                name: runner.name.clone(),
+                dir: runner.dir.clone(),
+                user: runner.user.clone(),
+                version,
+                service: ServiceKind::Process.as_str().to_owned(),
+                labels,
+            })?;
+            let mut unit = lifecycle.unit(runner)?;
+            unit.env
+                .insert(JIT_INPUT.to_owned(), jit.encoded_jit_config.clone());
+            Process::new(&config.agent.state_dir)
+                .start(&unit)
+                .map_err(|source| JitError::Service {
+                    runner: runner.name.clone(),
+                    source,
+                })
+        }
+        .await;
         if started.is_err() {
-            let _ = lifecycle.remote.delete_runner(id).await;
-            let _ = fs::remove_file(state_path(&config.agent.state_dir, &runner.name));
+            // The registration of a slot that never started goes now (once GitHub answers
+            // again otherwise: the state file stays for `end_slot`).
+            if client.delete_runner(&scope, id).await.is_ok() {
+                let _ = fs::remove_file(state_path(&config.agent.state_dir, &runner.name));
+            }
         }
         started?;
         Ok(id)
@@ -544,7 +776,7 @@ impl Jit {
         let taken = client
             .runner_named(scope, name)
             .await
-            .map_err(github(format!("look up runner `{name}`")))?;
+            .map_err(github_err(format!("look up runner `{name}`")))?;
         let Some(taken) = taken else {
             return Ok(());
         };
@@ -576,7 +808,7 @@ impl Jit {
         match client.delete_runner(scope, taken.id).await {
             Ok(()) => Ok(()),
             Err(err) if err.status() == Some(404) => Ok(()),
-            Err(err) => Err(github(format!("delete runner {}", taken.id))(err)),
+            Err(err) => Err(github_err(format!("delete runner {}", taken.id))(err)),
         }
     }
 
@@ -628,7 +860,7 @@ impl Jit {
             env_file: None,
             extra_groups: Vec::new(),
         });
-        match reset_dir(config, runner, &run_as).await {
+        match reset_dir(config, runner, &run_as, &mut self.releases).await {
             Ok(_) => {
                 log::info!(
                     "ephemeral runner `{}` finished its job: directory reset to the release, registering it again",
@@ -654,6 +886,66 @@ impl Jit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_release_is_reused_while_the_runner_wants_it_and_latest_for_an_hour() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("pat");
+        fs::write(&token, "ghp_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa").unwrap();
+        fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let path = dir.path().join("agent.toml");
+        fs::write(
+            &path,
+            "version = 1\n[github]\nurl = \"https://github.com/o/r\"\npat_file = \"pat\"\n\
+             [[runner]]\nname = \"pinned\"\nephemeral = \"jit\"\nversion = \"2.336.0\"\n\
+             [[runner]]\nname = \"latest\"\nephemeral = \"jit\"\nversion = \"latest\"\n",
+        )
+        .unwrap();
+        let config =
+            crate::config::load_with(&path, &crate::config::LoadOptions::default()).unwrap();
+        let version: crate::config::Version = "2.336.0".parse().unwrap();
+        let cached = release::CachedRelease {
+            version,
+            arch: Arch::X64,
+            asset: Arch::X64.asset_name(version),
+            path: dir.path().join("tarball"),
+            sha256: release::Sha256::parse(&"ab".repeat(32)).unwrap(),
+            url: "https://github.com/actions/runner/releases/download/v2.336.0/x"
+                .parse()
+                .unwrap(),
+            source: release::ChecksumSource::AssetDigest,
+            cache_dir: dir.path().to_path_buf(),
+        };
+        let now = Instant::now();
+        let mut releases = Releases::default();
+        for name in ["pinned", "latest"] {
+            let runner = config.runner(name).unwrap();
+            assert!(
+                releases.reusable(runner, now).is_none(),
+                "nothing known yet"
+            );
+            releases.known.insert(
+                name.to_owned(),
+                (runner.version.clone(), now, cached.clone()),
+            );
+        }
+        let pinned = config.runner("pinned").unwrap();
+        let latest = config.runner("latest").unwrap();
+        let later = now + LATEST_REUSED_FOR;
+        assert!(releases.reusable(pinned, later).is_some());
+        assert!(releases
+            .reusable(latest, later - Duration::from_secs(1))
+            .is_some());
+        assert!(
+            releases.reusable(latest, later).is_none(),
+            "latest asked again"
+        );
+
+        // The configuration now asks for another version: resolved anew.
+        let mut moved = pinned.clone();
+        moved.version = crate::config::VersionReq::Pinned("2.337.0".parse().unwrap());
+        assert!(releases.reusable(&moved, now).is_none());
+    }
 
     #[test]
     fn jit_labels_start_with_the_defaults_config_sh_would_add() {

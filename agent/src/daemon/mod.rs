@@ -29,9 +29,10 @@
 //! credentials, missing permission) opens a circuit for [`CIRCUIT_OPEN`] or until a secret file
 //! changes. Bad credentials on GitHub's runner list open the circuit for every call to GitHub;
 //! local starts go on. A list failing for a reason that may pass (5xx, unreachable, timeouts)
-//! backs off host-wide ([`outage`]); local starts go on as well. The daemon's view is written atomically to `<state_dir>/daemon/state.json`
-//! ([`state`]) for `agentctl status`, and as a Prometheus text file when `[daemon] metrics_file`
-//! is set ([`metrics`]).
+//! backs off host-wide ([`outage`]); local starts go on as well. JIT slots ([`jit`]) call GitHub
+//! under the same circuit and backoff, through the list's client. The daemon's view is written
+//! atomically to `<state_dir>/daemon/state.json` ([`state`]) for `agentctl status`, and as a
+//! Prometheus text file when `[daemon] metrics_file` is set ([`metrics`]).
 
 pub mod boards;
 pub mod busy;
@@ -278,11 +279,22 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
         reap();
         // One-job runners: JIT slots, ephemeral runners to register again at once.
         let board_gated = |name: &str| daemon.boards.gated(name);
+        // The slots call GitHub through the list's client, behind its circuit and backoff.
+        let mut github = jit::Github {
+            remote: daemon.listing.remote.as_ref(),
+            circuit: &mut daemon.github_circuit,
+            backoff: &mut daemon.list_backoff,
+            options: &daemon.options,
+        };
         if one_job
-            .tick(&daemon.config, &daemon.hostname, board_gated)
+            .tick(&daemon.config, &daemon.hostname, board_gated, &mut github)
             .await
         {
             resync_at = Instant::now();
+        }
+        for runner in daemon.config.runners.iter().filter(|r| jit::is_jit(r)) {
+            let health = daemon.health.entry(runner.name.clone()).or_default();
+            health.last_error = one_job.last_error(&runner.name);
         }
         let now = Instant::now();
         let boards_changed = daemon.boards.rescan();
@@ -308,7 +320,8 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<Status, Daemon
             .min(daemon.next_gate_end())
             .min(daemon.relist_at.map_or(Duration::MAX, |at| {
                 at.saturating_duration_since(Instant::now())
-            }));
+            }))
+            .min(one_job.wake_in());
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -425,6 +438,7 @@ impl Daemon {
         self.health
             .values()
             .flat_map(|h| [h.until, h.circuit_until])
+            .chain([self.list_backoff.next()])
             .flatten()
             .filter(|at| *at > now)
             .map(|at| at - now)

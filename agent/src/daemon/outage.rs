@@ -11,12 +11,72 @@
 //!
 //! The log says it once when the list first fails and once when it works again; the failures in
 //! between are `debug`. `agentctl status` and the metrics file show it (`github_unreachable`).
+//!
+//! JIT slots ([`super::jit`]) call GitHub outside the list (a JIT configuration per slot, the
+//! deletion of a slot's registration) and share it all: no slot calls while the backoff waits
+//! or the circuit is open, and a slot's failure feeds them ([`shared_failure`]): one outage, one
+//! backoff, one status line, however many slots wait.
 
 use std::time::{Duration, Instant, SystemTime};
 
 use super::state::{self, GithubOutage};
-use super::Options;
+use super::{Circuit, Options, CIRCUIT_OPEN};
 use crate::github::GithubError;
+
+/// What [`shared_failure`] did with a failed GitHub call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shared {
+    /// A rate limit: no call to GitHub until it resets (the circuit, until then).
+    Paused,
+    /// Refused credentials or a missing permission: the circuit is open.
+    CircuitOpen,
+    /// GitHub unreachable: the host-wide backoff.
+    BackingOff,
+    /// An answer about this request only: the caller's own backoff.
+    NotShared,
+}
+
+/// Book a failed GitHub call (`reason`: its redacted error chain; `by_list`: the runner list's,
+/// not a JIT slot's) for the whole host: a rate limit pauses every call until it resets, refused
+/// credentials or a missing permission open the circuit for [`CIRCUIT_OPEN`] (or until a
+/// secret file changes), GitHub unreachable ([`unreachable`]) backs off host-wide. Each says
+/// so in the log.
+pub(super) fn shared_failure(
+    err: &GithubError,
+    reason: String,
+    by_list: bool,
+    circuit: &mut Option<Circuit>,
+    backoff: &mut ListBackoff,
+    options: &Options,
+    now: Instant,
+) -> Shared {
+    if let Some(wait) = super::ratelimit::pause_github(err) {
+        log::warn!(
+            "GitHub's rate limit: no call to GitHub for {} s: {reason}",
+            wait.as_secs()
+        );
+        *circuit = Some(Circuit {
+            until: now + wait,
+            reason,
+        });
+        Shared::Paused
+    } else if super::deterministic_github(err) {
+        log::error!(
+            "GitHub refuses the credentials: {reason}; no call to GitHub until a secret file changes or {} min passed",
+            CIRCUIT_OPEN.as_secs() / 60
+        );
+        *circuit = Some(Circuit {
+            until: now + CIRCUIT_OPEN,
+            reason,
+        });
+        Shared::CircuitOpen
+    } else if unreachable(err) {
+        backoff.failed_by(reason, true, by_list, options, now);
+        Shared::BackingOff
+    } else {
+        Shared::NotShared
+    }
+}
 
 /// Whether `err` says GitHub could not be reached or failed on its side (not what it answered
 /// about this host's request).
@@ -39,6 +99,10 @@ struct Run {
     next: Instant,
     reason: String,
     unreachable: bool,
+    /// The last failure was the runner list's (not a JIT slot's).
+    by_list: bool,
+    /// Nobody tried again since this instant: a working list ends the run whoever failed.
+    stale: Instant,
 }
 
 /// The host-wide backoff of GitHub's runner list.
@@ -71,6 +135,18 @@ impl ListBackoff {
         options: &Options,
         now: Instant,
     ) -> Duration {
+        self.failed_by(reason, unreachable, true, options, now)
+    }
+
+    /// [`ListBackoff::failed`] of the list (`by_list`) or of another call (a JIT slot's).
+    pub fn failed_by(
+        &mut self,
+        reason: String,
+        unreachable: bool,
+        by_list: bool,
+        options: &Options,
+        now: Instant,
+    ) -> Duration {
         let failures = self.run.as_ref().map_or(0, |r| r.failures) + 1;
         let delay = options.backoff(failures);
         let what = if unreachable {
@@ -81,7 +157,7 @@ impl ListBackoff {
         match &mut self.run {
             None => {
                 log::warn!(
-                    "{what}: {reason}; runners with a registration keep running, registering and removing wait; listing again in {} ms, then less often (at most every {} s)",
+                    "{what}: {reason}; runners with a registration keep running, registering, removing and new JIT slots wait; calling GitHub again in {} ms, then less often (at most every {} s)",
                     delay.as_millis(),
                     options.backoff_cap.as_secs()
                 );
@@ -92,27 +168,45 @@ impl ListBackoff {
                     next: now + delay,
                     reason,
                     unreachable,
+                    by_list,
+                    stale: now + delay + options.backoff_cap,
                 });
             }
             Some(run) => {
                 log::debug!(
-                    "{what} ({failures} failed lists in a row): {reason}; listing again in {} ms",
+                    "{what} ({failures} failed calls in a row): {reason}; calling GitHub again in {} ms",
                     delay.as_millis()
                 );
                 run.failures = failures;
                 run.next = now + delay;
                 run.reason = reason;
                 run.unreachable = unreachable;
+                run.by_list = by_list;
+                run.stale = now + delay + options.backoff_cap;
             }
         }
         delay
     }
 
-    /// A list worked: the backoff is over.
+    /// A list worked: the backoff is over, unless what fails is another call (GitHub failing
+    /// JIT configurations while its list works) that is still being tried: a list every resync
+    /// must not restart that call's backoff from its base.
     pub fn succeeded(&mut self, now: Instant) {
+        if self
+            .run
+            .as_ref()
+            .is_some_and(|run| !run.by_list && now < run.stale)
+        {
+            return;
+        }
+        self.succeeded_with("GitHub's runner list", now);
+    }
+
+    /// A call to GitHub (`what`) worked: the backoff is over.
+    pub fn succeeded_with(&mut self, what: &str, now: Instant) {
         if let Some(run) = self.run.take() {
             log::info!(
-                "GitHub's runner list works again, after {} failed list(s) over {} s",
+                "{what} works again, after {} failed call(s) over {} s",
                 run.failures,
                 now.saturating_duration_since(run.started).as_secs()
             );
@@ -174,6 +268,97 @@ mod tests {
         // Counted from one again.
         let again = backoff.failed("refused".to_owned(), true, &options, now);
         assert!(again <= Duration::from_millis(120), "{again:?}");
+    }
+
+    #[test]
+    fn a_working_list_does_not_end_the_backoff_of_failing_jit_calls_still_tried() {
+        let options = options();
+        let now = Instant::now();
+        let mut backoff = ListBackoff::default();
+        backoff.failed_by("502".to_owned(), true, false, &options, now);
+        backoff.failed_by("502".to_owned(), true, false, &options, now);
+        backoff.succeeded(now + Duration::from_millis(300));
+        assert_eq!(backoff.snapshot(now).unwrap().failures, 2);
+        // Nobody tried again for longer than the cap: the list's word ends it.
+        backoff.succeeded(now + Duration::from_secs(3));
+        assert!(backoff.snapshot(now).is_none());
+        // A list's failure is ended by a working list, a JIT slot's by a working slot.
+        backoff.failed("502".to_owned(), true, &options, now);
+        backoff.succeeded(now);
+        assert!(backoff.snapshot(now).is_none());
+        backoff.failed_by("502".to_owned(), true, false, &options, now);
+        backoff.succeeded_with("GitHub (a JIT configuration)", now);
+        assert!(backoff.snapshot(now).is_none());
+    }
+
+    #[test]
+    fn a_failed_call_is_booked_for_the_host_by_kind() {
+        let options = options();
+        let url: url::Url = "https://api.github.com/repos/o/r/actions/runners/generate-jitconfig"
+            .parse()
+            .unwrap();
+        let now = Instant::now();
+        let book = |err: &GithubError| {
+            let mut circuit = None;
+            let mut backoff = ListBackoff::default();
+            let shared = shared_failure(
+                err,
+                "why".to_owned(),
+                false,
+                &mut circuit,
+                &mut backoff,
+                &options,
+                now,
+            );
+            (shared, circuit.map(|c| c.until), backoff.waiting(now))
+        };
+        // A 5xx: the host backs off, no circuit.
+        let (shared, circuit, waiting) = book(&GithubError::Status {
+            url: url.clone(),
+            status: 502,
+            message: "Bad Gateway".to_owned(),
+        });
+        assert_eq!((shared, circuit, waiting), (Shared::BackingOff, None, true));
+        // A rate limit: every call waits for its reset.
+        let (shared, circuit, waiting) = book(&GithubError::RateLimited {
+            url: url.to_string(),
+            status: 403,
+            message: "API rate limit exceeded".to_owned(),
+            reset_at: time::OffsetDateTime::now_utc() + time::Duration::seconds(120),
+        });
+        assert_eq!(shared, Shared::Paused);
+        assert!(!waiting);
+        let until = circuit.unwrap();
+        assert!(until > now + Duration::from_secs(110) && until <= now + Duration::from_secs(120));
+        // Refused credentials, a missing permission: the circuit, for an hour.
+        for err in [
+            GithubError::BadCredentials {
+                url: url.to_string(),
+                status: 401,
+                message: "Bad credentials".to_owned(),
+                hint: String::new(),
+            },
+            GithubError::MissingPermission {
+                url: url.to_string(),
+                status: 403,
+                needed: "Administration: write".to_owned(),
+                scope: "o/r".to_owned(),
+                have: None,
+                message: "Resource not accessible by personal access token".to_owned(),
+            },
+        ] {
+            let (shared, circuit, waiting) = book(&err);
+            assert_eq!(shared, Shared::CircuitOpen);
+            assert_eq!(circuit, Some(now + CIRCUIT_OPEN));
+            assert!(!waiting);
+        }
+        // An answer about the request itself: the caller's own business.
+        let (shared, circuit, waiting) = book(&GithubError::Status {
+            url,
+            status: 422,
+            message: "Validation Failed".to_owned(),
+        });
+        assert_eq!((shared, circuit, waiting), (Shared::NotShared, None, false));
     }
 
     #[test]

@@ -6,8 +6,8 @@ use std::time::{Instant, SystemTime};
 use super::busy;
 use super::exits::{self, ExitKind};
 use super::{
-    deterministic, deterministic_github, drain, error_chain, plan, service_state, Action, Circuit,
-    Daemon, DesiredRunner, Gate, LocalRunner, Observed, CIRCUIT_OPEN,
+    deterministic, drain, error_chain, plan, service_state, Action, Daemon, DesiredRunner, Gate,
+    LocalRunner, Observed, CIRCUIT_OPEN,
 };
 use super::{metrics, upgrade};
 use crate::config::{self, Config, Ephemeral, ServiceKind, VersionReq};
@@ -176,33 +176,19 @@ impl Daemon {
                 }
                 Err(err) => {
                     let reason = error_chain(&err);
-                    if let Some(wait) = super::ratelimit::pause_github(&err) {
-                        log::warn!(
-                            "GitHub's rate limit: no call to GitHub for {} s: {reason}",
-                            wait.as_secs()
-                        );
-                        self.github_circuit = Some(Circuit {
-                            until: now + wait,
-                            reason,
-                        });
-                    } else if deterministic_github(&err) {
-                        log::error!(
-                            "GitHub refuses the credentials: {reason}; no call to GitHub until a secret file changes or {} min passed",
-                            CIRCUIT_OPEN.as_secs() / 60
-                        );
-                        self.github_circuit = Some(Circuit {
-                            until: now + CIRCUIT_OPEN,
-                            reason,
-                        });
-                    } else {
-                        // Transient (5xx, unreachable, timeouts) or not understood: no list
-                        // until the host-wide backoff ran out.
-                        self.list_backoff.failed(
-                            reason,
-                            super::outage::unreachable(&err),
-                            &self.options,
-                            Instant::now(),
-                        );
+                    let shared = super::outage::shared_failure(
+                        &err,
+                        reason.clone(),
+                        true,
+                        &mut self.github_circuit,
+                        &mut self.list_backoff,
+                        &self.options,
+                        Instant::now(),
+                    );
+                    if shared == super::outage::Shared::NotShared {
+                        // Not understood: no list until the host-wide backoff ran out either.
+                        self.list_backoff
+                            .failed(reason, false, &self.options, Instant::now());
                     }
                     (None, false)
                 }
