@@ -17,8 +17,10 @@
 #     listener cleans up and exits 0) and a session conflict (exit 5); `agentctl status` names
 #     each exit, the first is registered again, the second waits for the old session and starts
 #     again; without a system bus the daemon says so (with a hint) and keeps running;
+#   - a `service = "process"` runner added by reload runs in a scope of its own (systemd-run),
+#     so `systemctl restart runner-agent` during its job leaves the listener and the job running;
 #   - `apt-get purge runner-agent`: no registration of this host on GitHub, no runner unit, no
-#     runner directory.
+#     runner directory, no runner process.
 #
 # Uses what run defines: W, M, LOOP, pids, log, die, ok, not_ok, check, expect, in_guest, leader,
 # wait_running, poll, main_pid. Needs the test binaries of this workspace (github-emulator,
@@ -185,6 +187,7 @@ daemon_stage() {
         "! nsenter -t $(leader) -a journalctl -q -u runner-agent.service | grep -qF -e '$pat' -e '$new_pat'"
 
     daemon_unit_events
+    daemon_process_scope
 
     # --- purge ---------------------------------------------------------------------------------
     out=$(in_guest env DEBIAN_FRONTEND=noninteractive apt-get purge -y -q runner-agent 2>&1); rc=$?
@@ -270,6 +273,57 @@ daemon_unit_events() {
         systemctl start dbus.socket dbus.service && systemctl restart runner-agent.service'
     expect "dbus: still exactly the configured registrations" \
         "$(printf '%s\n' "${DAEMON_RUNNERS[@]}" | sort | xargs)" "$(emu_names)"
+}
+# daemon_process_scope: a `service = "process"` runner (what JIT slots use too) is started in a
+# scope of its own, not in runner-agent.service's cgroup, so `systemctl restart runner-agent`
+# (what a package upgrade runs) leaves it and its running job alone.
+daemon_process_scope() {
+    local name=e2e-proc dir=/var/lib/runner-agent/runners/e2e-proc pid id job out output script t0
+    printf '\n[[runner]]\nname = "%s"\nservice = "process"\nlabels = ["%s"]\n' "$name" "$name" \
+        | in_guest sh -c 'cat >> /etc/runner-agent/agent.toml'
+    check "process: systemctl reload runner-agent (a process runner added)" \
+        in_guest systemctl reload runner-agent.service
+    check "process: $name registered and online" wait_for 60 runner_online "$name"
+    id=$(runner_id "$name")
+    pid=$(in_guest cat "/var/lib/runner-agent/runners/$name.pid" 2>/dev/null | jq_py "d['pid']" 2>/dev/null)
+    check "process: $name runs (pid ${pid:-none})" in_guest test -n "$pid" -a -d "/proc/${pid:-none}"
+    out=$(in_guest cat "/proc/${pid:-none}/cgroup" 2>&1)
+    check "process: $name is in a scope of its own, not in runner-agent.service's cgroup ($out)" \
+        own_scope "$out"
+    expect "process: $name runs as the runner user" "$(in_guest id -u runner)" \
+        "$(in_guest awk '/^Uid:/ { print $2 }' "/proc/${pid:-none}/status" 2>&1)"
+
+    # A job that waits for a file, held while the agent restarts.
+    in_guest rm -f "$dir/go"
+    script='exec 3<>/dev/kvm; echo "kvm-open user=$(id -un) groups=$(id -Gn | tr " " ,)"; '
+    script+="while [ ! -e $dir/go ]; do sleep 0.2; done; echo survived-the-restart"
+    job=$(emu POST /jobs "$(printf '%s' "$script" | /usr/bin/python3 -c \
+        "import json, sys; print(json.dumps({'scope': '$DAEMON_REPO', 'labels': ['$name'], 'script': sys.stdin.read()}))")" \
+        | jq_py "d['id']")
+    check "process: a job runs on $name" wait_for 30 job_on "$job" "$name"
+    t0=$SECONDS
+    check "process: systemctl restart runner-agent during the job" in_guest systemctl restart runner-agent.service
+    check "process: runner-agent is active again" poll in_guest systemctl is-active --quiet runner-agent.service
+    check "process: $name's listener outlived the restart (pid $pid)" in_guest test -d "/proc/${pid:-none}"
+    expect "process: the job is still running after the restart" "None" \
+        "$(emu GET "/jobs/$job" | jq_py "d.get('result')")"
+    in_guest touch "$dir/go"
+    out=$(emu GET "/jobs/$job/wait?timeout=60" || echo '{}')
+    expect "process: the job finished on $name and succeeded" "$name succeeded" \
+        "$(jq_py "'%s %s' % (d.get('runner_name'), d.get('result'))" <<<"$out")"
+    output=$(jq_py "d.get('output') or ''" <<<"$out")
+    check "process: the job went on to its end across the restart" grep -q survived-the-restart <<<"$output"
+    check "process: the job opened /dev/kvm as the runner user, groups kvm and dialout" \
+        job_groups_ok "$output"
+    check "process: $name online with the same registration after the restart" \
+        wait_for 30 same_online "$name" "$id"
+    log "process: restart during a job to the job done: $((SECONDS - t0)) s"
+}
+# own_scope CGROUP: /proc/<pid>/cgroup text of a transient scope, not of the agent's service.
+own_scope() { grep -q '\.scope$' <<<"$1" && ! grep -q 'runner-agent\.service' <<<"$1"; }
+# job_on ID NAME: job ID runs on runner NAME and has not finished.
+job_on() {
+    emu GET "/jobs/$1" | jq_py "'%s %s' % (d.get('runner_name'), d.get('result'))" | grep -qx "$2 None"
 }
 # agent_log SINCE TEXT: the agent's journal since SINCE has TEXT.
 agent_log() { in_guest journalctl -q -o cat -u runner-agent.service --since "$1" | grep -qF -- "$2"; }

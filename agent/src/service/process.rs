@@ -1,4 +1,13 @@
 //! The `process` backend: `run.sh` as a detached child under the runner user.
+//!
+//! On a host run by systemd, a child of the packaged `runner-agent.service` would share its
+//! cgroup, and `systemctl stop|restart runner-agent` (which every package upgrade runs) would
+//! kill the runners and their jobs with it. So there, when run as root, `run.sh` is started in a
+//! transient scope unit of its own (`systemd-run --scope`, which moves itself into the scope and
+//! then execs, so the pid stays the one recorded) and switches to the runner user through
+//! `setpriv` (uid, gid and the supplementary groups given, nothing inherited). Whether
+//! `systemd-run` can make scopes here is tried once per process; where it cannot (no systemd,
+//! not root, its socket unreachable), runners start as plain children, as before.
 
 use std::fs;
 use std::io::Write as _;
@@ -6,6 +15,7 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -55,9 +65,23 @@ impl Process {
     }
 
     /// The command that runs the runner (`<dir>/run.sh`) as its user, in a new session, with a
-    /// clean environment: what `start` spawns, and what a supervising daemon can spawn itself.
+    /// clean environment (in a scope of its own where systemd can make one: [`Scopes`]): what
+    /// `start` spawns, and what a supervising daemon can spawn itself.
     pub fn command(unit: &Unit) -> Command {
-        let mut command = Command::new(unit.dir.join("run.sh"));
+        Process::command_in(unit, Scopes::here())
+    }
+
+    /// [`Process::command`] with the scope tools given (`None`: a plain child).
+    pub fn command_in(unit: &Unit, scopes: Option<&Scopes>) -> Command {
+        let run_sh = unit.dir.join("run.sh");
+        let mut command = match scopes {
+            Some(scopes) => {
+                let mut command = scopes.wrap(&unit.name);
+                command.args(setpriv_args(&unit.run_as)).arg(&run_sh);
+                command
+            }
+            None => Command::new(&run_sh),
+        };
         command.current_dir(&unit.dir);
         command.env_clear();
         for (key, value) in user_env(&unit.run_as) {
@@ -66,7 +90,12 @@ impl Process {
         for (key, value) in &unit.env {
             command.env(key, value);
         }
-        as_user(&mut command, &unit.run_as, true);
+        if scopes.is_some() {
+            // setpriv switches the user once the process is in its scope.
+            new_session(&mut command);
+        } else {
+            as_user(&mut command, &unit.run_as, true);
+        }
         command
     }
 
@@ -151,6 +180,95 @@ pub fn as_user(command: &mut Command, run_as: &RunAs, session: bool) {
             nix::unistd::setgroups(&groups).map_err(std::io::Error::from)?;
             nix::unistd::setgid(gid).map_err(std::io::Error::from)?;
             nix::unistd::setuid(uid).map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+}
+
+/// `systemd-run` and `setpriv`, found and able to make a transient scope on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scopes {
+    pub systemd_run: PathBuf,
+    pub setpriv: PathBuf,
+}
+
+impl Scopes {
+    /// The tools, once systemd runs this host, this process is root, both are installed and a
+    /// trial scope (`systemd-run --scope -- true`) worked; tried once per process.
+    pub fn here() -> Option<&'static Scopes> {
+        static HERE: OnceLock<Option<Scopes>> = OnceLock::new();
+        HERE.get_or_init(|| {
+            if !nix::unistd::geteuid().is_root() || !Path::new("/run/systemd/system").is_dir() {
+                return None;
+            }
+            let find = |name: &str| {
+                ["/usr/bin", "/bin", "/usr/sbin", "/sbin"]
+                    .iter()
+                    .map(|dir| Path::new(dir).join(name))
+                    .find(|path| path.is_file())
+            };
+            let scopes = Scopes {
+                systemd_run: find("systemd-run")?,
+                setpriv: find("setpriv")?,
+            };
+            let mut trial = scopes.wrap("trial");
+            trial.arg(find("true")?);
+            match trial.stdin(Stdio::null()).output() {
+                Ok(out) if out.status.success() => {
+                    log::debug!("process runners start in scopes of their own (systemd-run)");
+                    Some(scopes)
+                }
+                Ok(out) => {
+                    log::warn!(
+                        "process runners share this service's cgroup (stopping it stops them): `systemd-run --scope` failed: {}\nhint: runners under `service = \"systemd\"` are their own units",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    );
+                    None
+                }
+                Err(err) => {
+                    log::warn!("cannot run `{}`: {err}", scopes.systemd_run.display());
+                    None
+                }
+            }
+        })
+        .as_ref()
+    }
+
+    /// `systemd-run --scope … -- setpriv`, for runner `name`; the caller adds setpriv's
+    /// arguments and the command.
+    fn wrap(&self, name: &str) -> Command {
+        let mut command = Command::new(&self.systemd_run);
+        command
+            .args(["--scope", "--quiet", "--collect"])
+            .arg(format!("--description=runner-agent: runner {name}"))
+            .arg("--")
+            .arg(&self.setpriv);
+        command
+    }
+}
+
+/// `setpriv`'s arguments that make `run_as` of root, up to the `--` before the command.
+fn setpriv_args(run_as: &RunAs) -> Vec<String> {
+    let groups = if run_as.groups.is_empty() {
+        "--clear-groups".to_owned()
+    } else {
+        let list: Vec<String> = run_as.groups.iter().map(u32::to_string).collect();
+        format!("--groups={}", list.join(","))
+    };
+    vec![
+        format!("--reuid={}", run_as.uid),
+        format!("--regid={}", run_as.gid),
+        groups,
+        "--".to_owned(),
+    ]
+}
+
+/// Make `command` start a new session, detached from any terminal.
+fn new_session(command: &mut Command) {
+    // SAFETY: the closure runs between fork and exec and only makes one system call.
+    unsafe {
+        command.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
             Ok(())
         });
     }
@@ -291,4 +409,75 @@ fn is_zombie(pid: u32) -> bool {
             rest.split_whitespace().next().map(|s| s == "Z")
         })
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit() -> Unit {
+        Unit {
+            name: "lab-1".to_owned(),
+            dir: PathBuf::from("/srv/runners/lab-1"),
+            run_as: RunAs {
+                user: "runner".to_owned(),
+                uid: 990,
+                gid: 990,
+                groups: vec![990, 36, 20],
+                home: PathBuf::from("/var/lib/runner"),
+            },
+            env: std::collections::BTreeMap::new(),
+            env_file: None,
+            extra_groups: Vec::new(),
+        }
+    }
+
+    fn argv(command: &Command) -> Vec<String> {
+        std::iter::once(command.get_program())
+            .chain(command.get_args())
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn under_systemd_run_sh_starts_in_a_scope_of_its_own_as_the_runner_user() {
+        let scopes = Scopes {
+            systemd_run: PathBuf::from("/usr/bin/systemd-run"),
+            setpriv: PathBuf::from("/usr/bin/setpriv"),
+        };
+        let command = Process::command_in(&unit(), Some(&scopes));
+        assert_eq!(
+            argv(&command),
+            [
+                "/usr/bin/systemd-run",
+                "--scope",
+                "--quiet",
+                "--collect",
+                "--description=runner-agent: runner lab-1",
+                "--",
+                "/usr/bin/setpriv",
+                "--reuid=990",
+                "--regid=990",
+                "--groups=990,36,20",
+                "--",
+                "/srv/runners/lab-1/run.sh",
+            ]
+        );
+        assert_eq!(
+            command.get_current_dir(),
+            Some(Path::new("/srv/runners/lab-1"))
+        );
+    }
+
+    #[test]
+    fn without_scopes_run_sh_is_the_program_and_no_groups_are_cleared() {
+        let command = Process::command_in(&unit(), None);
+        assert_eq!(argv(&command), ["/srv/runners/lab-1/run.sh"]);
+        let mut lone = unit().run_as;
+        lone.groups.clear();
+        assert_eq!(
+            setpriv_args(&lone),
+            ["--reuid=990", "--regid=990", "--clear-groups", "--"]
+        );
+    }
 }
