@@ -158,9 +158,7 @@ fn write_state(state_dir: &Path, name: &str, state: &SlotState) -> Result<(), Ji
         fs::create_dir_all(dir).map_err(io)?;
     }
     let text = serde_json::to_string(state).map_err(|err| io(std::io::Error::other(err)))?;
-    let staging = path.with_extension("json.tmp");
-    fs::write(&staging, text).map_err(io)?;
-    fs::rename(&staging, &path).map_err(io)
+    super::state::write_atomic(&path, text.as_bytes(), 0o644).map_err(io)
 }
 
 /// Whether `runner` is run by this module as one JIT slot after another.

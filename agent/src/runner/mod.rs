@@ -428,8 +428,18 @@ impl<'a> Lifecycle<'a> {
         let text = serde_json::to_string_pretty(record)
             .map_err(|err| io_err(&path)(std::io::Error::other(err)))?;
         let staging = path.with_extension("json.tmp");
-        fs::write(&staging, text).map_err(io_err(&staging))?;
-        fs::rename(&staging, &path).map_err(io_err(&path))
+        // On the disk before it is renamed into place, and the rename with its directory: a
+        // power cut leaves the old record or the new one, never an empty file.
+        let write = || -> std::io::Result<()> {
+            let mut file = fs::File::create(&staging)?;
+            std::io::Write::write_all(&mut file, text.as_bytes())?;
+            file.sync_all()
+        };
+        write().map_err(io_err(&staging))?;
+        fs::rename(&staging, &path).map_err(io_err(&path))?;
+        fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&dir))
     }
 
     /// The board job environment and hooks of a board runner, written to `<name>.env` (mode
