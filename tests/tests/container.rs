@@ -475,24 +475,8 @@ impl BusyLab {
         let signals = self
             .runner_dir(&self.name)
             .join(format!("_signals-{round}"));
-        std::fs::create_dir_all(&signals).unwrap();
-        std::fs::set_permissions(&signals, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let started = signals.join("started");
-        let go = signals.join("go");
-        let job = self
-            .emu
-            .queue_job(
-                REPO,
-                &["lab"],
-                &format!(
-                    "test -f /.dockerenv && echo in-container; touch {}; \
-                     while [ ! -e {} ]; do sleep 0.1; done; echo done",
-                    started.display(),
-                    go.display()
-                ),
-            )
-            .unwrap();
-        self.wait_until("the job started", || started.exists())
+        let (job, _started, go) = self
+            .held_job_in(&signals, "test -f /.dockerenv && echo in-container; ")
             .await;
         (job, go)
     }
@@ -571,16 +555,7 @@ impl Drop for Removed {
 
 /// Waits until the daemon wrote its state at least twice after now (two full passes).
 async fn wait_two_passes(lab: &lab::Lab) {
-    let after = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
-    lab.wait_until("two daemon passes", || {
-        lab.status_json()["daemon"]["updated_at"]
-            .as_str()
-            .and_then(|t| {
-                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
-            })
-            .is_some_and(|t| t >= after)
-    })
-    .await;
+    lab.wait_state_written_after("two daemon passes", 2).await;
 }
 
 /// While a job runs in the container, a `disable_update` upgrade waits for it and happens after

@@ -567,16 +567,8 @@ async fn a_disable_update_runner_is_upgraded_by_the_daemon_once_idle() {
     }
     // Passes after the reload (the state is written at least every resync, 2 s), the runner
     // still busy.
-    let reloaded = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
-    lab.wait_status("a pass after the reload", |s| {
-        s["daemon"]["updated_at"]
-            .as_str()
-            .and_then(|t| {
-                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
-            })
-            .is_some_and(|t| t >= reloaded)
-    })
-    .await;
+    lab.wait_state_written_after("a pass after the reload", 2)
+        .await;
     assert!(lab.emu.runners(Some(REPO))[0].busy);
     assert!(!lab.log().contains("upgrading it"), "{}", lab.log());
 
@@ -1041,17 +1033,8 @@ async fn a_reload_keeps_the_restart_count_and_the_last_exit_in_status() {
     })
     .await;
     // Passes after the reload (a resync every 2 s), then the same counters.
-    let reloaded = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
     let status = lab
-        .wait_status("a pass after the reload", |s| {
-            s["daemon"]["updated_at"]
-                .as_str()
-                .and_then(|t| {
-                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                        .ok()
-                })
-                .is_some_and(|t| t >= reloaded)
-        })
+        .wait_state_written_after("a pass after the reload", 2)
         .await;
     let after = Lab::daemon_view(&status, &name);
     assert_eq!(after["restarts"], before["restarts"], "{status:#}");

@@ -7,7 +7,6 @@
 // Test helpers outside `#[test]` functions may unwrap too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -62,42 +61,14 @@ impl Lab {
 
     /// Waits until the daemon wrote its state at least twice after now (two full passes).
     async fn wait_two_passes(&self) {
-        let after = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
-        self.wait_for("two daemon passes", || {
-            self.status_json()["daemon"]["updated_at"]
-                .as_str()
-                .and_then(|t| {
-                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                        .ok()
-                })
-                .is_some_and(|t| t >= after)
-        })
-        .await;
+        self.wait_state_written_after("two daemon passes", 2).await;
     }
 
     /// Queues a job that signals it started (a file) and runs until the test lets it finish.
     /// Returns the job id, the "started" file and the "go" file.
     async fn held_job(&self) -> (u64, PathBuf, PathBuf) {
         // Written by the job, as the runner user.
-        let signals = self.dir.path().join("signals");
-        std::fs::create_dir_all(&signals).unwrap();
-        std::fs::set_permissions(&signals, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let started = signals.join("started");
-        let go = signals.join("go");
-        let job = self
-            .emu
-            .queue_job(
-                REPO,
-                &["lab"],
-                &format!(
-                    "touch {}; while [ ! -e {} ]; do sleep 0.1; done; echo done",
-                    started.display(),
-                    go.display()
-                ),
-            )
-            .unwrap();
-        self.wait_for("the job started", || started.exists()).await;
-        (job, started, go)
+        self.held_job_in(&self.dir.path().join("signals"), "").await
     }
 }
 

@@ -763,6 +763,22 @@ impl Lab {
         }
     }
 
+    /// Waits until the daemon wrote its state `secs` seconds or more after now (with a resync
+    /// every `secs` or less: a whole pass ran since) and returns that `status --json`.
+    pub async fn wait_state_written_after(&self, what: &str, secs: i64) -> serde_json::Value {
+        let after = time::OffsetDateTime::now_utc() + time::Duration::seconds(secs);
+        self.wait_status(what, |s| {
+            s["daemon"]["updated_at"]
+                .as_str()
+                .and_then(|t| {
+                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .is_some_and(|t| t >= after)
+        })
+        .await
+    }
+
     /// Every runner's own output (the process backend's log).
     pub fn runner_logs(&self) -> String {
         let mut out = String::new();
@@ -782,6 +798,32 @@ impl Lab {
             Ok(view) => view,
             Err(err) => panic!("job {id} did not complete: {err}\nlog:\n{}", self.log()),
         }
+    }
+
+    /// Queues a job for label `lab` on the lab's scope that runs `prelude`, signals it started
+    /// (a file in `signals`, a directory made writable for the runner user) and runs until the
+    /// test lets it end ([`Lab::let_job_finish`] with the "go" file); waits until it started.
+    /// Returns the job id, the "started" file and the "go" file.
+    pub async fn held_job_in(&self, signals: &Path, prelude: &str) -> (u64, PathBuf, PathBuf) {
+        std::fs::create_dir_all(signals).unwrap();
+        std::fs::set_permissions(signals, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let started = signals.join("started");
+        let go = signals.join("go");
+        let job = self
+            .emu
+            .queue_job(
+                &self.scope,
+                &["lab"],
+                &format!(
+                    "{prelude}touch {}; while [ ! -e {} ]; do sleep 0.1; done; echo done",
+                    started.display(),
+                    go.display()
+                ),
+            )
+            .unwrap();
+        self.wait_until("the job started", || started.exists())
+            .await;
+        (job, started, go)
     }
 
     /// Lets a held job go on (`go`: the file its step waits for) and waits until it succeeded
