@@ -90,29 +90,34 @@ fn is_worker_of(path: &Path, dir: &Path, canonical_dir: Option<&Path>) -> bool {
     root == canonical_dir || std::fs::canonicalize(root).is_ok_and(|r| r == canonical_dir)
 }
 
-/// The paths a process was started from: its `argv[0]` when absolute, and its executable.
-fn process_paths(proc_dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(cmdline) = std::fs::read(proc_dir.join("cmdline")) {
-        let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
-        let argv0 = Path::new(OsStr::from_bytes(argv0));
-        if argv0.is_absolute() {
-            out.push(argv0.to_path_buf());
-        }
-    }
-    if let Ok(exe) = std::fs::read_link(proc_dir.join("exe")) {
-        // A binary replaced while it runs reads `<path> (deleted)`.
-        let bytes = exe.as_os_str().as_bytes();
-        let bytes = bytes.strip_suffix(b" (deleted)").unwrap_or(bytes);
-        out.push(PathBuf::from(OsStr::from_bytes(bytes)));
-    }
-    out
+/// A process's `argv[0]`, from `<proc_dir>/cmdline`.
+fn argv0(proc_dir: &Path) -> Option<PathBuf> {
+    let cmdline = std::fs::read(proc_dir.join("cmdline")).ok()?;
+    let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+    Some(PathBuf::from(OsStr::from_bytes(argv0)))
 }
 
-/// The ids of the live `Runner.Worker` processes of the runner in `dir`, found under
-/// `proc_root` (`/proc`, or a tree shaped like it).
-pub fn workers_in(proc_root: &Path, dir: &Path) -> Vec<u32> {
-    let canonical_dir = std::fs::canonicalize(dir).ok();
+/// A process's executable, from the `<proc_dir>/exe` link.
+fn exe(proc_dir: &Path) -> Option<PathBuf> {
+    let exe = std::fs::read_link(proc_dir.join("exe")).ok()?;
+    // A binary replaced while it runs reads `<path> (deleted)`.
+    let bytes = exe.as_os_str().as_bytes();
+    let bytes = bytes.strip_suffix(b" (deleted)").unwrap_or(bytes);
+    Some(PathBuf::from(OsStr::from_bytes(bytes)))
+}
+
+/// The paths a process was started from: its `argv[0]` when absolute, and its executable.
+fn process_paths(proc_dir: &Path) -> Vec<PathBuf> {
+    argv0(proc_dir)
+        .filter(|p| p.is_absolute())
+        .into_iter()
+        .chain(exe(proc_dir))
+        .collect()
+}
+
+/// The ids, in order, of the processes under `proc_root` (`/proc`, or a tree shaped like it)
+/// whose directory satisfies `pred`.
+fn pids_where(proc_root: &Path, pred: impl Fn(&Path) -> bool) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir(proc_root) else {
         return Vec::new();
     };
@@ -120,14 +125,22 @@ pub fn workers_in(proc_root: &Path, dir: &Path) -> Vec<u32> {
         .flatten()
         .filter_map(|entry| {
             let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            process_paths(&entry.path())
-                .iter()
-                .any(|p| is_worker_of(p, dir, canonical_dir.as_deref()))
-                .then_some(pid)
+            pred(&entry.path()).then_some(pid)
         })
         .collect();
     out.sort_unstable();
     out
+}
+
+/// The ids of the live `Runner.Worker` processes of the runner in `dir`, found under
+/// `proc_root` (`/proc`, or a tree shaped like it).
+pub fn workers_in(proc_root: &Path, dir: &Path) -> Vec<u32> {
+    let canonical_dir = std::fs::canonicalize(dir).ok();
+    pids_where(proc_root, |proc_dir| {
+        process_paths(proc_dir)
+            .iter()
+            .any(|p| is_worker_of(p, dir, canonical_dir.as_deref()))
+    })
 }
 
 /// The ids of the live job processes of the runner in `dir` on this host.
@@ -143,14 +156,8 @@ pub fn running_job(dir: &Path) -> bool {
 /// Whether the process in `proc_dir` is a `Runner.Worker`, by the file name of its `argv[0]` or
 /// of its executable, wherever that lies.
 fn is_worker(proc_dir: &Path) -> bool {
-    let named = |path: &Path| path.file_name() == Some(OsStr::new(WORKER));
-    if let Ok(cmdline) = std::fs::read(proc_dir.join("cmdline")) {
-        let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
-        if named(Path::new(OsStr::from_bytes(argv0))) {
-            return true;
-        }
-    }
-    process_paths(proc_dir).iter().any(|p| named(p))
+    let named = |path: &PathBuf| path.file_name() == Some(OsStr::new(WORKER));
+    argv0(proc_dir).is_some_and(|p| named(&p)) || exe(proc_dir).is_some_and(|p| named(&p))
 }
 
 /// Whether the control groups in a `/proc/<pid>/cgroup` text name container `id`.
@@ -167,19 +174,11 @@ pub fn container_workers_in(proc_root: &Path, id: &str) -> Vec<u32> {
     if id.len() < 12 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Vec::new();
     }
-    let Ok(entries) = std::fs::read_dir(proc_root) else {
-        return Vec::new();
-    };
-    let mut out: Vec<u32> = entries
-        .flatten()
-        .filter_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let cgroup = std::fs::read_to_string(entry.path().join("cgroup")).ok()?;
-            (in_container(&cgroup, id) && is_worker(&entry.path())).then_some(pid)
-        })
-        .collect();
-    out.sort_unstable();
-    out
+    pids_where(proc_root, |proc_dir| {
+        std::fs::read_to_string(proc_dir.join("cgroup"))
+            .is_ok_and(|cgroup| in_container(&cgroup, id))
+            && is_worker(proc_dir)
+    })
 }
 
 /// The ids of the live job processes in container `container` of `engine` (none when the
