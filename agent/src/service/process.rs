@@ -170,13 +170,14 @@ pub fn as_user(command: &mut Command, run_as: &RunAs, session: bool) {
     let uid = Uid::from_raw(run_as.uid);
     let gid = Gid::from_raw(run_as.gid);
     let groups: Vec<Gid> = run_as.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+    // `pre_exec` closures run in the order they were added: the session first.
+    if session {
+        new_session(command);
+    }
     // SAFETY: the closure runs between fork and exec and only makes system calls on data
     // prepared before the fork (no allocation, no locks).
     unsafe {
         command.pre_exec(move || {
-            if session {
-                nix::unistd::setsid().map_err(std::io::Error::from)?;
-            }
             nix::unistd::setgroups(&groups).map_err(std::io::Error::from)?;
             nix::unistd::setgid(gid).map_err(std::io::Error::from)?;
             nix::unistd::setuid(uid).map_err(std::io::Error::from)?;
