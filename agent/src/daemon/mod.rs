@@ -62,7 +62,7 @@ use crate::github::{Cached, GithubError};
 use crate::runner::{self, Lifecycle, Remote, RemoteRunner, RunnerError};
 
 pub use plan::{plan, Action, DesiredRunner, Gate, LocalRunner, Observed};
-use state::Health;
+use state::{Health, Seen};
 
 /// The first retry delay after a failure.
 pub const BACKOFF_BASE: Duration = Duration::from_secs(2);
@@ -498,12 +498,20 @@ impl Daemon {
     /// next pass. Only such runners are looked at, so a healthy host checks nothing here.
     fn refresh_states(&mut self) {
         let now = Instant::now();
-        let candidates = self.config.runners.iter().any(|r| {
-            self.health
-                .get(&r.name)
-                .is_some_and(|h| h.state == "running" && h.gated(now))
-        });
-        if !candidates {
+        let waiting: Vec<config::Runner> = self
+            .config
+            .runners
+            .iter()
+            .filter(|r| {
+                !jit::is_jit(r)
+                    && self
+                        .health
+                        .get(&r.name)
+                        .is_some_and(|h| h.state == "running" && h.gated(now))
+            })
+            .cloned()
+            .collect();
+        if waiting.is_empty() {
             return;
         }
         let Ok(remote) = Remote::from_config(&self.config) else {
@@ -511,33 +519,22 @@ impl Daemon {
         };
         let config = self.config.clone();
         let lifecycle = Lifecycle::new(&config, self.hostname.clone(), remote);
-        for runner in &config.runners {
-            let waiting = self
-                .health
-                .get(&runner.name)
-                .is_some_and(|h| h.state == "running" && h.gated(now));
-            if !waiting
-                || jit::is_jit(runner)
-                // Unknown (the backend cannot say): left to the next pass.
-                || service_state(&lifecycle, runner).is_none_or(|state| state == "active")
-            {
+        let host_circuit = self.github_circuit.as_ref().is_some_and(|c| c.until > now);
+        for runner in &waiting {
+            // Unknown (the backend cannot say): left to the next pass.
+            if service_state(&lifecycle, runner).is_none_or(|state| state == "active") {
                 continue;
             }
             self.observe_exit(runner, &lifecycle, now);
-            let drained = drain::is_marked(&config.agent.state_dir, &runner.name);
-            let board_offline = self.boards.gated(&runner.name);
+            let seen = Seen {
+                drained: drain::is_marked(&config.agent.state_dir, &runner.name),
+                running: false,
+                board_offline: self.boards.gated(&runner.name),
+                registered: runner::LocalRegistration::read(&runner.dir).is_some(),
+                host_circuit,
+            };
             let health = self.health.entry(runner.name.clone()).or_default();
-            // As the end of a pass names it (`reconcile`).
-            health.state = if drained {
-                "drained"
-            } else if board_offline {
-                "board-offline"
-            } else if health.gated(now) {
-                health.waiting.unwrap_or("backing-off")
-            } else {
-                "stopped"
-            }
-            .to_owned();
+            health.state = health.state_name(seen, now).to_owned();
         }
     }
 

@@ -9,7 +9,7 @@ use super::{
     deterministic, drain, error_chain, plan, service_state, Action, Daemon, DesiredRunner, Gate,
     LocalRunner, Observed, CIRCUIT_OPEN,
 };
-use super::{metrics, upgrade};
+use super::{metrics, upgrade, Seen};
 use crate::config::{self, Config, Ephemeral, ServiceKind, VersionReq};
 use crate::runner::{self, Lifecycle, Record, Remote, RemoteRunner};
 
@@ -445,29 +445,15 @@ impl Daemon {
         for runner in &config.runners {
             let running = service_state(&lifecycle, runner).as_deref() == Some("active");
             let registered = runner::LocalRegistration::read(&runner.dir).is_some();
+            let seen = Seen {
+                drained: drained.contains(&runner.name),
+                running,
+                board_offline: self.boards.gated(&runner.name),
+                registered,
+                host_circuit: circuit.is_some(),
+            };
             let health = self.health.entry(runner.name.clone()).or_default();
-            health.state = if drained.contains(&runner.name) {
-                if running {
-                    "draining"
-                } else {
-                    "drained"
-                }
-            } else if self.boards.gated(&runner.name) && !running {
-                "board-offline"
-            } else if health.circuit_until.is_some_and(|t| t > now)
-                || (!registered && circuit.is_some())
-            {
-                "circuit-open"
-            } else if health.until.is_some_and(|t| t > now) && !running {
-                health.waiting.unwrap_or("backing-off")
-            } else if running {
-                "running"
-            } else if !registered {
-                "unregistered"
-            } else {
-                "stopped"
-            }
-            .to_owned();
+            health.state = health.state_name(seen, now).to_owned();
             if health.state == "circuit-open" && health.circuit_reason.is_none() {
                 health.circuit_reason.clone_from(&circuit);
             }

@@ -103,7 +103,49 @@ pub struct Health {
     pub waiting: Option<&'static str>,
 }
 
+/// What the daemon sees of a runner besides its [`Health`], to name its state.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Seen {
+    /// Marked by `agentctl drain`.
+    pub drained: bool,
+    /// Its service is active.
+    pub running: bool,
+    /// Its board is missing or failed its probe.
+    pub board_offline: bool,
+    /// It has a local registration.
+    pub registered: bool,
+    /// GitHub's host-wide circuit is open.
+    pub host_circuit: bool,
+}
+
 impl Health {
+    /// What `status` calls the runner: `draining`, `drained`, `board-offline`, `circuit-open`,
+    /// what it waits for (`session-conflict`, `updating`, else `backing-off`), `running`,
+    /// `unregistered` or `stopped`, the first that applies.
+    pub fn state_name(&self, seen: Seen, now: Instant) -> &'static str {
+        if seen.drained {
+            if seen.running {
+                "draining"
+            } else {
+                "drained"
+            }
+        } else if seen.board_offline && !seen.running {
+            "board-offline"
+        } else if self.circuit_until.is_some_and(|t| t > now)
+            || (!seen.registered && seen.host_circuit)
+        {
+            "circuit-open"
+        } else if self.until.is_some_and(|t| t > now) && !seen.running {
+            self.waiting.unwrap_or("backing-off")
+        } else if seen.running {
+            "running"
+        } else if !seen.registered {
+            "unregistered"
+        } else {
+            "stopped"
+        }
+    }
+
     /// Whether nothing may be done for this runner at `now`.
     pub fn gated(&self, now: Instant) -> bool {
         self.until.is_some_and(|t| t > now) || self.circuit_until.is_some_and(|t| t > now)
@@ -255,6 +297,99 @@ pub fn until_text(at: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_runners_state_is_named_by_the_first_reason_that_applies() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(60);
+        let idle = Health::default();
+        let backing_off = Health {
+            until: Some(later),
+            ..Health::default()
+        };
+        let conflict = Health {
+            waiting: Some("session-conflict"),
+            ..backing_off.clone()
+        };
+        let refused = Health {
+            circuit_until: Some(later),
+            ..backing_off.clone()
+        };
+        let registered = Seen {
+            registered: true,
+            ..Seen::default()
+        };
+        let running = Seen {
+            running: true,
+            ..registered
+        };
+        let cases = [
+            (&idle, running, "running"),
+            (&idle, registered, "stopped"),
+            (&idle, Seen::default(), "unregistered"),
+            (&backing_off, registered, "backing-off"),
+            // A service running again is running, whatever its backoff.
+            (&backing_off, running, "running"),
+            (&conflict, registered, "session-conflict"),
+            (&refused, registered, "circuit-open"),
+            (&refused, running, "circuit-open"),
+            // Unregistered while GitHub's circuit is open: it cannot register.
+            (
+                &idle,
+                Seen {
+                    host_circuit: true,
+                    ..Seen::default()
+                },
+                "circuit-open",
+            ),
+            (
+                &idle,
+                Seen {
+                    host_circuit: true,
+                    ..registered
+                },
+                "stopped",
+            ),
+            (
+                &refused,
+                Seen {
+                    board_offline: true,
+                    ..registered
+                },
+                "board-offline",
+            ),
+            (
+                &idle,
+                Seen {
+                    board_offline: true,
+                    ..running
+                },
+                "running",
+            ),
+            (
+                &refused,
+                Seen {
+                    drained: true,
+                    board_offline: true,
+                    ..registered
+                },
+                "drained",
+            ),
+            (
+                &idle,
+                Seen {
+                    drained: true,
+                    ..running
+                },
+                "draining",
+            ),
+        ];
+        for (health, seen, want) in cases {
+            assert_eq!(health.state_name(seen, now), want, "{health:?} {seen:?}");
+        }
+        // Once the backoff is over, the runner is what its service is.
+        assert_eq!(backing_off.state_name(registered, later), "stopped");
+    }
 
     #[test]
     fn the_state_round_trips_and_replaces_the_old_file_atomically() {
