@@ -74,5 +74,24 @@ pub fn load_profile(path: &Path) -> Result<Profile, ConfigError> {
     resolve::profile(path)
 }
 
+/// For unit tests elsewhere in the crate: the configuration `version = 1`, `[github]` on
+/// `github_url` with a PAT file (`<dir>/pat`, mode 0600), then `rest` (runners, boards, other
+/// sections), written to `<dir>/agent.toml` and loaded without looking at the environment.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn load_for_test(dir: &Path, github_url: &str, rest: &str) -> Config {
+    use std::os::unix::fs::PermissionsExt as _;
+    let pat = dir.join("pat");
+    std::fs::write(&pat, "ghp_not_a_real_token_000000000000000000\n").unwrap();
+    std::fs::set_permissions(&pat, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let path = dir.join("agent.toml");
+    std::fs::write(
+        &path,
+        format!("version = 1\n[github]\nurl = \"{github_url}\"\npat_file = \"pat\"\n{rest}"),
+    )
+    .unwrap();
+    load_with(&path, &LoadOptions::default()).unwrap()
+}
+
 #[cfg(test)]
 mod tests;

@@ -361,15 +361,11 @@ mod tests {
     use std::time::{Duration, Instant};
 
     fn config(dir: &Path, console: &str) -> Config {
-        let path = dir.join("agent.toml");
-        let pat = dir.join("pat");
-        fs::write(&pat, "ghp_not_a_real_token_000000000000000000\n").unwrap();
-        fs::set_permissions(&pat, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-        fs::write(
-            &path,
-            format!(
-                "version = 1\n[agent]\nstate_dir = \"{state}\"\n\
-                 [github]\nurl = \"https://github.com/lab/os\"\npat_file = \"pat\"\n\
+        crate::config::load_for_test(
+            dir,
+            "https://github.com/lab/os",
+            &format!(
+                "[agent]\nstate_dir = \"{state}\"\n\
                  [defaults]\nuser = \"nobody\"\n\
                  [[runner]]\nname = \"r1\"\nboard = \"sim-1\"\n\
                  [[runner]]\nname = \"plain\"\n\
@@ -377,8 +373,6 @@ mod tests {
                 state = dir.join("state").display(),
             ),
         )
-        .unwrap();
-        crate::config::load(&path).unwrap()
     }
 
     async fn wakes(watch: &BoardWatch) {

@@ -888,19 +888,12 @@ mod tests {
     #[test]
     fn a_release_is_reused_while_the_runner_wants_it_and_latest_for_an_hour() {
         let dir = tempfile::tempdir().unwrap();
-        let token = dir.path().join("pat");
-        fs::write(&token, "ghp_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa").unwrap();
-        fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-        let path = dir.path().join("agent.toml");
-        fs::write(
-            &path,
-            "version = 1\n[github]\nurl = \"https://github.com/o/r\"\npat_file = \"pat\"\n\
-             [[runner]]\nname = \"pinned\"\nephemeral = \"jit\"\nversion = \"2.336.0\"\n\
+        let config = crate::config::load_for_test(
+            dir.path(),
+            "https://github.com/o/r",
+            "[[runner]]\nname = \"pinned\"\nephemeral = \"jit\"\nversion = \"2.336.0\"\n\
              [[runner]]\nname = \"latest\"\nephemeral = \"jit\"\nversion = \"latest\"\n",
-        )
-        .unwrap();
-        let config =
-            crate::config::load_with(&path, &crate::config::LoadOptions::default()).unwrap();
+        );
         let version: crate::config::Version = "2.336.0".parse().unwrap();
         let cached = release::CachedRelease {
             version,
@@ -948,18 +941,11 @@ mod tests {
     #[test]
     fn jit_labels_start_with_the_defaults_config_sh_would_add() {
         let dir = tempfile::tempdir().unwrap();
-        let token = dir.path().join("pat");
-        fs::write(&token, "ghp_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa").unwrap();
-        fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-        let path = dir.path().join("agent.toml");
-        fs::write(
-            &path,
-            "version = 1\n[github]\nurl = \"https://github.com/o/r\"\npat_file = \"pat\"\n\
-             [[runner]]\nname = \"j1\"\nephemeral = \"jit\"\nlabels = [\"linux\", \"lab\"]\n",
-        )
-        .unwrap();
-        let config =
-            crate::config::load_with(&path, &crate::config::LoadOptions::default()).unwrap();
+        let config = crate::config::load_for_test(
+            dir.path(),
+            "https://github.com/o/r",
+            "[[runner]]\nname = \"j1\"\nephemeral = \"jit\"\nlabels = [\"linux\", \"lab\"]\n",
+        );
         let runner = config.runner("j1").unwrap();
         assert!(is_jit(runner));
         let labels = jit_labels(&config, runner, "h1", false);
