@@ -3,6 +3,7 @@
 //!
 //! Layout (each module owns its error type and calls only the modules listed above it):
 //! - [`exit`]: the process exit statuses every command shares.
+//! - [`atomic`]: files replaced whole (state, records, leases), safe across crashes.
 //! - [`redact`]: the rule that keeps token values out of every log line and message.
 //! - [`logging`]: journald under systemd, a readable stderr logger otherwise.
 //! - [`config`]: `/etc/runner-agent/agent.toml`, parsed strictly into a resolved [`config::Config`].
@@ -15,6 +16,7 @@
 //! - [`oneshot`]: `agentctl oneshot`, one ephemeral runner for one job on a throwaway host.
 //! - [`cli`]: the `agentctl` subcommands, thin wrappers over the modules above.
 
+pub mod atomic;
 pub mod boards;
 pub mod cli;
 pub mod config;

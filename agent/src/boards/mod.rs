@@ -236,32 +236,10 @@ pub fn write_if_changed(path: &Path, contents: &[u8], mode: u32) -> Result<(), B
     write_atomic(path, contents, mode)
 }
 
-/// Write `contents` to `path` atomically (temp file in the same directory, then rename).
+/// Write `contents` to `path` atomically ([`crate::atomic::write`]).
 pub(crate) fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), BoardError> {
-    use std::io::Write as _;
-    let write_err = |source| BoardError::Write {
+    crate::atomic::write(path, contents, mode).map_err(|source| BoardError::Write {
         path: path.to_owned(),
         source,
-    };
-    let file_name = path
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
-    let mut file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(write_err)?;
-    file.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(write_err)?;
-    file.write_all(contents).map_err(write_err)?;
-    file.sync_all().map_err(write_err)?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(|source| {
-        let _ = fs::remove_file(&tmp);
-        write_err(source)
     })
 }

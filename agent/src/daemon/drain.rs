@@ -45,7 +45,7 @@ pub fn is_marked(state_dir: &Path, name: &str) -> bool {
 pub fn mark(state_dir: &Path, name: &str) -> std::io::Result<()> {
     let path = mark_path(state_dir, name);
     let stamp = super::state::rfc3339(std::time::SystemTime::now()).unwrap_or_default();
-    super::state::write_atomic(&path, format!("{stamp}\n").as_bytes(), 0o644)
+    crate::atomic::write(&path, format!("{stamp}\n").as_bytes(), 0o644)
 }
 
 /// Remove the mark of `name`; whether there was one.

@@ -158,7 +158,7 @@ fn write_state(state_dir: &Path, name: &str, state: &SlotState) -> Result<(), Ji
         fs::create_dir_all(dir).map_err(io)?;
     }
     let text = serde_json::to_string(state).map_err(|err| io(std::io::Error::other(err)))?;
-    super::state::write_atomic(&path, text.as_bytes(), 0o644).map_err(io)
+    crate::atomic::write(&path, text.as_bytes(), 0o644).map_err(io)
 }
 
 /// Whether `runner` is run by this module as one JIT slot after another.

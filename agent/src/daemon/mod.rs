@@ -591,7 +591,7 @@ impl Daemon {
                 self.releases.as_ref().map(|(_, r)| r.as_slice()),
                 std::time::SystemTime::now(),
             );
-            if let Err(err) = state::write_atomic(path, text.as_bytes(), 0o644) {
+            if let Err(err) = crate::atomic::write(path, text.as_bytes(), 0o644) {
                 log::warn!("cannot write the metrics file `{}`: {err}", path.display());
             }
         }

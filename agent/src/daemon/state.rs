@@ -8,8 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -238,36 +236,7 @@ pub fn read(state_dir: &Path) -> Option<DaemonState> {
 /// Write `state` atomically.
 pub fn write(state_dir: &Path, state: &DaemonState) -> std::io::Result<()> {
     let text = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
-    write_atomic(&path(state_dir), &text, 0o644)
-}
-
-/// Write `bytes` to `path` so that readers see the old or the new content: a temporary file in
-/// the same directory, `fsync`, rename, `fsync` of the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let parent = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(parent)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let staging = parent.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&staging)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&staging, path)?;
-        fs::File::open(parent)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&staging);
-    }
-    result
+    crate::atomic::write(&path(state_dir), &text, 0o644)
 }
 
 /// A short human form of how far away `at` is (`in 12 s`, `in 3 min`).

@@ -18,7 +18,7 @@ use nix::unistd::{Gid, Uid};
 
 use crate::config::{Runner, Version, VersionReq};
 use crate::release::{self, FetchRequest};
-use crate::runner::{self, Lifecycle, Record, RunnerError};
+use crate::runner::{self, Lifecycle, RunnerError};
 
 use super::metrics::Published;
 
@@ -99,19 +99,10 @@ pub async fn upgrade(
     result?;
     if let Some(mut record) = lifecycle.record(&runner.name) {
         record.version = version.to_string();
-        write_record(&lifecycle.config.agent.state_dir, &record)?;
+        lifecycle.write_record(&record)?;
     }
     log::info!("runner `{}` upgraded to {version}", runner.name);
     lifecycle.start(runner).map(|()| Upgraded::Done)
-}
-
-fn write_record(state_dir: &Path, record: &Record) -> Result<(), RunnerError> {
-    let path = state_dir
-        .join("runners")
-        .join(format!("{}.json", record.name));
-    let text =
-        serde_json::to_vec_pretty(record).map_err(|e| io(&path)(std::io::Error::other(e)))?;
-    super::state::write_atomic(&path, &text, 0o644).map_err(io(&path))
 }
 
 /// Move the new release from `staging` into `dir` the way the runner's self-update does.

@@ -427,19 +427,8 @@ impl<'a> Lifecycle<'a> {
         let path = self.record_path(&record.name);
         let text = serde_json::to_string_pretty(record)
             .map_err(|err| io_err(&path)(std::io::Error::other(err)))?;
-        let staging = path.with_extension("json.tmp");
-        // On the disk before it is renamed into place, and the rename with its directory: a
-        // power cut leaves the old record or the new one, never an empty file.
-        let write = || -> std::io::Result<()> {
-            let mut file = fs::File::create(&staging)?;
-            std::io::Write::write_all(&mut file, text.as_bytes())?;
-            file.sync_all()
-        };
-        write().map_err(io_err(&staging))?;
-        fs::rename(&staging, &path).map_err(io_err(&path))?;
-        fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(&dir))
+        // A power cut leaves the old record or the new one, never an empty file.
+        crate::atomic::write(&path, text.as_bytes(), 0o644).map_err(io_err(&path))
     }
 
     /// The board job environment and hooks of a board runner, written to `<name>.env` (mode

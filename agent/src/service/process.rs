@@ -116,9 +116,7 @@ impl Process {
         };
         fs::create_dir_all(&self.pid_dir).map_err(io)?;
         let text = serde_json::to_string(&state).map_err(|err| io(std::io::Error::other(err)))?;
-        let staging = self.pid_dir.join(format!("{name}.pid.tmp"));
-        fs::write(&staging, text).map_err(io)?;
-        fs::rename(&staging, &path).map_err(io)
+        crate::atomic::write(&path, text.as_bytes(), 0o644).map_err(io)
     }
 
     /// An exclusive `flock` on the runner's directory, held while a start looks at the pid file,

@@ -149,17 +149,12 @@ impl Systemd {
             path: path.clone(),
             source,
         };
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(io)?;
-        }
         let text = render_drop_in(&DropIn {
             supplementary_groups: unit.extra_groups.clone(),
             restart_sec: RESTART_SEC,
             environment_file: unit.env_file.clone(),
         });
-        let staging = path.with_extension("conf.tmp");
-        fs::write(&staging, text).map_err(io)?;
-        fs::rename(&staging, &path).map_err(io)
+        crate::atomic::write(&path, text.as_bytes(), 0o644).map_err(io)
     }
 }
 
