@@ -131,6 +131,25 @@ impl Lab {
         self.lab.start_daemon_exact(timing);
     }
 
+    /// The daemon with the outage cases' backoff ([`OUTAGE_BACKOFF_BASE`] doubling up to
+    /// [`OUTAGE_BACKOFF_CAP`]) and fast passes.
+    fn start_daemon_for_outages(&mut self) {
+        let base_ms = OUTAGE_BACKOFF_BASE.as_millis().to_string();
+        let cap_secs = OUTAGE_BACKOFF_CAP.as_secs().to_string();
+        self.start_daemon_with(&[
+            "--resync-secs",
+            "2",
+            "--check-secs",
+            "1",
+            "--backoff-base-ms",
+            &base_ms,
+            "--backoff-cap-secs",
+            &cap_secs,
+            "--session-wait-secs",
+            "2",
+        ]);
+    }
+
     /// Why the lab is not converged yet (`None` when it is): GitHub holds exactly the desired
     /// names, each once, online, with the id its directory holds; no directory or record of
     /// another name remains.
@@ -917,30 +936,13 @@ fn attempts_allowed(base: Duration, cap: Duration, window: Duration) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_runner_list_backs_off_while_local_runners_keep_running() {
     let mut lab = Lab::new(Spec::pat(2)).await;
-    let base_ms = OUTAGE_BACKOFF_BASE.as_millis().to_string();
-    let cap_secs = OUTAGE_BACKOFF_CAP.as_secs().to_string();
-    lab.start_daemon_with(&[
-        "--resync-secs",
-        "2",
-        "--check-secs",
-        "1",
-        "--backoff-base-ms",
-        &base_ms,
-        "--backoff-cap-secs",
-        &cap_secs,
-        "--session-wait-secs",
-        "2",
-    ]);
+    lab.start_daemon_for_outages();
     lab.converge().await;
     let (deleted, restarted) = (lab.desired[0].clone(), lab.desired[1].clone());
     let restarted_id = lab.local_id(&restarted).unwrap();
     // GitHub's REST API answers 502 to everything; its runner service stays up, so the
     // listeners that run keep their sessions.
-    lab.emu.inject(Fault::Status {
-        status: 502,
-        count: 1_000_000,
-        path_prefix: Some("/api/v3/".to_owned()),
-    });
+    rest_502(&lab.emu);
     let outage = Instant::now();
     let (_, lists_before) = api_requests(&lab.emu);
     // A runner that needs GitHub (its registration deleted: registering again needs a token)
@@ -1061,26 +1063,13 @@ async fn jit_slots_share_the_host_wide_backoff_while_github_answers_502() {
     .await;
     lab.desired.push("steady".to_owned());
     let slots: Vec<String> = lab.names(SLOTS);
-    let base_ms = OUTAGE_BACKOFF_BASE.as_millis().to_string();
-    let cap_secs = OUTAGE_BACKOFF_CAP.as_secs().to_string();
 
     // 1. The daemon starts while GitHub is down (a host booting into an outage): every slot
     //    needs a JIT configuration, and they ask for one on a single backoff.
     rest_502(&lab.emu);
     let (jit_before, api_before) = jit_calls(&lab.emu);
     let outage = Instant::now();
-    lab.start_daemon_with(&[
-        "--resync-secs",
-        "2",
-        "--check-secs",
-        "1",
-        "--backoff-base-ms",
-        &base_ms,
-        "--backoff-cap-secs",
-        &cap_secs,
-        "--session-wait-secs",
-        "2",
-    ]);
+    lab.start_daemon_for_outages();
     lab.wait_for("an outage of 5 s", |_| outage.elapsed() >= window)
         .await;
     let (jit_after, api_after) = jit_calls(&lab.emu);
