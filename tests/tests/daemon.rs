@@ -829,6 +829,19 @@ async fn a_label_changed_on_sighup_is_set_in_place_on_the_same_registrations() {
         .await;
     }
     assert_eq!(lab.requests("registration-token"), tokens, "{}", lab.log());
+    // The log says what happened: registered once, labels updated since.
+    let log = lab.log();
+    for name in &names {
+        assert_eq!(
+            log.matches(&format!("registering runner `{name}`")).count(),
+            1,
+            "{log}"
+        );
+        assert!(
+            log.contains(&format!("updating the labels of runner `{name}` on GitHub")),
+            "{log}"
+        );
+    }
     lab.assert_no_secret_in_log();
 }
 

@@ -373,7 +373,11 @@ impl Daemon {
                     lifecycle.start(runner)
                 }
                 _ => {
-                    log::info!("registering runner `{name}`");
+                    if matches!(action, Action::UpdateLabels(_)) {
+                        log::info!("updating the labels of runner `{name}` on GitHub");
+                    } else {
+                        log::info!("registering runner `{name}`");
+                    }
                     lifecycle.register(runner).await.map(|outcome| {
                         log::info!("runner `{name}`: {outcome:?}");
                     })
