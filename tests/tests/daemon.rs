@@ -939,6 +939,72 @@ async fn a_missing_permission_opens_the_circuit_without_a_hot_loop_until_a_new_p
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permission_granted_on_github_is_used_once_the_circuit_closes_by_itself() {
+    // A PAT without `repo` whose owner then adds the scope on GitHub's settings page: the token
+    // and its file stay the same, so nothing tells the daemon; only the circuit's interval
+    // (`--circuit-secs`, an hour by default) ends the wait.
+    const CIRCUIT_SECS: i64 = 4;
+    let mut lab = lab::Lab::builder()
+        .pat(&["read:org"])
+        .count(1, "")
+        .wait(WAIT)
+        .start()
+        .await;
+    lab.start_daemon_with(&["--circuit-secs", &CIRCUIT_SECS.to_string()]);
+    let name = lab.names(1)[0].clone();
+    let status = lab
+        .wait_status("the open circuit", |s| {
+            s["daemon"]["github_circuit"].is_string()
+        })
+        .await;
+    let until = status["daemon"]["github_circuit_until"]
+        .as_str()
+        .and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .unwrap_or_else(|| panic!("no github_circuit_until: {status:#}"));
+    assert!(
+        until - time::OffsetDateTime::now_utc() <= time::Duration::seconds(CIRCUIT_SECS),
+        "{status:#}"
+    );
+    let pat = lab.pat.clone().unwrap();
+    let secret = std::fs::read(lab.path("github-pat")).unwrap();
+    let before = lab.requests("/api/v3/");
+    assert!(lab
+        .emu
+        .edit_pat(&pat, PatSpec::classic(&["read:org", "repo"])));
+
+    // GitHub would say yes now, but the circuit is open: no call until it closes.
+    lab.wait_until("the circuit's end (less a margin)", || {
+        time::OffsetDateTime::now_utc() >= until - time::Duration::milliseconds(300)
+    })
+    .await;
+    assert_eq!(
+        lab.requests("/api/v3/"),
+        before,
+        "called GitHub with the circuit open\n{}",
+        lab.log()
+    );
+    // Then it tries again by itself: registered and online, the circuit closed, the same token.
+    lab.wait_runner(&name, "registered", |r| r.status == "online")
+        .await;
+    lab.wait_status("the circuit closed", |s| {
+        s["daemon"]["github_circuit"].is_null()
+            && lab::Lab::daemon_view(s, &name)["state"] == "running"
+    })
+    .await;
+    assert_eq!(std::fs::read(lab.path("github-pat")).unwrap(), secret);
+    let log = lab.log();
+    assert!(
+        log.contains(&format!(
+            "no call to GitHub until a secret file changes or {CIRCUIT_SECS} s passed"
+        )),
+        "{log}"
+    );
+    lab.assert_no_secret_in_log();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registration_missing_from_github_list_after_a_reboot_is_registered_again_alone() {
     let mut lab = Lab::new(2).await;
     lab.start_daemon();

@@ -31,6 +31,10 @@ pub struct DaemonArgs {
     /// Seconds of the longest retry delay.
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     pub backoff_cap_secs: u64,
+    /// Seconds GitHub is not called after it refused the credentials or a permission, unless a
+    /// secret file changes first.
+    #[arg(long, value_name = "SECS", default_value_t = 3600)]
+    pub circuit_secs: u64,
 }
 
 pub fn run(config_path: &Path, args: &DaemonArgs) -> anyhow::Result<Status> {
@@ -44,6 +48,7 @@ pub fn run(config_path: &Path, args: &DaemonArgs) -> anyhow::Result<Status> {
         session_wait: Duration::from_secs(args.session_wait_secs),
         backoff_base: Duration::from_millis(args.backoff_base_ms.max(1)),
         backoff_cap: Duration::from_secs(args.backoff_cap_secs.max(1)),
+        circuit_open: Duration::from_secs(args.circuit_secs.max(1)),
         ..crate::daemon::Options::default()
     };
     Ok(runtime.block_on(crate::daemon::run(config_path, &options))?)

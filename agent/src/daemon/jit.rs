@@ -53,10 +53,6 @@ use crate::service::{Backend as _, Process, RunAs};
 /// The environment variable the listener reads its JIT configuration from.
 pub const JIT_INPUT: &str = "ACTIONS_RUNNER_INPUT_JITCONFIG";
 
-/// How long a slot waits after a deterministic failure (bad credentials, missing permission,
-/// an unknown runner group) before trying again, unless the configuration is reloaded.
-pub const CIRCUIT_OPEN: Duration = Duration::from_secs(3600);
-
 /// Errors of one JIT slot.
 #[derive(Debug, thiserror::Error)]
 pub enum JitError {
@@ -617,11 +613,14 @@ impl Jit {
                     // The host's circuit or backoff holds every slot; said once, there.
                     entry.until = None;
                 } else if err.deterministic() {
-                    entry.until = Some(Instant::now() + CIRCUIT_OPEN);
+                    // A deterministic failure of the slot's own (an unknown runner group): it
+                    // waits as long as GitHub's circuit would, unless the configuration is
+                    // reloaded.
+                    entry.until = Some(Instant::now() + github.options.circuit_open);
                     log::error!(
-                        "JIT runner `{}`: {text}; not trying again for {} min (or until the configuration is reloaded)",
+                        "JIT runner `{}`: {text}; not trying again for {} (or until the configuration is reloaded)",
                         runner.name,
-                        CIRCUIT_OPEN.as_secs() / 60
+                        super::for_how_long(github.options.circuit_open)
                     );
                 } else {
                     entry.count += 1;

@@ -99,6 +99,9 @@ pub struct Options {
     pub backoff_base: Duration,
     /// The longest retry delay ([`BACKOFF_CAP`]).
     pub backoff_cap: Duration,
+    /// How long a deterministic failure (bad credentials, missing permission) keeps GitHub's
+    /// circuit open when no secret file changes ([`CIRCUIT_OPEN`]).
+    pub circuit_open: Duration,
 }
 
 impl Options {
@@ -117,7 +120,17 @@ impl Default for Options {
             update_grace: Duration::from_secs(60),
             backoff_base: BACKOFF_BASE,
             backoff_cap: BACKOFF_CAP,
+            circuit_open: CIRCUIT_OPEN,
         }
+    }
+}
+
+/// `d` for a log line: in minutes, or in seconds when under two.
+pub(crate) fn for_how_long(d: Duration) -> String {
+    if d >= Duration::from_secs(120) {
+        format!("{} min", d.as_secs() / 60)
+    } else {
+        format!("{} s", d.as_secs())
     }
 }
 

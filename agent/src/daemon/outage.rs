@@ -20,7 +20,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use super::state::{self, GithubOutage};
-use super::{Circuit, Options, CIRCUIT_OPEN};
+use super::{Circuit, Options};
 use crate::github::GithubError;
 
 /// What [`shared_failure`] did with a failed GitHub call.
@@ -38,7 +38,7 @@ pub enum Shared {
 
 /// Book a failed GitHub call (`reason`: its redacted error chain; `by_list`: the runner list's,
 /// not a JIT slot's) for the whole host: a rate limit pauses every call until it resets, refused
-/// credentials or a missing permission open the circuit for [`CIRCUIT_OPEN`] (or until a
+/// credentials or a missing permission open the circuit for [`Options::circuit_open`] (or until a
 /// secret file changes), GitHub unreachable ([`unreachable`]) backs off host-wide. Each says
 /// so in the log.
 pub(super) fn shared_failure(
@@ -62,11 +62,11 @@ pub(super) fn shared_failure(
         Shared::Paused
     } else if super::deterministic_github(err) {
         log::error!(
-            "GitHub refuses the credentials: {reason}; no call to GitHub until a secret file changes or {} min passed",
-            CIRCUIT_OPEN.as_secs() / 60
+            "GitHub refuses the credentials: {reason}; no call to GitHub until a secret file changes or {} passed",
+            super::for_how_long(options.circuit_open)
         );
         *circuit = Some(Circuit {
-            until: now + CIRCUIT_OPEN,
+            until: now + options.circuit_open,
             reason,
         });
         Shared::CircuitOpen
@@ -349,7 +349,7 @@ mod tests {
         ] {
             let (shared, circuit, waiting) = book(&err);
             assert_eq!(shared, Shared::CircuitOpen);
-            assert_eq!(circuit, Some(now + CIRCUIT_OPEN));
+            assert_eq!(circuit, Some(now + super::super::CIRCUIT_OPEN));
             assert!(!waiting);
         }
         // An answer about the request itself: the caller's own business.

@@ -7,7 +7,7 @@ use super::busy;
 use super::exits::{self, ExitKind};
 use super::{
     deterministic, drain, error_chain, plan, service_state, Action, Daemon, DesiredRunner, Gate,
-    LocalRunner, Observed, CIRCUIT_OPEN,
+    LocalRunner, Observed,
 };
 use super::{metrics, upgrade, Seen};
 use crate::config::{self, Config, Ephemeral, ServiceKind, VersionReq};
@@ -408,11 +408,11 @@ impl Daemon {
                     health.last_error = Some(text.clone());
                     health.waiting = None;
                     if deterministic(&err) {
-                        health.circuit_until = Some(Instant::now() + CIRCUIT_OPEN);
+                        health.circuit_until = Some(Instant::now() + self.options.circuit_open);
                         health.circuit_reason = Some(text.clone());
                         log::error!(
-                            "runner `{name}`: {text}; not trying again for {} min (or until a secret file changes or the configuration is reloaded)",
-                            CIRCUIT_OPEN.as_secs() / 60
+                            "runner `{name}`: {text}; not trying again for {} (or until a secret file changes or the configuration is reloaded)",
+                            super::for_how_long(self.options.circuit_open)
                         );
                     } else {
                         health.count += 1;

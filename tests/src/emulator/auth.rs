@@ -31,39 +31,59 @@ pub(crate) fn guid() -> String {
     )
 }
 
+/// What a PAT minted from `spec` may do.
+fn pat_kind(spec: &PatSpec) -> TokenKind {
+    match spec.kind {
+        PatKind::Classic => TokenKind::Classic {
+            scopes: spec.scopes.clone(),
+            admin: spec.admin,
+        },
+        PatKind::FineGrained => TokenKind::FineGrained {
+            permissions: spec.permissions.clone(),
+            resources: spec
+                .resources
+                .as_ref()
+                .map(|r| r.iter().filter_map(|s| Scope::parse(s)).collect()),
+        },
+    }
+}
+
 pub(crate) fn mint_pat(st: &mut State, now: OffsetDateTime, spec: PatSpec) -> String {
-    let (token, kind) = match spec.kind {
-        PatKind::Classic => (
-            format!("ghp_{}", random_string(ALNUM, 36)),
-            TokenKind::Classic {
-                scopes: spec.scopes.clone(),
-                admin: spec.admin,
-            },
-        ),
-        PatKind::FineGrained => (
-            format!(
-                "github_pat_{}_{}",
-                random_string(ALNUM, 22),
-                random_string(ALNUM, 59)
-            ),
-            TokenKind::FineGrained {
-                permissions: spec.permissions.clone(),
-                resources: spec
-                    .resources
-                    .as_ref()
-                    .map(|r| r.iter().filter_map(|s| Scope::parse(s)).collect()),
-            },
+    let token = match spec.kind {
+        PatKind::Classic => format!("ghp_{}", random_string(ALNUM, 36)),
+        PatKind::FineGrained => format!(
+            "github_pat_{}_{}",
+            random_string(ALNUM, 22),
+            random_string(ALNUM, 59)
         ),
     };
     st.tokens.insert(
         token.clone(),
         TokenEntry {
-            kind,
+            kind: pat_kind(&spec),
             expires_at: spec.expires_in.map(|s| now + Duration::seconds(s)),
             spec: Some(spec),
         },
     );
     token
+}
+
+/// Give an existing PAT what `spec` says (scopes, permissions, resources, admin), as its owner
+/// can on GitHub's settings page: the token's value, kind and expiry stay. `false` when `token`
+/// is no PAT or `spec` is of the other kind.
+pub(crate) fn edit_pat(st: &mut State, token: &str, spec: PatSpec) -> bool {
+    let Some(entry) = st.tokens.get_mut(token) else {
+        return false;
+    };
+    if entry.spec.as_ref().is_none_or(|old| old.kind != spec.kind) {
+        return false;
+    }
+    entry.kind = pat_kind(&spec);
+    entry.spec = Some(PatSpec {
+        expires_in: entry.spec.as_ref().and_then(|old| old.expires_in),
+        ..spec
+    });
+    true
 }
 
 /// Registration/remove tokens: 29 uppercase alphanumerics, one hour.

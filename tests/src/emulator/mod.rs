@@ -560,6 +560,14 @@ impl Control {
         Ok(auth::mint_runner_token(&mut st, now, TokenKind::Registration(scope)).0)
     }
 
+    /// Edits a PAT's scopes or permissions in place, as its owner can on GitHub: the token's
+    /// value and expiry stay. `false` when `token` is no PAT or `spec` is of the other kind.
+    pub fn edit_pat(&self, token: &str, spec: PatSpec) -> bool {
+        let edited = auth::edit_pat(&mut self.shared.state(), token, spec);
+        self.shared.changed.notify_waiters();
+        edited
+    }
+
     /// Revokes any token; later uses answer `401 Bad credentials` (or `404` for runner tokens).
     pub fn revoke_token(&self, token: &str) -> bool {
         let removed = self.shared.state().tokens.remove(token).is_some();

@@ -154,6 +154,38 @@ async fn classic_pats_report_their_scopes_and_need_the_right_one() {
 }
 
 #[tokio::test]
+async fn a_pat_edited_by_its_owner_keeps_its_value_and_gets_what_it_was_given() {
+    let emu = start().await;
+    emu.create_repo("octo/public", false).unwrap();
+    let path = "/repos/octo/public/actions/runners";
+    let pat = emu.add_pat(PatSpec::classic(&["read:org"]));
+    let r = api(&emu, Method::GET, path, Some(&pat), None).await;
+    assert_github_error(&r, 403, "Must have admin rights to Repository.");
+
+    // The owner adds `repo` on GitHub's settings page: the same token now may.
+    assert!(emu.edit_pat(&pat, PatSpec::classic(&["read:org", "repo"])));
+    let r = api(&emu, Method::GET, path, Some(&pat), None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-oauth-scopes").unwrap(), "read:org, repo");
+
+    // A classic token cannot become a fine-grained one, and an unknown token is no PAT.
+    let fine = PatSpec {
+        kind: PatKind::FineGrained,
+        permissions: BTreeMap::from([("administration".to_owned(), "write".to_owned())]),
+        ..PatSpec::classic(&[])
+    };
+    assert!(!emu.edit_pat(&pat, fine));
+    assert!(!emu.edit_pat(
+        "ghp_notatokenatall0000000000000000000",
+        PatSpec::classic(&["repo"])
+    ));
+    assert_eq!(
+        api(&emu, Method::GET, path, Some(&pat), None).await.status,
+        200
+    );
+}
+
+#[tokio::test]
 async fn unknown_revoked_rotated_and_expired_tokens_are_bad_credentials() {
     let emu = start().await;
     let pat = repo_with_pat(&emu, "octo/repo");
