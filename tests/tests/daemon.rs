@@ -845,23 +845,43 @@ async fn a_label_changed_on_sighup_is_set_in_place_on_the_same_registrations() {
     lab.assert_no_secret_in_log();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missing_permission_opens_the_circuit_without_a_hot_loop_until_a_new_pat_file() {
-    // A PAT without `repo`: GitHub refuses every runner call with a 403.
-    let mut lab = lab::Lab::builder()
+/// One runner and a PAT without `repo`: GitHub refuses every runner call with a 403.
+async fn without_repo_scope() -> lab::Lab {
+    lab::Lab::builder()
         .pat(&["read:org"])
         .count(1, "")
         .wait(WAIT)
         .start()
+        .await
+}
+
+/// The daemon's status once GitHub's circuit is open and runner `name` waits for it.
+async fn wait_circuit_open(lab: &lab::Lab, name: &str) -> serde_json::Value {
+    lab.wait_status("the open circuit", |s| {
+        s["daemon"]["github_circuit"].is_string()
+            && lab::Lab::daemon_view(s, name)["state"] == "circuit-open"
+    })
+    .await
+}
+
+/// Runner `name` registered and online, GitHub's circuit closed.
+async fn wait_circuit_closed(lab: &lab::Lab, name: &str) {
+    lab.wait_runner(name, "registered", |r| r.status == "online")
         .await;
+    lab.wait_status("the circuit closed", |s| {
+        s["daemon"]["github_circuit"].is_null()
+            && lab::Lab::daemon_view(s, name)["state"] == "running"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_permission_opens_the_circuit_without_a_hot_loop_until_a_new_pat_file() {
+    // A PAT without `repo`: GitHub refuses every runner call with a 403.
+    let mut lab = without_repo_scope().await;
     lab.start_daemon();
     let name = lab.names(1)[0].clone();
-    let status = lab
-        .wait_status("the open circuit", |s| {
-            s["daemon"]["github_circuit"].is_string()
-                && lab::Lab::daemon_view(s, &name)["state"] == "circuit-open"
-        })
-        .await;
+    let status = wait_circuit_open(&lab, &name).await;
     let reason = status["daemon"]["github_circuit"].as_str().unwrap();
     assert!(
         reason.contains("admin rights") && reason.contains("`repo`"),
@@ -928,13 +948,7 @@ async fn a_missing_permission_opens_the_circuit_without_a_hot_loop_until_a_new_p
     let pat = lab.emu.add_pat(PatSpec::classic(&["repo"]));
     lab.secrets.push(pat.clone());
     lab::write_secret(&lab.path("github-pat"), &pat);
-    lab.wait_runner(&name, "registered", |r| r.status == "online")
-        .await;
-    lab.wait_status("the circuit closed", |s| {
-        s["daemon"]["github_circuit"].is_null()
-            && lab::Lab::daemon_view(s, &name)["state"] == "running"
-    })
-    .await;
+    wait_circuit_closed(&lab, &name).await;
     lab.assert_no_secret_in_log();
 }
 
@@ -944,19 +958,10 @@ async fn a_permission_granted_on_github_is_used_once_the_circuit_closes_by_itsel
     // and its file stay the same, so nothing tells the daemon; only the circuit's interval
     // (`--circuit-secs`, an hour by default) ends the wait.
     const CIRCUIT_SECS: i64 = 4;
-    let mut lab = lab::Lab::builder()
-        .pat(&["read:org"])
-        .count(1, "")
-        .wait(WAIT)
-        .start()
-        .await;
+    let mut lab = without_repo_scope().await;
     lab.start_daemon_with(&["--circuit-secs", &CIRCUIT_SECS.to_string()]);
     let name = lab.names(1)[0].clone();
-    let status = lab
-        .wait_status("the open circuit", |s| {
-            s["daemon"]["github_circuit"].is_string()
-        })
-        .await;
+    let status = wait_circuit_open(&lab, &name).await;
     let until = status["daemon"]["github_circuit_until"]
         .as_str()
         .and_then(|t| {
@@ -986,13 +991,7 @@ async fn a_permission_granted_on_github_is_used_once_the_circuit_closes_by_itsel
         lab.log()
     );
     // Then it tries again by itself: registered and online, the circuit closed, the same token.
-    lab.wait_runner(&name, "registered", |r| r.status == "online")
-        .await;
-    lab.wait_status("the circuit closed", |s| {
-        s["daemon"]["github_circuit"].is_null()
-            && lab::Lab::daemon_view(s, &name)["state"] == "running"
-    })
-    .await;
+    wait_circuit_closed(&lab, &name).await;
     assert_eq!(std::fs::read(lab.path("github-pat")).unwrap(), secret);
     let log = lab.log();
     assert!(
