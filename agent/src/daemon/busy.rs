@@ -148,11 +148,6 @@ pub fn workers(dir: &Path) -> Vec<u32> {
     workers_in(Path::new("/proc"), dir)
 }
 
-/// Whether a job process of the runner in `dir` lives on this host.
-pub fn running_job(dir: &Path) -> bool {
-    !workers(dir).is_empty()
-}
-
 /// Whether the process in `proc_dir` is a `Runner.Worker`, by the file name of its `argv[0]` or
 /// of its executable, wherever that lies.
 fn is_worker(proc_dir: &Path) -> bool {
@@ -433,7 +428,7 @@ mod tests {
         fs::create_dir_all(dir.join("bin")).unwrap();
         let worker = dir.join("bin").join(WORKER);
         fs::copy("/bin/sleep", &worker).unwrap();
-        assert!(!running_job(&dir));
+        assert!(workers(&dir).is_empty());
         let mut child = std::process::Command::new(&worker)
             .arg("30")
             .spawn()
@@ -447,11 +442,11 @@ mod tests {
             );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        assert!(running_job(&dir));
+        assert!(!workers(&dir).is_empty());
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(!workers(&dir).contains(&pid));
-        assert!(!running_job(&dir));
+        assert!(workers(&dir).is_empty());
     }
 
     #[test]

@@ -150,9 +150,7 @@ fn write_state(state_dir: &Path, name: &str, state: &SlotState) -> Result<(), Ji
         path: path.clone(),
         source,
     };
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(io)?;
-    }
+    // `atomic::write` makes `<state_dir>/runners` when it is missing.
     let text = serde_json::to_string(state).map_err(|err| io(std::io::Error::other(err)))?;
     crate::atomic::write(&path, text.as_bytes(), 0o644).map_err(io)
 }

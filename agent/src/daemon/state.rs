@@ -247,11 +247,7 @@ pub fn until_text(at: &str) -> String {
     };
     let left = at - time::OffsetDateTime::now_utc();
     let secs = left.whole_seconds().max(0) as u64;
-    let text = if secs < 120 {
-        format!("in {secs} s")
-    } else {
-        format!("in {} min", Duration::from_secs(secs).as_secs() / 60)
-    };
+    let text = format!("in {}", super::for_how_long(Duration::from_secs(secs)));
     let at = at
         .replace_nanosecond(0)
         .ok()

@@ -106,15 +106,14 @@ impl Process {
         (start_time(state.pid) == Some(state.start_time)).then_some(state)
     }
 
-    /// Write the pid file whole (a temporary file renamed over it): a reader never sees half
-    /// of one, which would read as "not running".
+    /// Write the pid file whole ([`crate::atomic::write`], which also makes the pid
+    /// directory): a reader never sees half of one, which would read as "not running".
     fn write_state(&self, name: &str, state: ProcessState) -> Result<(), ServiceError> {
         let path = self.pid_file(name);
         let io = |source| ServiceError::Io {
             path: path.clone(),
             source,
         };
-        fs::create_dir_all(&self.pid_dir).map_err(io)?;
         let text = serde_json::to_string(&state).map_err(|err| io(std::io::Error::other(err)))?;
         crate::atomic::write(&path, text.as_bytes(), 0o644).map_err(io)
     }
